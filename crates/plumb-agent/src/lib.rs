@@ -1,0 +1,1 @@
+//! Plumb's in-cluster agent: reconcilers for GitSource and Sync.

@@ -1,0 +1,1 @@
+//! Plumb's types and pure logic: manifests, inventory, planning, health, diff.

@@ -1,0 +1,1 @@
+//! Plumb's Kubernetes I/O: discovery, server-side apply, prune, waits.

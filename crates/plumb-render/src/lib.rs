@@ -1,0 +1,1 @@
+//! Renders a directory of manifests (plain YAML, Kustomize) safely.

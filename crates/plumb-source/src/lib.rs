@@ -1,0 +1,1 @@
+//! Git sources for Plumb: fetch, refs, signature verification.

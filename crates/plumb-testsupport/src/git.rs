@@ -1,0 +1,1 @@
+//! Real Git servers for tests (written next).

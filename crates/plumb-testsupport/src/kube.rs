@@ -1,0 +1,1 @@
+//! Kubernetes helpers for tests (written next).
