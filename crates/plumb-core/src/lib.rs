@@ -1,1 +1,20 @@
 //! Plumb's types and pure logic: manifests, inventory, planning, health, diff.
+//!
+//! Nothing here does I/O. The data flow is render -> [`plan`] -> apply (elsewhere) ->
+//! [`ChangeSet`] -> [`health`].
+
+pub mod changeset;
+pub mod inventory;
+pub mod normalize;
+pub mod object;
+pub mod order;
+pub mod ownership;
+pub mod plan;
+
+pub use changeset::{Action, Change, ChangeCounts, ChangeSet};
+pub use inventory::{Inventory, InventoryEntry, InventoryError};
+pub use normalize::{normalize, same_state};
+pub use object::{Manifest, ManifestError, ObjectKey, SourceLocation, split_api_version};
+pub use order::{Stage, apply_rank, stage_of};
+pub use ownership::{SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL, SyncId, is_owned_by, mark_owned};
+pub use plan::{Plan, PlanError, PlanOptions, plan};

@@ -1,0 +1,221 @@
+//! Planning: a pure function from desired state, a live snapshot and the previous inventory
+//! to an ordered apply plan and a safe prune set.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::inventory::{Inventory, InventoryEntry};
+use crate::object::{Manifest, ObjectKey};
+use crate::order::{Stage, apply_rank};
+use crate::ownership::{SyncId, is_owned_by, mark_owned};
+
+/// Why planning refused to produce a plan. Nothing may be applied or pruned on error.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Two desired manifests describe the same object.
+    #[error("{key} is defined twice: in {first} and in {second}; remove one of them")]
+    DuplicateKey {
+        /// The duplicated object.
+        key: Box<ObjectKey>,
+        /// Where the first definition came from.
+        first: String,
+        /// Where the second definition came from.
+        second: String,
+    },
+    /// The render produced no objects while the Sync still manages some.
+    #[error(
+        "the render produced no objects but the previous inventory holds {inventory_len}; \
+         refusing to prune everything (set allowEmpty to permit an empty render)"
+    )]
+    EmptyRender {
+        /// Size of the previous inventory.
+        inventory_len: usize,
+    },
+}
+
+impl PlanError {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PlanError::DuplicateKey { .. } => "plan_duplicate_key",
+            PlanError::EmptyRender { .. } => "plan_empty_render",
+        }
+    }
+
+    /// Plan errors come from the source; retrying the same revision gives the same error.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = PlanError> = std::result::Result<T, E>;
+
+/// Options of one plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// The Sync that owns the applied objects (labels are set to it; prune requires it).
+    pub sync: SyncId,
+    /// Delete objects that left the desired state.
+    pub prune: bool,
+    /// Permit an empty render even though the previous inventory is not empty.
+    pub allow_empty: bool,
+}
+
+/// Reasons recorded in [`Plan::prune_skipped`].
+pub mod skip_reason {
+    /// The live object lacks this Sync's ownership labels.
+    pub const NOT_OWNED: &str = "not owned by this sync";
+    /// The object no longer exists in the cluster.
+    pub const ALREADY_GONE: &str = "already gone";
+    /// A Namespace that desired objects still live in.
+    pub const NAMESPACE_IN_USE: &str = "namespace still holds desired objects";
+    /// Pruning is disabled for this Sync.
+    pub const PRUNE_DISABLED: &str = "pruning disabled";
+}
+
+/// What to do, in order. Produced by [`plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Desired objects (ownership labels set), grouped by stage in apply order; only non-empty
+    /// stages appear. Within a stage: by kind order, then kind, group, namespace, name.
+    pub stages: Vec<(Stage, Vec<Manifest>)>,
+    /// Objects to delete, in delete order (reverse apply order: custom resources and
+    /// workloads first, Namespaces and CRDs last).
+    pub prune: Vec<InventoryEntry>,
+    /// Stale inventory entries that will not be deleted, each with the reason
+    /// (see [`skip_reason`]), in inventory order.
+    pub prune_skipped: Vec<(InventoryEntry, String)>,
+    /// The inventory to record after a fully successful apply and prune: every desired object,
+    /// plus stale entries still live and owned that are kept (prune disabled, Namespace in use).
+    /// Entries in `prune` are not in it; the caller must re-add any whose delete failed.
+    pub new_inventory: Inventory,
+}
+
+impl Plan {
+    /// All manifests in apply order.
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.stages.iter().flat_map(|(_, ms)| ms.iter())
+    }
+
+    /// Number of manifests to apply.
+    pub fn apply_len(&self) -> usize {
+        self.stages.iter().map(|(_, ms)| ms.len()).sum()
+    }
+}
+
+fn sort_key(key: &ObjectKey) -> ((Stage, usize), &str, &str, Option<&str>, &str) {
+    (
+        apply_rank(&key.kind, &key.group),
+        &key.kind,
+        &key.group,
+        key.namespace.as_deref(),
+        &key.name,
+    )
+}
+
+/// Plans one reconcile.
+///
+/// `desired` must already have namespaces filled in (namespaced kinds) by the caller; `live`
+/// holds the current cluster copy of every object of interest (at least every inventory
+/// entry that still exists), keyed by [`ObjectKey`].
+///
+/// Rejects duplicate keys in `desired` and an empty render over a non-empty inventory
+/// (unless `allow_empty`). Sets ownership labels on every desired object. Prunes only when
+/// `opts.prune` is on, and only previous-inventory entries that are not desired, still exist
+/// in `live`, and carry this Sync's ownership labels there; never a Namespace that a desired
+/// object lives in.
+pub fn plan(
+    desired: Vec<Manifest>,
+    live: &BTreeMap<ObjectKey, Value>,
+    inventory: &Inventory,
+    opts: &PlanOptions,
+) -> Result<Plan> {
+    if desired.is_empty() && !inventory.is_empty() && !opts.allow_empty {
+        return Err(PlanError::EmptyRender {
+            inventory_len: inventory.len(),
+        });
+    }
+
+    let mut by_key: BTreeMap<ObjectKey, Manifest> = BTreeMap::new();
+    for mut m in desired {
+        let key = m.key();
+        if let Some(first) = by_key.get(&key) {
+            return Err(PlanError::DuplicateKey {
+                key: Box::new(key),
+                first: describe_source(first),
+                second: describe_source(&m),
+            });
+        }
+        mark_owned(&mut m, &opts.sync);
+        by_key.insert(key, m);
+    }
+
+    let desired_namespaces: BTreeSet<&str> = by_key
+        .keys()
+        .filter_map(|k| k.namespace.as_deref())
+        .collect();
+
+    let mut new_inventory = Inventory {
+        entries: by_key.values().map(InventoryEntry::from_manifest).collect(),
+    };
+    let mut prune = Vec::new();
+    let mut prune_skipped = Vec::new();
+    for entry in &inventory.entries {
+        if by_key.contains_key(&entry.key) {
+            continue;
+        }
+        let Some(live_obj) = live.get(&entry.key) else {
+            prune_skipped.push((entry.clone(), skip_reason::ALREADY_GONE.to_owned()));
+            continue;
+        };
+        if !is_owned_by(live_obj, &opts.sync) {
+            prune_skipped.push((entry.clone(), skip_reason::NOT_OWNED.to_owned()));
+            continue;
+        }
+        let reason = if !opts.prune {
+            Some(skip_reason::PRUNE_DISABLED)
+        } else if entry.key.group.is_empty()
+            && entry.key.kind == "Namespace"
+            && desired_namespaces.contains(entry.key.name.as_str())
+        {
+            Some(skip_reason::NAMESPACE_IN_USE)
+        } else {
+            None
+        };
+        match reason {
+            Some(why) => {
+                // Still ours and still there: keep tracking it so a later prune can remove it.
+                new_inventory.entries.insert(entry.clone());
+                prune_skipped.push((entry.clone(), why.to_owned()));
+            }
+            None => prune.push(entry.clone()),
+        }
+    }
+    prune.sort_by(|a, b| sort_key(&b.key).cmp(&sort_key(&a.key)));
+
+    let mut ordered: Vec<(ObjectKey, Manifest)> = by_key.into_iter().collect();
+    ordered.sort_by(|(a, _), (b, _)| sort_key(a).cmp(&sort_key(b)));
+    let mut stages: Vec<(Stage, Vec<Manifest>)> = Vec::new();
+    for (key, m) in ordered {
+        let stage = apply_rank(&key.kind, &key.group).0;
+        match stages.last_mut() {
+            Some((s, ms)) if *s == stage => ms.push(m),
+            _ => stages.push((stage, vec![m])),
+        }
+    }
+
+    Ok(Plan {
+        stages,
+        prune,
+        prune_skipped,
+        new_inventory,
+    })
+}
+
+fn describe_source(m: &Manifest) -> String {
+    m.source
+        .as_ref()
+        .map_or_else(|| "<unknown source>".to_owned(), ToString::to_string)
+}
