@@ -4,17 +4,23 @@
 //! [`ChangeSet`] -> [`health`].
 
 pub mod changeset;
+pub mod diff;
+pub mod health;
 pub mod inventory;
 pub mod normalize;
 pub mod object;
 pub mod order;
 pub mod ownership;
 pub mod plan;
+pub mod yaml;
 
 pub use changeset::{Action, Change, ChangeCounts, ChangeSet};
+pub use diff::unified_diff;
+pub use health::{HealthStatus, HealthVerdict, health};
 pub use inventory::{Inventory, InventoryEntry, InventoryError};
 pub use normalize::{normalize, same_state};
 pub use object::{Manifest, ManifestError, ObjectKey, SourceLocation, split_api_version};
 pub use order::{Stage, apply_rank, stage_of};
 pub use ownership::{SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL, SyncId, is_owned_by, mark_owned};
 pub use plan::{Plan, PlanError, PlanOptions, plan};
+pub use yaml::to_yaml;
