@@ -1,0 +1,688 @@
+//! nginx + fcgiwrap + `git http-backend` (https, basic auth) and OpenSSH (public keys) on
+//! 127.0.0.1, serving one directory of bare repositories.
+
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rand::Rng as _;
+use tempfile::TempDir;
+
+use super::Repo;
+use super::cmd::{
+    create_dir, isolated_env, isolated_git, percent_encode, run, run_stdout, run_with_stdin,
+    shell_quote, tail, write_file,
+};
+use super::repo::check_repo_name;
+
+const NGINX: &str = "/usr/sbin/nginx";
+const FCGIWRAP: &str = "/usr/sbin/fcgiwrap";
+const SSHD: &str = "/usr/sbin/sshd";
+const GIT_HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
+
+/// How long the servers may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often [`GitServers::start`] picks new ports when one was taken meanwhile.
+const START_ATTEMPTS: usize = 3;
+/// Log lines quoted in errors.
+const LOG_TAIL: usize = 30;
+
+/// Env variable naming a directory where each started server's pid is written (one file per
+/// process, removed when the process is stopped), so a test script can kill leftovers after
+/// a crash.
+pub const PIDS_DIR_ENV: &str = "PLUMB_TEST_PIDS_DIR";
+
+/// Real Git servers on 127.0.0.1 for one test: smart HTTP over TLS with basic auth and
+/// OpenSSH with public-key auth, both serving the same directory of bare repositories.
+///
+/// Everything (repositories, keys, certificates, configs, logs) lives in one temporary
+/// directory. Dropping the value kills and reaps exactly the processes it started, then
+/// deletes the directory, so [`Repo`]s created here stop working.
+///
+/// Needs `nginx`, `fcgiwrap`, `git`, `sshd`, `ssh-keygen` and `openssl` installed, and root
+/// (sshd authenticates the current user, nginx and fcgiwrap run as it).
+#[derive(Debug)]
+pub struct GitServers {
+    // Declared first: processes must die before their directory is deleted.
+    processes: Vec<ServerProcess>,
+    dir: TempDir,
+    repos_root: PathBuf,
+    https_port: u16,
+    ssh_port: u16,
+    ssh_user: String,
+    username: String,
+    password: String,
+    ca_cert: PathBuf,
+    ssh_client_key: PathBuf,
+    known_hosts: PathBuf,
+    known_hosts_line: String,
+    client_home: PathBuf,
+    startup: Duration,
+}
+
+impl GitServers {
+    /// Generates credentials and starts the servers on free ports, returning once both ports
+    /// accept connections. Fails with the tail of the server's log when one does not start.
+    pub fn start() -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once() {
+                Ok(servers) => return Ok(servers),
+                // Free ports are found by binding port 0 and closing it, so another process
+                // may take one before our server binds it: pick new ports and try again.
+                Err(err)
+                    if attempt < START_ATTEMPTS
+                        && format!("{err:#}").contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn start_once() -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("plumb-git-")
+            .tempdir()
+            .context("cannot create a temporary directory for the Git servers")?;
+        let root = dir.path();
+        let repos_root = root.join("repos");
+        let logs = root.join("logs");
+        let run_dir = root.join("run");
+        let client_home = root.join("client-home");
+        for d in [&repos_root, &logs, &run_dir, &client_home] {
+            create_dir(d)?;
+        }
+        let ssh_user = run_stdout(Command::new("id").arg("-un"))?;
+        let username = "plumb".to_owned();
+        let password: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+
+        let tls = generate_tls(&root.join("tls"))?;
+        let htpasswd = root.join("htpasswd");
+        let hash = run_with_stdin(
+            Command::new("openssl").args(["passwd", "-apr1", "-stdin"]),
+            &password,
+        )?;
+        write_file(&htpasswd, format!("{username}:{hash}\n"))?;
+
+        let ssh = generate_ssh_keys(&root.join("ssh"))?;
+
+        let https_port = free_port()?;
+        let ssh_port = free_port()?;
+
+        let mut processes = Vec::new();
+
+        // fcgiwrap runs git http-backend for nginx. It forks nothing with the default of one
+        // process, so killing it leaves no orphans.
+        let fcgi_socket = run_dir.join("fcgiwrap.sock");
+        let mut fcgiwrap = Command::new(FCGIWRAP);
+        fcgiwrap
+            .arg("-s")
+            .arg(format!("unix:{}", fcgi_socket.display()));
+        processes.push(ServerProcess::spawn(
+            "fcgiwrap",
+            &mut fcgiwrap,
+            logs.join("fcgiwrap.log"),
+        )?);
+
+        let nginx_conf = root.join("nginx.conf");
+        let nginx_log = logs.join("nginx-error.log");
+        write_file(
+            &nginx_conf,
+            nginx_config(&NginxConfig {
+                root,
+                port: https_port,
+                cert: &tls.server_cert,
+                key: &tls.server_key,
+                htpasswd: &htpasswd,
+                fcgi_socket: &fcgi_socket,
+                repos_root: &repos_root,
+                error_log: &nginx_log,
+            }),
+        )?;
+        let mut nginx = Command::new(NGINX);
+        nginx
+            .arg("-p")
+            .arg(root)
+            .arg("-c")
+            .arg(&nginx_conf)
+            .arg("-e")
+            .arg(&nginx_log);
+        processes.push(ServerProcess::spawn(
+            "nginx",
+            &mut nginx,
+            logs.join("nginx.stderr.log"),
+        )?);
+        // nginx writes bind errors and the like to its error log, not to stderr.
+        if let Some(nginx) = processes.last_mut() {
+            nginx.extra_log = Some(nginx_log);
+        }
+
+        // sshd refuses to start without its privilege separation directory.
+        create_dir(Path::new("/run/sshd"))?;
+        let sshd_conf = root.join("sshd_config");
+        write_file(
+            &sshd_conf,
+            sshd_config(&ssh, ssh_port, &run_dir.join("sshd.pid")),
+        )?;
+        let mut sshd = Command::new(SSHD);
+        sshd.args(["-D", "-e", "-f"]).arg(&sshd_conf);
+        processes.push(ServerProcess::spawn(
+            "sshd",
+            &mut sshd,
+            logs.join("sshd.log"),
+        )?);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        wait_until(&mut processes, deadline, "fcgiwrap's socket", || {
+            fcgi_socket.exists()
+        })?;
+        for port in [https_port, ssh_port] {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            wait_until(&mut processes, deadline, &format!("port {port}"), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+        }
+
+        let known_hosts = root.join("known_hosts");
+        let known_hosts_line = format!("[127.0.0.1]:{ssh_port} {}", ssh.host_public_key);
+        write_file(&known_hosts, format!("{known_hosts_line}\n"))?;
+
+        Ok(Self {
+            processes,
+            repos_root,
+            https_port,
+            ssh_port,
+            ssh_user,
+            username,
+            password,
+            ca_cert: tls.ca_cert,
+            ssh_client_key: ssh.client_key,
+            known_hosts,
+            known_hosts_line,
+            client_home,
+            startup: started.elapsed(),
+            dir,
+        })
+    }
+
+    /// Creates the bare repository `<name>.git` (default branch `main`, pushes over https
+    /// allowed). `name` uses ASCII letters, digits, `-`, `_` and `.`.
+    pub fn create_repo(&self, name: &str) -> anyhow::Result<Repo> {
+        check_repo_name(name)?;
+        Repo::init_bare(
+            name,
+            self.repo_path(name),
+            Some(self.https_url(name)),
+            Some(self.ssh_url(name)),
+            None,
+        )
+    }
+
+    /// Where the bare repository `name` lives: `<repos_root>/<name>.git`.
+    pub fn repo_path(&self, name: &str) -> PathBuf {
+        self.repos_root.join(format!("{name}.git"))
+    }
+
+    /// The directory of bare repositories both servers serve.
+    pub fn repos_root(&self) -> &Path {
+        &self.repos_root
+    }
+
+    /// `https://127.0.0.1:PORT/<name>.git`, without credentials.
+    pub fn https_url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}.git", self.https_port)
+    }
+
+    /// `https://USER:PASSWORD@127.0.0.1:PORT/<name>.git` with the given credentials
+    /// (percent-encoded), e.g. a wrong password to test failures.
+    pub fn https_url_with_credentials(&self, name: &str, username: &str, password: &str) -> String {
+        format!(
+            "https://{}:{}@127.0.0.1:{}/{name}.git",
+            percent_encode(username),
+            percent_encode(password),
+            self.https_port
+        )
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/abs/path/<name>.git`, `USER` being [`GitServers::ssh_user`].
+    pub fn ssh_url(&self, name: &str) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.ssh_user,
+            self.ssh_port,
+            self.repo_path(name).display()
+        )
+    }
+
+    /// The https port.
+    pub fn https_port(&self) -> u16 {
+        self.https_port
+    }
+
+    /// The ssh port.
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_port
+    }
+
+    /// The user name for https basic auth.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The password for https basic auth (random per start).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The ssh login: the user running the tests (`id -un`).
+    pub fn ssh_user(&self) -> &str {
+        &self.ssh_user
+    }
+
+    /// PEM file of the self-signed CA that issued the https server's certificate (valid for
+    /// `127.0.0.1` and `localhost`).
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// The ed25519 private key (OpenSSH format, no passphrase) sshd accepts.
+    pub fn ssh_client_key_path(&self) -> &Path {
+        &self.ssh_client_key
+    }
+
+    /// A known_hosts file holding only [`GitServers::known_hosts_line`].
+    pub fn known_hosts_path(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...`: the ssh server's host key as known_hosts line.
+    pub fn known_hosts_line(&self) -> &str {
+        &self.known_hosts_line
+    }
+
+    /// How long [`GitServers::start`] took until both ports accepted connections.
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// `GIT_SSH_COMMAND` value that logs in with the client key and checks the host key
+    /// strictly against `known_hosts`, ignoring every ssh configuration of the machine.
+    pub fn ssh_command(&self, known_hosts: &Path) -> String {
+        [
+            "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o StrictHostKeyChecking=yes",
+            "-o GlobalKnownHostsFile=/dev/null",
+            &format!(
+                "-o UserKnownHostsFile={}",
+                shell_quote(&known_hosts.to_string_lossy())
+            ),
+            &format!("-i {}", shell_quote(&self.ssh_client_key.to_string_lossy())),
+        ]
+        .join(" ")
+    }
+
+    /// Environment for a git client of these servers: `GIT_SSL_CAINFO` (the CA),
+    /// `GIT_SSH_COMMAND` (see [`GitServers::ssh_command`] with [`GitServers::known_hosts_path`]),
+    /// `GIT_TERMINAL_PROMPT=0`, `GIT_CONFIG_NOSYSTEM=1` and `HOME`/`XDG_CONFIG_HOME` in an
+    /// empty directory so no user configuration is read.
+    pub fn client_env(&self) -> Vec<(OsString, OsString)> {
+        let mut env = isolated_env(&self.client_home);
+        env.push(("GIT_SSL_CAINFO".into(), self.ca_cert.clone().into()));
+        env.push((
+            "GIT_SSH_COMMAND".into(),
+            self.ssh_command(&self.known_hosts).into(),
+        ));
+        env
+    }
+
+    /// A `git` command with [`GitServers::client_env`] and no inherited `GIT_*` variables.
+    pub fn git(&self) -> Command {
+        let mut cmd = isolated_git(&self.client_home);
+        cmd.envs(self.client_env());
+        cmd
+    }
+
+    /// The last lines of every server's log, to print when a test fails unexpectedly.
+    pub fn log_tails(&self) -> String {
+        let tails: Vec<String> = self.processes.iter().map(ServerProcess::log_tail).collect();
+        tails.join("\n")
+    }
+
+    /// The temporary directory holding everything; logs are in `logs/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A server child process: killed and reaped on drop.
+#[derive(Debug)]
+struct ServerProcess {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    extra_log: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+}
+
+impl ServerProcess {
+    /// Starts `cmd` with stdout and stderr appended to `log` and records its pid in
+    /// `$PLUMB_TEST_PIDS_DIR` when set.
+    fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out
+            .try_clone()
+            .with_context(|| format!("cannot reopen {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?}); is it installed?"))?;
+        let mut process = Self {
+            name,
+            child,
+            log,
+            extra_log: None,
+            pid_file: None,
+        };
+        if let Some(pids_dir) = std::env::var_os(PIDS_DIR_ENV) {
+            let pids_dir = PathBuf::from(pids_dir);
+            create_dir(&pids_dir)?;
+            let pid = process.child.id();
+            let file = pids_dir.join(format!("plumb-testsupport-{name}-{pid}.pid"));
+            write_file(&file, format!("{pid}\n"))?;
+            process.pid_file = Some(file);
+        }
+        Ok(process)
+    }
+
+    /// Fails, quoting the log, if the process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        let status = self
+            .child
+            .try_wait()
+            .with_context(|| format!("cannot check whether {} runs", self.name))?;
+        match status {
+            None => Ok(()),
+            Some(status) => bail!("{} exited with {status}\n{}", self.name, self.log_tail()),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let mut text = format!(
+            "--- {} (last lines) ---\n{}",
+            self.log.display(),
+            tail(&self.log, LOG_TAIL)
+        );
+        if let Some(extra) = &self.extra_log {
+            text.push_str(&format!(
+                "\n--- {} (last lines) ---\n{}",
+                extra.display(),
+                tail(extra, LOG_TAIL)
+            ));
+        }
+        text
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Errors mean the process is already gone, which is what we want.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(file) = &self.pid_file {
+            let _ = fs::remove_file(file);
+        }
+    }
+}
+
+/// Polls `ready` until it holds, failing if a process dies or `deadline` passes; both errors
+/// quote the logs.
+fn wait_until(
+    processes: &mut [ServerProcess],
+    deadline: Instant,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    loop {
+        for process in processes.iter_mut() {
+            process
+                .check_running()
+                .with_context(|| format!("waiting for {what}"))?;
+        }
+        if ready() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = processes.iter().map(ServerProcess::log_tail).collect();
+            bail!(
+                "Git servers not ready: {what} not up after {READY_TIMEOUT:?}\n{}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("cannot bind 127.0.0.1:0 to find a free port")?;
+    Ok(listener.local_addr().context("no local address")?.port())
+}
+
+struct Tls {
+    ca_cert: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// A self-signed CA (P-256) and a server certificate it issued for 127.0.0.1 and localhost.
+fn generate_tls(dir: &Path) -> anyhow::Result<Tls> {
+    create_dir(dir)?;
+    let ca_key = dir.join("ca.key");
+    let ca_cert = dir.join("ca.crt");
+    let server_key = dir.join("server.key");
+    let server_csr = dir.join("server.csr");
+    let server_cert = dir.join("server.crt");
+    let server_ext = dir.join("server.ext");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-days", "7", "-subj", "/CN=Plumb test CA"])
+        .args(ec)
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca_cert))
+    .context("cannot generate the test CA")?;
+    run(Command::new("openssl")
+        .args(["req", "-new", "-subj", "/CN=localhost"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(&server_key)
+        .arg("-out")
+        .arg(&server_csr))
+    .context("cannot generate the https server key")?;
+    write_file(
+        &server_ext,
+        "basicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+         subjectKeyIdentifier=hash\n\
+         authorityKeyIdentifier=keyid\n",
+    )?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "7", "-set_serial", "2"])
+        .arg("-in")
+        .arg(&server_csr)
+        .arg("-CA")
+        .arg(&ca_cert)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&server_ext)
+        .arg("-out")
+        .arg(&server_cert))
+    .context("cannot sign the https server certificate")?;
+    Ok(Tls {
+        ca_cert,
+        server_cert,
+        server_key,
+    })
+}
+
+struct SshKeys {
+    host_key: PathBuf,
+    host_public_key: String,
+    client_key: PathBuf,
+    authorized_keys: PathBuf,
+}
+
+/// An ed25519 host key, an ed25519 client key and an authorized_keys file allowing it.
+fn generate_ssh_keys(dir: &Path) -> anyhow::Result<SshKeys> {
+    create_dir(dir)?;
+    let keygen = |path: &Path, comment: &str| -> anyhow::Result<String> {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path))?;
+        let public = path.with_extension("pub");
+        Ok(fs::read_to_string(&public)
+            .with_context(|| format!("cannot read {}", public.display()))?
+            .trim_end()
+            .to_owned())
+    };
+    let host_key = dir.join("ssh_host_ed25519_key");
+    let host_public_key = keygen(&host_key, "plumb-test-host")?;
+    let client_key = dir.join("client_ed25519");
+    let client_public_key = keygen(&client_key, "plumb-test-client")?;
+    let authorized_keys = dir.join("authorized_keys");
+    write_file(&authorized_keys, format!("{client_public_key}\n"))?;
+    // known_hosts lines carry no comment.
+    let host_public_key = host_public_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(SshKeys {
+        host_key,
+        host_public_key,
+        client_key,
+        authorized_keys,
+    })
+}
+
+fn sshd_config(keys: &SshKeys, port: u16, pid_file: &Path) -> String {
+    format!(
+        "ListenAddress 127.0.0.1:{port}\n\
+         HostKey {host_key}\n\
+         PidFile {pid_file}\n\
+         AuthorizedKeysFile {authorized_keys}\n\
+         AuthenticationMethods publickey\n\
+         PubkeyAuthentication yes\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         UsePAM no\n\
+         StrictModes no\n\
+         PermitRootLogin prohibit-password\n\
+         AllowTcpForwarding no\n\
+         X11Forwarding no\n\
+         PrintMotd no\n\
+         AcceptEnv GIT_PROTOCOL\n\
+         SetEnv GIT_CONFIG_NOSYSTEM=1\n\
+         LogLevel VERBOSE\n",
+        host_key = keys.host_key.display(),
+        pid_file = pid_file.display(),
+        authorized_keys = keys.authorized_keys.display(),
+    )
+}
+
+struct NginxConfig<'a> {
+    root: &'a Path,
+    port: u16,
+    cert: &'a Path,
+    key: &'a Path,
+    htpasswd: &'a Path,
+    fcgi_socket: &'a Path,
+    repos_root: &'a Path,
+    error_log: &'a Path,
+}
+
+/// Single-process nginx in the foreground with every path in the temporary directory.
+fn nginx_config(c: &NginxConfig<'_>) -> String {
+    let root = c.root.display();
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/run/nginx.pid;
+error_log {error_log} info;
+events {{ worker_connections 128; }}
+http {{
+    access_log {root}/logs/nginx-access.log;
+    client_body_temp_path {root}/run/client_body;
+    proxy_temp_path {root}/run/proxy;
+    fastcgi_temp_path {root}/run/fastcgi;
+    uwsgi_temp_path {root}/run/uwsgi;
+    scgi_temp_path {root}/run/scgi;
+    client_max_body_size 0;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name localhost 127.0.0.1;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            auth_basic "Plumb test Git";
+            auth_basic_user_file {htpasswd};
+            fastcgi_pass unix:{socket};
+            fastcgi_buffering off;
+            fastcgi_request_buffering off;
+            fastcgi_read_timeout 300s;
+            fastcgi_param SCRIPT_FILENAME {backend};
+            fastcgi_param GIT_PROJECT_ROOT {repos};
+            fastcgi_param GIT_HTTP_EXPORT_ALL "";
+            fastcgi_param GIT_CONFIG_NOSYSTEM 1;
+            fastcgi_param HOME {root}/run;
+            fastcgi_param PATH /usr/local/bin:/usr/bin:/bin;
+            fastcgi_param REMOTE_USER $remote_user;
+            fastcgi_param REMOTE_ADDR $remote_addr;
+            fastcgi_param PATH_INFO $uri;
+            fastcgi_param QUERY_STRING $query_string;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param CONTENT_TYPE $content_type;
+            fastcgi_param CONTENT_LENGTH $content_length;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+            fastcgi_param HTTPS on;
+        }}
+    }}
+}}
+"#,
+        error_log = c.error_log.display(),
+        port = c.port,
+        cert = c.cert.display(),
+        key = c.key.display(),
+        htpasswd = c.htpasswd.display(),
+        socket = c.fcgi_socket.display(),
+        backend = GIT_HTTP_BACKEND,
+        repos = c.repos_root.display(),
+    )
+}
