@@ -1,1 +1,93 @@
-//! Kubernetes helpers for tests (written next).
+//! Kubernetes helpers for tests: a client for the test cluster and throw-away namespaces.
+//!
+//! The cluster is the one `KUBECONFIG` points at: `scripts/test` starts the local control plane
+//! (`scripts/testenv up`) and exports it, or, with `PLUMB_TEST_USE_EXISTING=1`, keeps the user's
+//! own cluster (kind, k3d). Tests that need a cluster fail with a clear message when there is none.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use rand::Rng;
+
+/// A client for the test cluster named by `KUBECONFIG`.
+pub async fn client() -> Result<Client> {
+    if std::env::var_os("KUBECONFIG").is_none() {
+        bail!(
+            "KUBECONFIG is not set: run the tests with scripts/test, or `eval $(scripts/testenv env)` \
+             after `scripts/testenv up`"
+        );
+    }
+    let config = kube::Config::infer()
+        .await
+        .context("reading the kubeconfig named by KUBECONFIG")?;
+    Client::try_from(config).context("building a client for the test cluster")
+}
+
+/// A namespace of its own for one test, named `plumb-test-<prefix>-<random>`.
+///
+/// Dropping it deletes the namespace (without waiting for it to be gone), so a failing test
+/// cleans up too. Label `plumb.dev/test=true` marks it so leftovers can be found.
+pub struct TestNamespace {
+    name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace.
+    pub async fn create(client: &Client, prefix: &str) -> Result<Self> {
+        let suffix: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(6)
+            .map(|c| char::from(c).to_ascii_lowercase())
+            .collect();
+        let name = format!("plumb-test-{prefix}-{suffix}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "plumb.dev/test": "true" } }
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating test namespace {name}"))?;
+        Ok(Self {
+            name,
+            client: client.clone(),
+        })
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let client = self.client.clone();
+        // Drop cannot be async and may run inside a runtime: delete from a thread of its own.
+        let deleted = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()),
+                )
+                .await
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = deleted {
+            eprintln!(
+                "warning: could not delete test namespace {}: {e}",
+                self.name
+            );
+        }
+    }
+}

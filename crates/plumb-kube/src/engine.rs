@@ -1,0 +1,643 @@
+//! One sync of a rendered revision: resolve, snapshot, plan, validate with a server-side
+//! dry-run, apply in stages, prune what this sync owns and no longer wants.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::{Api, Client};
+use plumb_core::{
+    Action, ChangeSet, Inventory, InventoryEntry, Manifest, ObjectKey, PlanOptions, Stage, SyncId,
+    same_state,
+};
+use serde_json::Value;
+
+use crate::discovery::{Resolved, Resolver};
+use crate::error::{Error, Result, describe_api_error};
+
+/// The field manager Plumb applies with.
+pub const FIELD_MANAGER: &str = "plumb";
+
+/// Options of one sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The sync unit: owns the applied objects; its namespace is the default namespace of
+    /// namespaced objects that name none.
+    pub sync: SyncId,
+    /// Delete objects that left the desired state (only those this sync owns).
+    pub prune: bool,
+    /// Permit an empty desired state to prune everything.
+    pub allow_empty: bool,
+    /// Take over fields that another field manager owns.
+    pub force_conflicts: bool,
+    /// Validate and report, write nothing.
+    pub dry_run: bool,
+    /// How many objects are applied at once within a stage.
+    pub concurrency: usize,
+    /// How long to wait for CRDs to become Established.
+    pub crd_timeout: Duration,
+}
+
+impl SyncOptions {
+    /// Defaults for a sync unit: no prune, no force, concurrency 8.
+    pub fn new(sync: SyncId) -> Self {
+        Self {
+            sync,
+            prune: false,
+            allow_empty: false,
+            force_conflicts: false,
+            dry_run: false,
+            concurrency: 8,
+            crd_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    /// One entry per object: created, configured, unchanged, pruned, skipped or failed.
+    pub changes: ChangeSet,
+    /// The inventory to record for the next sync. After a failure it still holds every object
+    /// that was in the previous inventory, so that nothing escapes a later prune.
+    pub inventory: Inventory,
+    /// The desired objects as applied (namespaces filled in, ownership labels set), in apply
+    /// order: what a health wait looks at.
+    pub applied: Vec<Manifest>,
+}
+
+/// One object's difference between the cluster and the desired state.
+#[derive(Debug, Clone)]
+pub struct ObjectDiff {
+    /// The object.
+    pub key: ObjectKey,
+    /// What a sync would do with it.
+    pub action: Action,
+    /// The live object, if any.
+    pub live: Option<Value>,
+    /// What the server would make of the desired object (dry-run result); the manifest itself
+    /// when the server cannot dry-run it yet (its CRD or Namespace is part of this sync).
+    /// `None` for objects that would be pruned.
+    pub desired: Option<Value>,
+}
+
+/// Receives each object's outcome as soon as it is known (progress bars, logs).
+pub trait Progress: Sync {
+    /// The number of objects the sync will handle.
+    fn start(&self, _total: usize) {}
+    /// One object is done.
+    fn done(&self, _key: &ObjectKey, _action: Action) {}
+}
+
+/// No progress reporting.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The sync engine: Plumb's pipeline from rendered manifests to cluster state.
+#[derive(Clone)]
+pub struct Engine {
+    client: Client,
+}
+
+/// A desired object, resolved against the cluster.
+struct Target {
+    manifest: Manifest,
+    resolved: Resolved,
+    live: Option<Value>,
+}
+
+/// Everything learned before the first write.
+struct Prepared {
+    resolver: Resolver,
+    plan: plumb_core::Plan,
+    targets: BTreeMap<ObjectKey, Target>,
+    live: BTreeMap<ObjectKey, Value>,
+    /// Server-side dry-run results of the objects that could be validated up front.
+    dry_run: BTreeMap<ObjectKey, Value>,
+}
+
+impl Engine {
+    /// An engine talking to the cluster through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Applies `desired` as the sync unit `opts.sync`, pruning (if asked) what `inventory` holds
+    /// and `desired` no longer does.
+    ///
+    /// Nothing is written unless every object passes a server-side dry-run first (objects whose
+    /// CRD or Namespace this same sync creates are validated right after that stage). Objects
+    /// whose dry-run result equals the live object are reported unchanged without a write.
+    /// Nothing is pruned when anything failed.
+    pub async fn sync(
+        &self,
+        desired: Vec<Manifest>,
+        inventory: &Inventory,
+        opts: &SyncOptions,
+        progress: &dyn Progress,
+    ) -> Result<SyncReport> {
+        let mut prep = self.prepare(desired, inventory, opts).await?;
+        progress.start(prep.plan.apply_len() + prep.plan.prune.len());
+        let mut changes = ChangeSet::new();
+
+        if opts.dry_run {
+            for m in prep.plan.manifests() {
+                let key = m.key();
+                let action = predicted_action(&prep, &key);
+                progress.done(&key, action);
+                changes.push(key, action, Some("dry run".to_owned()));
+            }
+            for entry in &prep.plan.prune {
+                progress.done(&entry.key, Action::Pruned);
+                changes.push(entry.key.clone(), Action::Pruned, Some("dry run".to_owned()));
+            }
+            return Ok(SyncReport {
+                changes,
+                inventory: inventory.clone(),
+                applied: prep.plan.manifests().cloned().collect(),
+            });
+        }
+
+        let stages = prep.plan.stages.clone();
+        let mut failed = false;
+        for (stage, manifests) in &stages {
+            if failed {
+                for m in manifests {
+                    progress.done(&m.key(), Action::Skipped);
+                    changes.push(
+                        m.key(),
+                        Action::Skipped,
+                        Some("not applied: an earlier stage failed".to_owned()),
+                    );
+                }
+                continue;
+            }
+            let stage_changes = self.apply_stage(&mut prep, manifests, opts, progress).await?;
+            failed = stage_changes.has_failures();
+            let crds_touched = stage_changes.entries.iter().any(|c| {
+                c.key.kind == "CustomResourceDefinition"
+                    && matches!(c.action, Action::Created | Action::Configured)
+            });
+            changes.extend(stage_changes);
+            if *stage == Stage::Definitions && crds_touched && !failed {
+                self.await_crds_established(manifests, opts.crd_timeout)
+                    .await?;
+                prep.resolver.refresh(self.client.clone()).await?;
+                self.resolve_pending(&mut prep).await?;
+            }
+        }
+
+        let mut inventory_out = prep.plan.new_inventory.clone();
+        if failed {
+            // Keep every previously owned object in the inventory, so that a later sync can still
+            // prune it, and add whatever was written.
+            let mut kept = inventory.clone();
+            for c in &changes.entries {
+                if matches!(
+                    c.action,
+                    Action::Created | Action::Configured | Action::Unchanged
+                ) && let Some(t) = prep.targets.get(&c.key)
+                {
+                    kept.entries.insert(InventoryEntry::from_manifest(&t.manifest));
+                }
+            }
+            inventory_out = kept;
+            for entry in &prep.plan.prune {
+                progress.done(&entry.key, Action::Skipped);
+                changes.push(
+                    entry.key.clone(),
+                    Action::Skipped,
+                    Some("not pruned: the sync had failures".to_owned()),
+                );
+            }
+        } else {
+            for entry in &prep.plan.prune {
+                let result = self.prune(&prep, entry).await;
+                match result {
+                    Ok(()) => {
+                        progress.done(&entry.key, Action::Pruned);
+                        changes.push(entry.key.clone(), Action::Pruned, None);
+                    }
+                    Err(message) => {
+                        progress.done(&entry.key, Action::Failed);
+                        changes.push(entry.key.clone(), Action::Failed, Some(message));
+                        inventory_out.entries.insert(entry.clone());
+                    }
+                }
+            }
+        }
+
+        Ok(SyncReport {
+            changes,
+            inventory: inventory_out,
+            applied: prep.plan.manifests().cloned().collect(),
+        })
+    }
+
+    /// What a sync would change, object by object, including objects it would prune. Writes
+    /// nothing. Unchanged objects are left out.
+    pub async fn diff(
+        &self,
+        desired: Vec<Manifest>,
+        inventory: &Inventory,
+        opts: &SyncOptions,
+    ) -> Result<Vec<ObjectDiff>> {
+        let prep = self.prepare(desired, inventory, opts).await?;
+        let mut diffs = Vec::new();
+        for m in prep.plan.manifests() {
+            let key = m.key();
+            let action = predicted_action(&prep, &key);
+            if action == Action::Unchanged {
+                continue;
+            }
+            let desired = prep
+                .dry_run
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| m.object.clone());
+            diffs.push(ObjectDiff {
+                live: prep.live.get(&key).cloned(),
+                desired: Some(desired),
+                key,
+                action,
+            });
+        }
+        for entry in &prep.plan.prune {
+            diffs.push(ObjectDiff {
+                key: entry.key.clone(),
+                action: Action::Pruned,
+                live: prep.live.get(&entry.key).cloned(),
+                desired: None,
+            });
+        }
+        Ok(diffs)
+    }
+
+    /// Resolves, snapshots, plans and dry-runs. No writes.
+    async fn prepare(
+        &self,
+        desired: Vec<Manifest>,
+        inventory: &Inventory,
+        opts: &SyncOptions,
+    ) -> Result<Prepared> {
+        let mut resolver = Resolver::new(self.client.clone()).await?;
+        resolver.learn_crds(&desired);
+
+        // Namespaces from discovery; unknown kinds are an error naming the manifest.
+        let mut desired = desired;
+        let mut resolved_by_key = BTreeMap::new();
+        for m in &mut desired {
+            let Some(resolved) = resolver.resolve(m) else {
+                return Err(Error::UnknownKind {
+                    object: Box::new(m.key()),
+                    kind: m.kind().to_owned(),
+                    api_version: m.api_version().to_owned(),
+                    source_hint: m
+                        .source
+                        .as_ref()
+                        .map(|s| format!(" (defined in {s})"))
+                        .unwrap_or_default(),
+                });
+            };
+            if resolved.namespaced {
+                if m.namespace().is_none() {
+                    m.set_namespace(Some(&opts.sync.namespace));
+                }
+            } else {
+                m.set_namespace(None);
+            }
+            resolved_by_key.insert(m.key(), resolved);
+        }
+
+        // Live snapshot of every desired object and every inventory entry.
+        let mut wanted: Vec<(ObjectKey, Resolved)> = resolved_by_key
+            .iter()
+            .filter(|(_, r)| r.served)
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        for entry in &inventory.entries {
+            if resolved_by_key.contains_key(&entry.key) {
+                continue;
+            }
+            if let Some(r) = resolver.resolve_gvk(&entry.key.group, entry.version(), &entry.key.kind)
+                && r.served
+            {
+                wanted.push((entry.key.clone(), r));
+            }
+        }
+        let live: BTreeMap<ObjectKey, Value> = stream::iter(wanted)
+            .map(|(key, r)| async move {
+                let api = self.api(&r, key.namespace.as_deref());
+                let obj = api.get_opt(&key.name).await.map_err(|source| Error::Api {
+                    context: format!("reading {key}"),
+                    source,
+                })?;
+                Ok::<_, Error>(obj.map(|o| (key, to_value(o))))
+            })
+            .buffer_unordered(opts.concurrency.max(1) * 2)
+            .try_filter_map(|x| async move { Ok(x) })
+            .try_collect()
+            .await?;
+
+        let plan = plumb_core::plan(
+            desired,
+            &live,
+            inventory,
+            &PlanOptions {
+                sync: opts.sync.clone(),
+                prune: opts.prune,
+                allow_empty: opts.allow_empty,
+            },
+        )?;
+
+        let mut targets = BTreeMap::new();
+        for m in plan.manifests() {
+            let key = m.key();
+            let resolved = resolved_by_key
+                .get(&key)
+                .cloned()
+                .expect("every planned manifest was resolved above");
+            targets.insert(
+                key.clone(),
+                Target {
+                    manifest: m.clone(),
+                    resolved,
+                    live: live.get(&key).cloned(),
+                },
+            );
+        }
+
+        // Validate everything the server can validate now. Objects in a Namespace this sync
+        // creates, or of a kind a CRD of this sync defines, are validated after that stage.
+        let new_namespaces: BTreeSet<&str> = targets
+            .values()
+            .filter(|t| t.manifest.kind() == "Namespace" && t.manifest.group().is_empty())
+            .filter(|t| t.live.is_none())
+            .map(|t| t.manifest.name())
+            .collect();
+        let checkable: Vec<&Target> = targets
+            .values()
+            .filter(|t| t.resolved.served)
+            .filter(|t| {
+                t.manifest
+                    .namespace()
+                    .is_none_or(|ns| !new_namespaces.contains(ns))
+            })
+            .collect();
+        let results: Vec<(ObjectKey, std::result::Result<Value, String>)> = stream::iter(checkable)
+            .map(|t| async move { (t.manifest.key(), self.apply_one(t, opts, true).await) })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+        let mut dry_run = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (key, result) in results {
+            match result {
+                Ok(v) => {
+                    dry_run.insert(key, v);
+                }
+                Err(message) => errors.push(format!("  {}: {message}", describe_target(&targets[&key]))),
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort();
+            return Err(Error::DryRun(errors));
+        }
+
+        Ok(Prepared {
+            resolver,
+            plan,
+            targets,
+            live,
+            dry_run,
+        })
+    }
+
+    /// Applies one stage concurrently. Objects whose dry-run result equals the live object are
+    /// not written.
+    async fn apply_stage(
+        &self,
+        prep: &mut Prepared,
+        manifests: &[Manifest],
+        opts: &SyncOptions,
+        progress: &dyn Progress,
+    ) -> Result<ChangeSet> {
+        let prep_ref = &*prep;
+        let results: Vec<(ObjectKey, Action, Option<String>, Option<Value>)> =
+            stream::iter(manifests.iter().map(|m| m.key()))
+                .map(|key| async move {
+                    let target = &prep_ref.targets[&key];
+                    let (action, message, result) = self.write(prep_ref, target, opts).await;
+                    progress.done(&key, action);
+                    (key, action, message, result)
+                })
+                .buffer_unordered(opts.concurrency.max(1))
+                .collect()
+                .await;
+        let mut results = results;
+        // Report in apply order, whatever order the writes finished in.
+        let order: BTreeMap<ObjectKey, usize> = manifests
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.key(), i))
+            .collect();
+        results.sort_by_key(|(k, ..)| order[k]);
+        let mut changes = ChangeSet::new();
+        for (key, action, message, result) in results {
+            if let (Some(v), Some(t)) = (result, prep.targets.get_mut(&key)) {
+                t.live = Some(v);
+            }
+            changes.push(key, action, message);
+        }
+        Ok(changes)
+    }
+
+    /// Writes one object unless its dry-run result shows no change.
+    async fn write(
+        &self,
+        prep: &Prepared,
+        target: &Target,
+        opts: &SyncOptions,
+    ) -> (Action, Option<String>, Option<Value>) {
+        let key = target.manifest.key();
+        let predicted = match prep.dry_run.get(&key) {
+            Some(v) => v.clone(),
+            // Not validated up front (its Namespace or CRD came with this sync): validate now.
+            None => match self.apply_one(target, opts, true).await {
+                Ok(v) => v,
+                Err(message) => return (Action::Failed, Some(message), None),
+            },
+        };
+        if let Some(live) = &target.live
+            && same_state(&predicted, live)
+        {
+            return (Action::Unchanged, None, None);
+        }
+        match self.apply_one(target, opts, false).await {
+            Ok(v) => {
+                let action = if target.live.is_some() {
+                    Action::Configured
+                } else {
+                    Action::Created
+                };
+                (action, None, Some(v))
+            }
+            Err(message) => (Action::Failed, Some(message), None),
+        }
+    }
+
+    /// Server-side apply of one object (or its dry-run); errors as user-facing text.
+    async fn apply_one(
+        &self,
+        target: &Target,
+        opts: &SyncOptions,
+        dry_run: bool,
+    ) -> std::result::Result<Value, String> {
+        let m = &target.manifest;
+        let api = self.api(&target.resolved, m.namespace());
+        let mut params = PatchParams::apply(FIELD_MANAGER);
+        if opts.force_conflicts {
+            params = params.force();
+        }
+        if dry_run {
+            params = params.dry_run();
+        }
+        api.patch(m.name(), &params, &Patch::Apply(&m.object))
+            .await
+            .map(to_value)
+            .map_err(|e| describe_api_error(&e, !opts.force_conflicts))
+    }
+
+    /// Deletes one stale object, only if it is still the very object that was checked for
+    /// ownership (same uid).
+    async fn prune(&self, prep: &Prepared, entry: &InventoryEntry) -> std::result::Result<(), String> {
+        let Some(r) = prep
+            .resolver
+            .resolve_gvk(&entry.key.group, entry.version(), &entry.key.kind)
+        else {
+            return Err(format!("kind {} is no longer served", entry.key.kind));
+        };
+        let api = self.api(&r, entry.key.namespace.as_deref());
+        let uid = prep
+            .live
+            .get(&entry.key)
+            .and_then(|v| v["metadata"]["uid"].as_str())
+            .map(str::to_owned);
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&entry.key.name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(describe_api_error(&e, false)),
+        }
+    }
+
+    /// Waits until every CRD among `manifests` is Established.
+    async fn await_crds_established(&self, manifests: &[Manifest], timeout: Duration) -> Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let names: Vec<&str> = manifests
+            .iter()
+            .filter(|m| m.kind() == "CustomResourceDefinition")
+            .map(|m| m.name())
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for name in names {
+            loop {
+                let crd = api.get_opt(name).await.map_err(|source| Error::Api {
+                    context: format!("reading CustomResourceDefinition {name}"),
+                    source,
+                })?;
+                let established = crd
+                    .and_then(|c| c.status)
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                if established {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!("CustomResourceDefinition {name} to become Established"),
+                        seconds: timeout.as_secs(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// After discovery learned new kinds: re-resolve targets that were not served, and read their
+    /// live state.
+    async fn resolve_pending(&self, prep: &mut Prepared) -> Result<()> {
+        let keys: Vec<ObjectKey> = prep
+            .targets
+            .iter()
+            .filter(|(_, t)| !t.resolved.served)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(resolved) = prep.resolver.resolve(&prep.targets[&key].manifest) else {
+                continue;
+            };
+            let live = if resolved.served {
+                self.api(&resolved, key.namespace.as_deref())
+                    .get_opt(&key.name)
+                    .await
+                    .map_err(|source| Error::Api {
+                        context: format!("reading {key}"),
+                        source,
+                    })?
+                    .map(to_value)
+            } else {
+                None
+            };
+            let t = prep.targets.get_mut(&key).expect("key taken from targets");
+            t.resolved = resolved;
+            t.live = live;
+        }
+        Ok(())
+    }
+
+    fn api(&self, r: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
+        match (r.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &r.resource),
+            _ => Api::all_with(self.client.clone(), &r.resource),
+        }
+    }
+}
+
+/// What a sync would do with a planned object, judged from the snapshot and dry-run.
+fn predicted_action(prep: &Prepared, key: &ObjectKey) -> Action {
+    match (prep.live.get(key), prep.dry_run.get(key)) {
+        (None, _) => Action::Created,
+        (Some(live), Some(dry)) if same_state(dry, live) => Action::Unchanged,
+        (Some(_), _) => Action::Configured,
+    }
+}
+
+fn describe_target(t: &Target) -> String {
+    match &t.manifest.source {
+        Some(s) => format!("{} ({s})", t.manifest.key()),
+        None => t.manifest.key().to_string(),
+    }
+}
+
+fn to_value(obj: DynamicObject) -> Value {
+    serde_json::to_value(obj).expect("a DynamicObject always serialises to JSON")
+}

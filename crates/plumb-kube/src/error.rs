@@ -1,0 +1,114 @@
+//! Errors of Plumb's Kubernetes I/O.
+
+use plumb_core::ObjectKey;
+
+/// What went wrong talking to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Building a client or reading the kubeconfig failed.
+    #[error("cannot connect to the cluster: {0}")]
+    Connect(String),
+    /// API discovery failed.
+    #[error("API discovery failed: {0}")]
+    Discovery(#[source] kube::Error),
+    /// A manifest names a kind the API server does not serve (and no CRD in the same sync
+    /// defines it).
+    #[error("{object}: the cluster has no resource for kind {kind} in {api_version}{source_hint}")]
+    UnknownKind {
+        /// The object.
+        object: Box<ObjectKey>,
+        /// Its kind.
+        kind: String,
+        /// Its apiVersion.
+        api_version: String,
+        /// " (defined in file:line)" or empty.
+        source_hint: String,
+    },
+    /// The server-side dry-run refused one or more objects; nothing was written.
+    #[error("server-side dry-run failed, nothing was applied:\n{}", .0.join("\n"))]
+    DryRun(Vec<String>),
+    /// A wait did not finish in time.
+    #[error("timed out after {seconds}s waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+        /// The timeout.
+        seconds: u64,
+    },
+    /// Reading or writing the inventory failed.
+    #[error("inventory {name} in namespace {namespace}: {message}")]
+    Inventory {
+        /// Namespace of the inventory object.
+        namespace: String,
+        /// Name of the inventory object.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// Planning refused the desired state.
+    #[error(transparent)]
+    Plan(#[from] plumb_core::PlanError),
+    /// Any other API error.
+    #[error("{context}: {source}")]
+    Api {
+        /// What was being done.
+        context: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed (network, server errors), as opposed to errors in
+    /// the desired state itself.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect(_) | Error::Discovery(_) | Error::Timeout { .. } => true,
+            Error::Inventory { .. } => true,
+            Error::Api { source, .. } => !matches!(source, kube::Error::Api(s) if s.code < 500 && s.code != 429),
+            Error::UnknownKind { .. } | Error::DryRun(_) | Error::Plan(_) => false,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Connect(_) => "connect",
+            Error::Discovery(_) => "discovery",
+            Error::UnknownKind { .. } => "unknown_kind",
+            Error::DryRun(_) => "dry_run",
+            Error::Timeout { .. } => "timeout",
+            Error::Inventory { .. } => "inventory",
+            Error::Plan(e) => e.metric_label(),
+            Error::Api { .. } => "api",
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A one-line, user-facing rendering of an API error for one object: the server's message,
+/// with a hint for the common cases (conflicts, immutable fields).
+pub(crate) fn describe_api_error(err: &kube::Error, force_hint: bool) -> String {
+    match err {
+        kube::Error::Api(status) => {
+            let message = status.message.trim();
+            if status.code == 409 && status.reason == "Conflict" && force_hint {
+                format!(
+                    "conflict with another field manager: {message} \
+                     (re-run with --force-conflicts to take these fields over)"
+                )
+            } else if message.contains("field is immutable") {
+                format!(
+                    "immutable field changed: {message} \
+                     (delete and re-create the object to change it)"
+                )
+            } else {
+                format!("{message} ({} {})", status.code, status.reason)
+            }
+        }
+        other => other.to_string(),
+    }
+}
