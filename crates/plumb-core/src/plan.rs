@@ -219,3 +219,84 @@ fn describe_source(m: &Manifest) -> String {
         .as_ref()
         .map_or_else(|| "<unknown source>".to_owned(), ToString::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ownership::{SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL};
+    use serde_json::json;
+
+    fn m(api: &str, kind: &str, ns: Option<&str>, name: &str) -> Manifest {
+        let mut v = json!({"apiVersion": api, "kind": kind, "metadata": {"name": name,
+            "labels": {SYNC_NAME_LABEL: "someone-else"}}});
+        if let Some(ns) = ns {
+            v["metadata"]["namespace"] = json!(ns);
+        }
+        Manifest::from_value(v, None).unwrap()
+    }
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            sync: SyncId::new("ops", "apps"),
+            prune: true,
+            allow_empty: false,
+        }
+    }
+
+    #[test]
+    fn deterministic_whatever_the_input_order_and_labels_overwritten() {
+        let objs = vec![
+            m("apps/v1", "Deployment", Some("b"), "x"),
+            m("v1", "ConfigMap", Some("a"), "y"),
+            m("v1", "Namespace", None, "a"),
+            m("apps/v1", "Deployment", Some("a"), "x"),
+        ];
+        let mut reversed = objs.clone();
+        reversed.reverse();
+        let live = BTreeMap::new();
+        let inv = Inventory::default();
+        let p1 = plan(objs, &live, &inv, &opts()).unwrap();
+        let p2 = plan(reversed, &live, &inv, &opts()).unwrap();
+        assert_eq!(p1, p2);
+        let keys: Vec<String> = p1.manifests().map(|m| m.key().to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "Namespace/a",
+                "ConfigMap/a/y",
+                "Deployment.apps/a/x",
+                "Deployment.apps/b/x"
+            ]
+        );
+        for m in p1.manifests() {
+            assert_eq!(m.label(SYNC_NAME_LABEL), Some("apps"));
+            assert_eq!(m.label(SYNC_NAMESPACE_LABEL), Some("ops"));
+        }
+        assert_eq!(p1.apply_len(), 4);
+    }
+
+    #[test]
+    fn api_version_change_is_not_a_prune() {
+        let desired = vec![m(
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            Some("a"),
+            "h",
+        )];
+        let mut inv = Inventory::default();
+        inv.entries.insert(InventoryEntry {
+            key: ObjectKey::new("autoscaling", "HorizontalPodAutoscaler", Some("a"), "h"),
+            api_version: "autoscaling/v1".into(),
+        });
+        let p = plan(desired, &BTreeMap::new(), &inv, &opts()).unwrap();
+        assert!(p.prune.is_empty() && p.prune_skipped.is_empty());
+        let entry = p.new_inventory.entries.iter().next().unwrap();
+        assert_eq!(entry.api_version, "autoscaling/v2");
+    }
+
+    #[test]
+    fn empty_render_with_empty_inventory_is_fine() {
+        let p = plan(Vec::new(), &BTreeMap::new(), &Inventory::default(), &opts()).unwrap();
+        assert!(p.stages.is_empty() && p.prune.is_empty());
+    }
+}

@@ -143,6 +143,17 @@ impl Walker<'_> {
         Ok((full, meta))
     }
 
+    /// Parsing sees only the remaining document budget; report the configured limit.
+    fn with_total_limit(&self, e: RenderError) -> RenderError {
+        match e {
+            RenderError::TooManyDocuments { path, .. } => RenderError::TooManyDocuments {
+                path,
+                limit: self.opts.max_documents,
+            },
+            other => other,
+        }
+    }
+
     fn dir(&mut self, rel: &Path) -> Result<()> {
         let (full, _) = self.checked(rel)?;
         if kustomize::find_kustomization(&full).is_some() {
@@ -152,7 +163,8 @@ impl Walker<'_> {
                 self.opts,
                 self.opts.max_total_size.saturating_sub(self.total),
                 self.opts.max_documents.saturating_sub(self.out.len()),
-            )?;
+            )
+            .map_err(|e| self.with_total_limit(e))?;
             self.total += manifests.1;
             self.out.extend(manifests.0);
             return Ok(());
@@ -213,13 +225,8 @@ impl Walker<'_> {
             valid_up_to: e.utf8_error().valid_up_to(),
         })?;
         let remaining = self.opts.max_documents.saturating_sub(self.out.len());
-        let manifests = parse::parse_manifests(&text, &shown, remaining).map_err(|e| match e {
-            RenderError::TooManyDocuments { path, .. } => RenderError::TooManyDocuments {
-                path,
-                limit: self.opts.max_documents,
-            },
-            other => other,
-        })?;
+        let manifests = parse::parse_manifests(&text, &shown, remaining)
+            .map_err(|e| self.with_total_limit(e))?;
         self.out.extend(manifests);
         Ok(())
     }

@@ -66,6 +66,26 @@ fn lists_are_flattened() {
 }
 
 #[test]
+fn typed_lists_and_tab_indented_json() {
+    let t = tempfile::tempdir().unwrap();
+    write(
+        t.path(),
+        "cms.json",
+        "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"ConfigMapList\",\n\t\"items\": [\n\t\t{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {\"name\": \"x\"}}\n\t]\n}\n",
+    );
+    let ms = render(t.path(), &RenderOptions::default()).unwrap();
+    assert_eq!(ms.len(), 1);
+    assert_eq!(ms[0].name(), "x");
+    write(
+        t.path(),
+        "dup.json",
+        r#"{"apiVersion": "v1", "apiVersion": "v2"}"#,
+    );
+    let e = err(t.path());
+    assert!(e.to_string().starts_with("dup.json:1:"), "{e}");
+}
+
+#[test]
 fn octal_and_boolean_rules_match_kubernetes() {
     let t = tempfile::tempdir().unwrap();
     write(
@@ -262,6 +282,16 @@ fn kustomize_overlay() {
     write(t.path(), "prod/ignored.yaml", &cm("not-rendered"));
     let ms = render_path(t.path(), Path::new("prod"), &RenderOptions::default()).unwrap();
     assert_eq!(ms.len(), 1);
+    // The document limit covers Kustomize output too.
+    let few = RenderOptions {
+        max_documents: 0,
+        ..RenderOptions::default()
+    };
+    let e = render_path(t.path(), Path::new("prod"), &few).unwrap_err();
+    assert!(
+        matches!(&e, RenderError::TooManyDocuments { path, limit: 0 } if path == Path::new("prod")),
+        "{e}"
+    );
     assert_eq!(ms[0].name(), "prod-settings");
     assert_eq!(ms[0].label("env"), Some("prod"));
     assert_eq!(ms[0].source.as_ref().unwrap().file, PathBuf::from("prod"));
