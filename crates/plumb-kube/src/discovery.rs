@@ -93,9 +93,9 @@ impl Resolver {
                 served: true,
             });
         }
-        let (plural, namespaced) = self
-            .pending
-            .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))?;
+        let (plural, namespaced) =
+            self.pending
+                .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))?;
         Some(Resolved {
             resource: ApiResource::from_gvk_with_plural(&gvk, plural),
             namespaced: *namespaced,

@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{
+    DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::{Api, Client};
 use plumb_core::{
-    Action, ChangeSet, Inventory, InventoryEntry, Manifest, ObjectKey, PlanOptions, Stage, SyncId,
-    same_state,
+    Action, ChangeSet, HealthStatus, HealthVerdict, Inventory, InventoryEntry, Manifest, ObjectKey,
+    PlanOptions, Stage, SyncId, health, same_state,
 };
 use serde_json::Value;
 
@@ -155,8 +157,13 @@ impl Engine {
             }
             for entry in &prep.plan.prune {
                 progress.done(&entry.key, Action::Pruned);
-                changes.push(entry.key.clone(), Action::Pruned, Some("dry run".to_owned()));
+                changes.push(
+                    entry.key.clone(),
+                    Action::Pruned,
+                    Some("dry run".to_owned()),
+                );
             }
+            report_prune_skipped(&prep.plan, &mut changes, progress);
             return Ok(SyncReport {
                 changes,
                 inventory: inventory.clone(),
@@ -164,6 +171,7 @@ impl Engine {
             });
         }
 
+        report_prune_skipped(&prep.plan, &mut changes, progress);
         let stages = prep.plan.stages.clone();
         let mut failed = false;
         for (stage, manifests) in &stages {
@@ -178,7 +186,9 @@ impl Engine {
                 }
                 continue;
             }
-            let stage_changes = self.apply_stage(&mut prep, manifests, opts, progress).await?;
+            let stage_changes = self
+                .apply_stage(&mut prep, manifests, opts, progress)
+                .await?;
             failed = stage_changes.has_failures();
             let crds_touched = stage_changes.entries.iter().any(|c| {
                 c.key.kind == "CustomResourceDefinition"
@@ -204,7 +214,8 @@ impl Engine {
                     Action::Created | Action::Configured | Action::Unchanged
                 ) && let Some(t) = prep.targets.get(&c.key)
                 {
-                    kept.entries.insert(InventoryEntry::from_manifest(&t.manifest));
+                    kept.entries
+                        .insert(InventoryEntry::from_manifest(&t.manifest));
                 }
             }
             inventory_out = kept;
@@ -325,7 +336,8 @@ impl Engine {
             if resolved_by_key.contains_key(&entry.key) {
                 continue;
             }
-            if let Some(r) = resolver.resolve_gvk(&entry.key.group, entry.version(), &entry.key.kind)
+            if let Some(r) =
+                resolver.resolve_gvk(&entry.key.group, entry.version(), &entry.key.kind)
                 && r.served
             {
                 wanted.push((entry.key.clone(), r));
@@ -402,7 +414,9 @@ impl Engine {
                 Ok(v) => {
                     dry_run.insert(key, v);
                 }
-                Err(message) => errors.push(format!("  {}: {message}", describe_target(&targets[&key]))),
+                Err(message) => {
+                    errors.push(format!("  {}: {message}", describe_target(&targets[&key])))
+                }
             }
         }
         if !errors.is_empty() {
@@ -493,6 +507,11 @@ impl Engine {
     }
 
     /// Server-side apply of one object (or its dry-run); errors as user-facing text.
+    ///
+    /// Fields that another manager changed imperatively (an `Update`: `kubectl edit`, `scale`,
+    /// `patch`) are drift and are taken back without `force_conflicts`; fields that another
+    /// applier owns (an `Apply`: another GitOps tool, `kubectl apply --server-side`) conflict
+    /// unless `force_conflicts`.
     async fn apply_one(
         &self,
         target: &Target,
@@ -508,15 +527,29 @@ impl Engine {
         if dry_run {
             params = params.dry_run();
         }
-        api.patch(m.name(), &params, &Patch::Apply(&m.object))
-            .await
+        let result = match api.patch(m.name(), &params, &Patch::Apply(&m.object)).await {
+            Err(kube::Error::Api(status))
+                if status.code == 409
+                    && !opts.force_conflicts
+                    && only_imperative_managers(&status.message, target.live.as_ref()) =>
+            {
+                api.patch(m.name(), &params.force(), &Patch::Apply(&m.object))
+                    .await
+            }
+            other => other,
+        };
+        result
             .map(to_value)
             .map_err(|e| describe_api_error(&e, !opts.force_conflicts))
     }
 
     /// Deletes one stale object, only if it is still the very object that was checked for
     /// ownership (same uid).
-    async fn prune(&self, prep: &Prepared, entry: &InventoryEntry) -> std::result::Result<(), String> {
+    async fn prune(
+        &self,
+        prep: &Prepared,
+        entry: &InventoryEntry,
+    ) -> std::result::Result<(), String> {
         let Some(r) = prep
             .resolver
             .resolve_gvk(&entry.key.group, entry.version(), &entry.key.kind)
@@ -545,7 +578,11 @@ impl Engine {
     }
 
     /// Waits until every CRD among `manifests` is Established.
-    async fn await_crds_established(&self, manifests: &[Manifest], timeout: Duration) -> Result<()> {
+    async fn await_crds_established(
+        &self,
+        manifests: &[Manifest],
+        timeout: Duration,
+    ) -> Result<()> {
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let names: Vec<&str> = manifests
@@ -614,6 +651,63 @@ impl Engine {
         Ok(())
     }
 
+    /// Waits until every object in `objects` is healthy (or suspended), polling, for at most
+    /// `timeout`. Returns every object's verdict; on timeout, an error naming the objects that are
+    /// not healthy and why.
+    pub async fn wait_healthy(
+        &self,
+        objects: &[Manifest],
+        timeout: Duration,
+    ) -> Result<Vec<(ObjectKey, HealthVerdict)>> {
+        let resolver = Resolver::new(self.client.clone()).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let verdicts: Vec<(ObjectKey, HealthVerdict)> = stream::iter(objects)
+                .map(|m| {
+                    let resolver = &resolver;
+                    async move {
+                        let key = m.key();
+                        let verdict = match resolver.resolve(m).filter(|r| r.served) {
+                            None => HealthVerdict::missing(),
+                            Some(r) => match self.api(&r, m.namespace()).get_opt(m.name()).await {
+                                Ok(Some(obj)) => health(&to_value(obj)),
+                                Ok(None) => HealthVerdict::missing(),
+                                Err(e) => {
+                                    return Err(Error::Api {
+                                        context: format!("reading {key}"),
+                                        source: e,
+                                    });
+                                }
+                            },
+                        };
+                        Ok((key, verdict))
+                    }
+                })
+                .buffered(16)
+                .try_collect()
+                .await?;
+            let ready = |v: &HealthVerdict| {
+                matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended)
+            };
+            if verdicts.iter().all(|(_, v)| ready(v)) {
+                return Ok(verdicts);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let unhealthy = verdicts
+                    .iter()
+                    .filter(|(_, v)| !ready(v))
+                    .map(|(k, v)| format!("  {k}: {} ({})", v.status, v.reason))
+                    .collect();
+                return Err(Error::Unhealthy {
+                    seconds: timeout.as_secs(),
+                    unhealthy,
+                    verdicts,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     fn api(&self, r: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
         match (r.namespaced, namespace) {
             (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &r.resource),
@@ -622,12 +716,46 @@ impl Engine {
     }
 }
 
+/// Whether every field manager named in an apply conflict message changed the object only
+/// through `Update` operations (imperative edits), never through `Apply`.
+fn only_imperative_managers(message: &str, live: Option<&Value>) -> bool {
+    let managers: Vec<&str> = message
+        .split("with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let Some(entries) = live.and_then(|l| l["metadata"]["managedFields"].as_array()) else {
+        return false;
+    };
+    !managers.is_empty()
+        && managers.iter().all(|name| {
+            let ops: Vec<&str> = entries
+                .iter()
+                .filter(|e| e["manager"].as_str() == Some(name))
+                .filter_map(|e| e["operation"].as_str())
+                .collect();
+            !ops.is_empty() && ops.iter().all(|op| *op == "Update")
+        })
+}
+
 /// What a sync would do with a planned object, judged from the snapshot and dry-run.
 fn predicted_action(prep: &Prepared, key: &ObjectKey) -> Action {
     match (prep.live.get(key), prep.dry_run.get(key)) {
         (None, _) => Action::Created,
         (Some(live), Some(dry)) if same_state(dry, live) => Action::Unchanged,
         (Some(_), _) => Action::Configured,
+    }
+}
+
+/// Stale objects that are not deleted, and why (not owned by this sync, already gone, ...).
+fn report_prune_skipped(plan: &plumb_core::Plan, changes: &mut ChangeSet, progress: &dyn Progress) {
+    for (entry, why) in &plan.prune_skipped {
+        progress.done(&entry.key, Action::Skipped);
+        changes.push(
+            entry.key.clone(),
+            Action::Skipped,
+            Some(format!("not pruned: {why}")),
+        );
     }
 }
 

@@ -35,6 +35,16 @@ pub enum Error {
         /// The timeout.
         seconds: u64,
     },
+    /// Objects did not become healthy within the timeout.
+    #[error("timed out after {seconds}s waiting for health; not healthy:\n{}", .unhealthy.join("\n"))]
+    Unhealthy {
+        /// The timeout.
+        seconds: u64,
+        /// One line per object that is not healthy: key, status and reason.
+        unhealthy: Vec<String>,
+        /// Every object's last verdict.
+        verdicts: Vec<(plumb_core::ObjectKey, plumb_core::HealthVerdict)>,
+    },
     /// Reading or writing the inventory failed.
     #[error("inventory {name} in namespace {namespace}: {message}")]
     Inventory {
@@ -65,8 +75,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect(_) | Error::Discovery(_) | Error::Timeout { .. } => true,
+            Error::Unhealthy { .. } => true,
             Error::Inventory { .. } => true,
-            Error::Api { source, .. } => !matches!(source, kube::Error::Api(s) if s.code < 500 && s.code != 429),
+            Error::Api { source, .. } => {
+                !matches!(source, kube::Error::Api(s) if s.code < 500 && s.code != 429)
+            }
             Error::UnknownKind { .. } | Error::DryRun(_) | Error::Plan(_) => false,
         }
     }
@@ -79,6 +92,7 @@ impl Error {
             Error::UnknownKind { .. } => "unknown_kind",
             Error::DryRun(_) => "dry_run",
             Error::Timeout { .. } => "timeout",
+            Error::Unhealthy { .. } => "unhealthy",
             Error::Inventory { .. } => "inventory",
             Error::Plan(e) => e.metric_label(),
             Error::Api { .. } => "api",
@@ -105,8 +119,10 @@ pub(crate) fn describe_api_error(err: &kube::Error, force_hint: bool) -> String 
                     "immutable field changed: {message} \
                      (delete and re-create the object to change it)"
                 )
+            } else if status.reason.is_empty() {
+                format!("{message} (HTTP {})", status.code)
             } else {
-                format!("{message} ({} {})", status.code, status.reason)
+                format!("{message} ({})", status.reason)
             }
         }
         other => other.to_string(),

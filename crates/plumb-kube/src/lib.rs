@@ -6,7 +6,9 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 
-pub use engine::{Engine, FIELD_MANAGER, NoProgress, ObjectDiff, Progress, SyncOptions, SyncReport};
+pub use engine::{
+    Engine, FIELD_MANAGER, NoProgress, ObjectDiff, Progress, SyncOptions, SyncReport,
+};
 pub use error::{Error, Result};
 pub use inventory::ConfigMapInventory;
 

@@ -32,7 +32,6 @@ pub async fn client() -> Result<Client> {
 /// cleans up too. Label `plumb.dev/test=true` marks it so leftovers can be found.
 pub struct TestNamespace {
     name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -51,10 +50,7 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating test namespace {name}"))?;
-        Ok(Self {
-            name,
-            client: client.clone(),
-        })
+        Ok(Self { name })
     }
 
     /// The namespace's name.
@@ -66,20 +62,20 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let client = self.client.clone();
-        // Drop cannot be async and may run inside a runtime: delete from a thread of its own.
+        // Drop cannot be async and may run inside a runtime that is shutting down: delete from
+        // a thread of its own, with a client (and connections) of its own.
         let deleted = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
+                let client = client().await?;
                 tokio::time::timeout(
                     Duration::from_secs(10),
                     Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()),
                 )
-                .await
-                .map(|_| ())
-                .map_err(std::io::Error::other)
+                .await??;
+                anyhow::Ok(())
             })
         })
         .join();

@@ -1,19 +1,200 @@
 //! Command-line interface: argument parsing and dispatch onto the library crates.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
 
 /// Plumb keeps Kubernetes clusters true to Git.
+///
+/// Exit codes: 0 success; 1 failure (for `diff`: differences found); 2 error (for `diff`).
 #[derive(Debug, Parser)]
-#[command(name = "plumb", version, about, long_about = None)]
+#[command(name = "plumb", version, about, long_about)]
 pub struct Cli {
-    /// More log output (-v info, -vv debug, -vvv trace).
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the manifests a directory renders to, as multi-document YAML.
+    Render(RenderArgs),
+    /// Apply a directory of manifests to the cluster as a named sync unit.
+    ///
+    /// Validates every object with a server-side dry-run first (nothing is written if one
+    /// fails), applies with server-side apply in stages (CRDs and Namespaces first), skips
+    /// objects that would not change, and with --prune deletes objects that left the
+    /// directory, but only those this sync unit created. Exit 0 on success, 1 on any failure.
+    Sync(SyncArgs),
+    /// Show what `sync` would change, as a unified diff (Secret values masked).
+    ///
+    /// Exit 0: no differences; 1: differences; 2: error.
+    Diff(DiffArgs),
+}
+
+/// Arguments of `plumb render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Directory of manifests (plain YAML/JSON, or a Kustomize directory).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub root: Root,
+}
+
+/// The boundary nothing rendered may come from outside of.
+#[derive(Debug, Args)]
+pub struct Root {
+    /// Files may be read only inside this directory (Kustomize bases included). Default: the
+    /// Git work tree that holds DIR, else DIR itself.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+/// Which sync unit, and where its objects go.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Directory of manifests (plain YAML/JSON, or a Kustomize directory).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub root: Root,
+    /// Name of the sync unit: it owns what it applies, and prunes only what it owns.
+    #[arg(long)]
+    pub name: String,
+    /// Namespace of the sync unit: where its inventory lives and where namespaced objects
+    /// without a namespace go (default: the context's namespace, else `default`).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Permit --prune when the directory renders no objects at all.
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A human-readable table.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Arguments of `plumb sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Delete objects that this sync unit applied before and the directory no longer holds.
+    #[arg(long)]
+    pub prune: bool,
+    /// Wait until every applied object is healthy.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 90s, 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Take over fields that other field managers own instead of failing on conflicts.
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Validate with the server and report what would change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Arguments of `plumb diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Compare as if --prune were given to sync (show objects that would be deleted).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub prune: bool,
+}
+
+/// Parses `90`, `90s`, `5m`, `1h`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}: use e.g. 90s, 5m, 1h30m");
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        total += n * unit;
+        number.clear();
+    }
+    if !number.is_empty() || text.is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 pub fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    ExitCode::SUCCESS
+    let cli = Cli::parse();
+    crate::logging::init(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(commands::run(cli))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("5m3").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -1,6 +1,8 @@
 //! The `plumb` command: parse, run, map the outcome to an exit code.
 
 mod cli;
+mod commands;
+mod logging;
 
 use std::process::ExitCode;
 

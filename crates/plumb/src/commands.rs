@@ -1,0 +1,301 @@
+//! The subcommands: thin faces over plumb-render and plumb-kube.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use comfy_table::{Table, presets::NOTHING};
+use indicatif::{ProgressBar, ProgressStyle};
+use plumb_core::{
+    Action, ChangeSet, HealthVerdict, Manifest, ObjectKey, SyncId, to_yaml, unified_diff,
+};
+use plumb_kube::{ConfigMapInventory, Engine, Progress, SyncOptions};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, DiffArgs, Global, Output, RenderArgs, Root, SyncArgs, Target};
+
+/// Runs one command and maps its outcome to the exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let outcome = match cli.command {
+        Command::Render(args) => render(&args).map(|()| ExitCode::SUCCESS),
+        Command::Sync(args) => sync(&cli.global, &args).await,
+        Command::Diff(args) => match diff(&cli.global, &args).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                report(&e);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    outcome.unwrap_or_else(|e| {
+        report(&e);
+        ExitCode::FAILURE
+    })
+}
+
+fn report(e: &anyhow::Error) {
+    eprintln!("error: {e:#}");
+}
+
+/// Renders `dir`, reading nothing outside `root` (default: the Git work tree holding `dir`,
+/// else `dir` itself).
+fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open directory {}", dir.display()))?;
+    let root = match &root.root {
+        Some(r) => r
+            .canonicalize()
+            .with_context(|| format!("cannot open root directory {}", r.display()))?,
+        None => dir
+            .ancestors()
+            .find(|a| a.join(".git").exists())
+            .unwrap_or(&dir)
+            .to_path_buf(),
+    };
+    let relative = dir.strip_prefix(&root).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not inside the root {}",
+            dir.display(),
+            root.display()
+        )
+    })?;
+    let opts = plumb_render::RenderOptions::default();
+    let rendered = if relative.as_os_str().is_empty() {
+        plumb_render::render(&root, &opts)
+    } else {
+        plumb_render::render_path(&root, relative, &opts)
+    };
+    rendered.with_context(|| format!("rendering {}", dir.display()))
+}
+
+fn render(args: &RenderArgs) -> Result<()> {
+    let manifests = render_dir(&args.dir, &args.root)?;
+    let mut out = std::io::stdout().lock();
+    for m in &manifests {
+        writeln!(out, "---")?;
+        let yaml = to_yaml(&m.object);
+        out.write_all(yaml.as_bytes())?;
+        if !yaml.ends_with('\n') {
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Client, sync identity and desired state of a target.
+async fn load(global: &Global, target: &Target) -> Result<(Engine, SyncId, Vec<Manifest>)> {
+    // Render first: a broken directory is reported without touching the cluster.
+    let desired = render_dir(&target.dir, &target.root)?;
+    let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
+        .await
+        .context("connecting to the cluster")?;
+    let namespace = target
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let sync = SyncId::new(namespace, target.name.clone());
+    Ok((Engine::new(client), sync, desired))
+}
+
+fn sync_options(sync: SyncId, target: &Target) -> SyncOptions {
+    let mut opts = SyncOptions::new(sync);
+    opts.allow_empty = target.allow_empty;
+    opts
+}
+
+async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
+    let (engine, sync, desired) = load(global, &args.target).await?;
+    let store = ConfigMapInventory::new(engine.client().clone(), &sync);
+    let inventory = store.load().await?;
+    let mut opts = sync_options(sync.clone(), &args.target);
+    opts.prune = args.prune;
+    opts.force_conflicts = args.force_conflicts;
+    opts.dry_run = args.dry_run;
+
+    let bar = Bar::new();
+    let report = engine.sync(desired, &inventory, &opts, &bar).await;
+    bar.finish();
+    let report = report?;
+    if !args.dry_run {
+        store.save(&report.inventory).await?;
+    }
+
+    let mut health = Vec::new();
+    let mut wait_error = None;
+    if args.wait && !args.dry_run && !report.changes.has_failures() {
+        match engine.wait_healthy(&report.applied, args.timeout).await {
+            Ok(verdicts) => health = verdicts,
+            Err(plumb_kube::Error::Unhealthy {
+                verdicts,
+                unhealthy,
+                seconds,
+            }) => {
+                health = verdicts;
+                wait_error = Some(format!(
+                    "timed out after {seconds}s waiting for health; not healthy:\n{}",
+                    unhealthy.join("\n")
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    print_changes(&sync, &report.changes, &health, args.output, args.dry_run)?;
+    if report.changes.has_failures() {
+        eprintln!(
+            "error: sync {}/{} failed: {} object(s) failed",
+            sync.namespace,
+            sync.name,
+            report.changes.counts().failed
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(message) = wait_error {
+        eprintln!("error: {message}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_changes(
+    sync: &SyncId,
+    changes: &ChangeSet,
+    health: &[(ObjectKey, HealthVerdict)],
+    output: Output,
+    dry_run: bool,
+) -> Result<()> {
+    let health_of = |key: &ObjectKey| health.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Json => {
+            let entries: Vec<_> = changes
+                .entries
+                .iter()
+                .map(|c| {
+                    let mut v = json!({
+                        "object": c.key,
+                        "id": c.key.to_string(),
+                        "action": c.action.as_str(),
+                    });
+                    if let Some(m) = &c.message {
+                        v["message"] = json!(m);
+                    }
+                    if let Some(h) = health_of(&c.key) {
+                        v["health"] = json!(h);
+                    }
+                    v
+                })
+                .collect();
+            let doc = json!({
+                "sync": { "namespace": sync.namespace, "name": sync.name },
+                "dryRun": dry_run,
+                "changes": entries,
+                "summary": changes.counts(),
+            });
+            serde_json::to_writer_pretty(&mut out, &doc)?;
+            writeln!(out)?;
+        }
+        Output::Table => {
+            let mut table = Table::new();
+            table.load_style(NOTHING);
+            let with_health = !health.is_empty();
+            let mut header = vec!["OBJECT", "ACTION"];
+            if with_health {
+                header.push("HEALTH");
+            }
+            header.push("MESSAGE");
+            table.set_header(header);
+            for c in &changes.entries {
+                let mut row = vec![c.key.to_string(), c.action.to_string()];
+                if with_health {
+                    row.push(
+                        health_of(&c.key)
+                            .map(|h| h.status.to_string())
+                            .unwrap_or_default(),
+                    );
+                }
+                let mut message = c.message.clone().unwrap_or_default();
+                if let Some(h) = health_of(&c.key).filter(|_| message.is_empty()) {
+                    message = h.reason.clone();
+                }
+                row.push(message);
+                table.add_row(row);
+            }
+            writeln!(out, "{table}")?;
+            let suffix = if dry_run { " (dry run)" } else { "" };
+            writeln!(
+                out,
+                "sync {}/{}: {}{suffix}",
+                sync.namespace,
+                sync.name,
+                changes.counts()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn diff(global: &Global, args: &DiffArgs) -> Result<ExitCode> {
+    let (engine, sync, desired) = load(global, &args.target).await?;
+    let inventory = ConfigMapInventory::new(engine.client().clone(), &sync)
+        .load()
+        .await?;
+    let mut opts = sync_options(sync, &args.target);
+    opts.prune = args.prune;
+    let diffs = engine.diff(desired, &inventory, &opts).await?;
+    let color = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout().lock();
+    let mut any = false;
+    for d in &diffs {
+        if let Some(text) = unified_diff(&d.key, d.live.as_ref(), d.desired.as_ref(), color) {
+            any = true;
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(if any {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new() -> Self {
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        Self(Some(bar))
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, total: usize) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(total as u64);
+        }
+    }
+
+    fn done(&self, key: &ObjectKey, action: Action) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(format!("{key} {action}"));
+            bar.inc(1);
+        }
+    }
+}
