@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, global = true, env = "KUBECONFIG", value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use (default: the current context).
     #[arg(long, global = true, value_name = "NAME")]
@@ -43,7 +43,10 @@ pub enum Command {
     /// Validates every object with a server-side dry-run first (nothing is written if one
     /// fails), applies with server-side apply in stages (CRDs and Namespaces first), skips
     /// objects that would not change, and with --prune deletes objects that left the
-    /// directory, but only those this sync unit created. Exit 0 on success, 1 on any failure.
+    /// directory, but only those this sync unit created. Fields changed by hand (kubectl
+    /// edit, scale, patch) are drift and are set back to the directory's values; fields that
+    /// another applier owns (kubectl apply --server-side, another GitOps tool) are a conflict.
+    /// Exit 0 on success, 1 on any failure.
     Sync(SyncArgs),
     /// Show what `sync` would change, as a unified diff (Secret values masked).
     ///
@@ -111,7 +114,7 @@ pub struct SyncArgs {
     /// How long --wait waits (e.g. 90s, 5m).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Take over fields that other field managers own instead of failing on conflicts.
+    /// Take over fields that another applier owns instead of failing on the conflict.
     #[arg(long)]
     pub force_conflicts: bool,
     /// Validate with the server and report what would change; write nothing.
