@@ -672,16 +672,14 @@ fn check_tag(repo: &Repo, name: &str, policy: &VerifyPolicy) -> Result<TagVerdic
         .inner
         .find_reference(full.as_str())
         .map_err(|e| repo.err(format!("tag {name}"), e))?;
-    let target = reference
-        .peel_to_id()
-        .map_err(|e| repo.err(format!("tag {name}"), e))?;
-    // `peel_to_id` goes all the way to the commit; the direct target tells annotated from
-    // lightweight tags.
-    let direct = reference
-        .target()
-        .try_id()
-        .map(ToOwned::to_owned)
-        .unwrap_or(target.detach());
+    // The direct target tells annotated from lightweight tags; peeling would replace it.
+    let direct = match reference.target().try_id() {
+        Some(id) => id.to_owned(),
+        None => reference
+            .peel_to_id()
+            .map_err(|e| repo.err(format!("tag {name}"), e))?
+            .detach(),
+    };
     let (kind, data) = repo.object(direct)?;
     if kind != gix::objs::Kind::Tag {
         return Ok(TagVerdict {
