@@ -633,3 +633,43 @@ async fn export_honours_plumbignore_and_refuses_escaping_symlinks() -> TestResul
     assert_eq!(err.metric_label(), "export_symlink_escapes");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_entries_named_dotdot_are_refused() -> TestResult {
+    let repo = Repo::local("dotdot")?;
+    let git_stdin = |args: &[&str], input: &str| -> anyhow::Result<String> {
+        let mut child = Command::new("git")
+            .arg("--git-dir")
+            .arg(repo.path())
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "Mallory")
+            .env("GIT_AUTHOR_EMAIL", "m@plumb.test")
+            .env("GIT_COMMITTER_NAME", "Mallory")
+            .env("GIT_COMMITTER_EMAIL", "m@plumb.test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "git {args:?} failed");
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    let blob = git_stdin(&["hash-object", "-w", "--stdin"], "evil\n")?;
+    let inner = git_stdin(&["mktree"], &format!("100644 blob {blob}\tpasswd\n"))?;
+    let root = git_stdin(&["mktree"], &format!("040000 tree {inner}\t..\n"))?;
+    let commit = git_stdin(&["commit-tree", &root, "-m", "escape"], "")?;
+    git_in(repo.path(), &["update-ref", "refs/heads/main", &commit])?;
+
+    let env = Env::new()?;
+    let request = SourceRequest::new(repo.file_url(), GitRef::Branch("main".into()));
+    let err = env.fetch(&request).await.expect_err("'..' refused");
+    let msg = err.to_string();
+    assert!(msg.contains("\"..\"") && msg.contains(&commit), "{msg}");
+    assert_eq!(err.metric_label(), "export_unsafe_path");
+    Ok(())
+}
