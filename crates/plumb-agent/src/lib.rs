@@ -1,1 +1,3 @@
-//! Plumb's in-cluster agent: reconcilers for GitSource and Sync.
+//! Plumb's in-cluster agent: the `GitSource` and `Sync` API and their reconcilers.
+
+pub mod api;

@@ -1,0 +1,345 @@
+//! The Kubernetes API of Plumb: `GitSource` and `Sync` in group `plumb.dev`, version `v1alpha1`.
+//!
+//! The CRD YAML under `deploy/crds.yaml` is generated from these types (`plumb install --export
+//! --crds-only`); a test fails when the committed file is stale.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group.
+pub const GROUP: &str = "plumb.dev";
+/// Annotation that asks for an immediate reconcile; its value is any new token (e.g. a time).
+pub const RECONCILE_REQUEST_ANNOTATION: &str = "plumb.dev/reconcile-requested-at";
+
+/// A Git repository to fetch, at a ref, with the commit signatures it must carry.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "plumb.dev",
+    version = "v1alpha1",
+    kind = "GitSource",
+    namespaced,
+    status = "GitSourceStatus",
+    shortname = "gs",
+    category = "plumb",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.artifact.revision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":0,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSourceSpec {
+    /// Repository URL: `https://...`, `ssh://user@host[:port]/path`, `file:///path`.
+    pub url: String,
+    /// What to check out; default: branch `main`.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<GitRefSpec>,
+    /// How often to fetch, e.g. `1m`, `5m`, `1h` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Secret with credentials in the source's namespace: `username` + `password` (or
+    /// `bearerToken`) and optionally `caFile` for https; `identity` (private key) and
+    /// `known_hosts` for ssh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Commit signature verification; when set, nothing unverified is ever applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+    /// Paths to leave out of the artifact, in `.gitignore` syntax (added to `.plumbignore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<String>,
+    /// Stop fetching.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// The ref to check out: exactly one of the fields.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitRefSpec {
+    /// A branch name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// A tag name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// A semver range over tags, e.g. `>=1.2.0 <2.0.0`: the highest matching tag wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    /// A full commit id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectReference {
+    /// Its name.
+    pub name: String,
+}
+
+/// A key of a Secret or ConfigMap in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyReference {
+    /// `Secret` or `ConfigMap` (default `ConfigMap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// The data key.
+    pub key: String,
+}
+
+/// Which commits must be signed, and by whom.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// `head`: the fetched commit must be signed by an allowed signer. `range` (default): every
+    /// commit between the last applied one and the new one must be.
+    #[serde(default)]
+    pub mode: VerifyMode,
+    /// SSH allowed signers, in git's `allowed_signers` format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers_ref: Option<KeyReference>,
+    /// Armored OpenPGP public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring_ref: Option<KeyReference>,
+    /// Per-path rules: which signers may sign commits that touch a path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<KeyReference>,
+}
+
+/// Verification mode.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Only the fetched commit.
+    Head,
+    /// Every new commit.
+    #[default]
+    Range,
+}
+
+/// What a GitSource fetched last.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSourceStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The latest fetched (and verified) revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<SourceArtifact>,
+    /// When the last fetch finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch_time: Option<String>,
+    /// The last reconcile request (annotation value) handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// A fetched revision.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceArtifact {
+    /// `<ref>@sha1:<commit>`.
+    pub revision: String,
+    /// The commit id.
+    pub commit: String,
+    /// Digest of the exported tree (`sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_digest: Option<String>,
+    /// Author of the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Who signed it (principal and key fingerprint), when verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+/// Applies a path of a GitSource's artifact to the cluster and keeps it there.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "plumb.dev",
+    version = "v1alpha1",
+    kind = "Sync",
+    namespaced,
+    status = "SyncStatus",
+    shortname = "psync",
+    category = "plumb",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.lastAppliedRevision"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// The GitSource to apply from.
+    pub source_ref: SourceReference,
+    /// Directory inside the source (default: its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often to re-apply even without changes, e.g. `10m` (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Delete objects that left Git (only those this Sync applied).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prune: bool,
+    /// Permit an empty render to prune everything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty: bool,
+    /// Wait for the applied objects to be healthy before becoming Ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait: bool,
+    /// Timeout of apply and health waits, e.g. `5m` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Syncs that must be Ready first (`name` or `namespace/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<DependencyReference>,
+    /// Stop applying.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+    /// Apply as this ServiceAccount of the Sync's namespace (impersonation): the Sync can do
+    /// only what the account may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Namespace for namespaced objects that name none (default: the Sync's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
+    /// What to do when the cluster drifts from Git: `correct` (default) re-applies, `detect`
+    /// only reports.
+    #[serde(default)]
+    pub drift: DriftMode,
+    /// Take over fields that another applier owns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Reference to a GitSource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceReference {
+    /// `GitSource` (the default and only kind today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its namespace (default: the Sync's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Reference to another Sync.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct DependencyReference {
+    /// Its name.
+    pub name: String,
+    /// Its namespace (default: the Sync's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Drift handling.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Re-apply drifted objects.
+    #[default]
+    Correct,
+    /// Report drifted objects, change nothing.
+    Detect,
+}
+
+/// What a Sync applied, and how it went.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The objects this Sync applied and owns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<InventoryItem>,
+    /// The revision last applied successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// The revision last tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempted_revision: Option<String>,
+    /// The last 10 applies, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// Objects that differ from Git right now (drift: detect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftedObject>,
+    /// The last reconcile request (annotation value) handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// One owned object.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub struct InventoryItem {
+    /// `Kind[.group]/[namespace/]name`.
+    pub id: String,
+    /// API version it was applied with.
+    pub v: String,
+}
+
+/// One apply, for the audit trail.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The revision applied.
+    pub revision: String,
+    /// Commit author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// Commit signer (principal and key), when verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// When it finished (RFC 3339).
+    pub time: String,
+    /// `success` or `failure`.
+    pub result: String,
+    /// Counts, e.g. `2 created, 1 configured, 5 unchanged`.
+    pub changes: String,
+    /// Duration in milliseconds.
+    pub duration_ms: u64,
+    /// Error message on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An object that differs from Git.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct DriftedObject {
+    /// `Kind[.group]/[namespace/]name`.
+    pub id: String,
+    /// What differs (`modified`, `deleted`).
+    pub reason: String,
+}
+
+/// The CRDs as one multi-document YAML, as `deploy/crds.yaml` holds them.
+pub fn crds_yaml() -> String {
+    use kube::CustomResourceExt;
+    let mut out = String::from("# Generated from crates/plumb-agent/src/api.rs; do not edit.\n");
+    for crd in [GitSource::crd(), Sync::crd()] {
+        let value = serde_json::to_value(&crd).expect("a CRD serialises");
+        out.push_str("---\n");
+        out.push_str(&plumb_core::to_yaml(&value));
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
