@@ -1,3 +1,8 @@
-//! Plumb's in-cluster agent: the `GitSource` and `Sync` API and their reconcilers.
+//! Plumb's in-cluster agent: the `GitSource` and `Sync` API and their reconcilers, leader
+//! election, the webhook receiver, metrics and health endpoints.
 
 pub mod api;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod webhook;
