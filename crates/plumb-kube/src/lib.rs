@@ -10,7 +10,7 @@ pub use engine::{
     Engine, FIELD_MANAGER, NoProgress, ObjectDiff, Progress, SyncOptions, SyncReport,
 };
 pub use error::{Error, Result};
-pub use inventory::ConfigMapInventory;
+pub use inventory::{ConfigMapInventory, StoredState};
 
 /// A client from a kubeconfig: `path` (else `KUBECONFIG` / `~/.kube/config` / in-cluster) and
 /// `context` (else the current context).

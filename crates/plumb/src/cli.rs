@@ -52,6 +52,12 @@ pub enum Command {
     ///
     /// Exit 0: no differences; 1: differences; 2: error.
     Diff(DiffArgs),
+    /// Check commit signatures of a local repository against allowed signers.
+    ///
+    /// Lists each checked commit with its signer and verdict. Exit 0 only if all pass.
+    Verify(crate::source::VerifyArgs),
+    /// Roll back the GitOps way: commit a revert of COMMIT on a local clone and push it.
+    Revert(crate::source::RevertArgs),
 }
 
 /// Arguments of `plumb render`.
@@ -76,7 +82,10 @@ pub struct Root {
 #[derive(Debug, Args)]
 pub struct Target {
     /// Directory of manifests (plain YAML/JSON, or a Kustomize directory).
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "git", conflicts_with = "git")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub git: crate::source::GitArgs,
     #[command(flatten)]
     pub root: Root,
     /// Name of the sync unit: it owns what it applies, and prunes only what it owns.

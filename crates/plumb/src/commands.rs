@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plumb_core::{
     Action, ChangeSet, HealthVerdict, Manifest, ObjectKey, SyncId, to_yaml, unified_diff,
 };
-use plumb_kube::{ConfigMapInventory, Engine, Progress, SyncOptions};
+use plumb_kube::{ConfigMapInventory, Engine, Progress, StoredState, SyncOptions};
+
+use crate::source::Fetched;
 use serde_json::json;
 
 use crate::cli::{Cli, Command, DiffArgs, Global, Output, RenderArgs, Root, SyncArgs, Target};
@@ -19,6 +21,8 @@ use crate::cli::{Cli, Command, DiffArgs, Global, Output, RenderArgs, Root, SyncA
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
         Command::Render(args) => render(&args).map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => crate::source::verify(&args),
+        Command::Revert(args) => crate::source::revert(&args),
         Command::Sync(args) => sync(&cli.global, &args).await,
         Command::Diff(args) => match diff(&cli.global, &args).await {
             Ok(code) => Ok(code),
@@ -84,10 +88,25 @@ fn render(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Client, sync identity and desired state of a target.
-async fn load(global: &Global, target: &Target) -> Result<(Engine, SyncId, Vec<Manifest>)> {
-    // Render first: a broken directory is reported without touching the cluster.
-    let desired = render_dir(&target.dir, &target.root)?;
+/// A target, loaded: client, sync identity, stored state, desired state and, with `--git`,
+/// the fetched (and verified) revision.
+struct Loaded {
+    engine: Engine,
+    sync: SyncId,
+    store: ConfigMapInventory,
+    state: StoredState,
+    desired: Vec<Manifest>,
+    fetched: Option<Fetched>,
+}
+
+async fn load(global: &Global, target: &Target) -> Result<Loaded> {
+    // A local directory is rendered first: a broken one is reported without touching the
+    // cluster. A Git source needs the last applied revision (the start of the verification
+    // range) from the cluster first.
+    let local = match &target.dir {
+        Some(dir) => Some(render_dir(dir, &target.root)?),
+        None => None,
+    };
     let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
         .await
         .context("connecting to the cluster")?;
@@ -96,7 +115,33 @@ async fn load(global: &Global, target: &Target) -> Result<(Engine, SyncId, Vec<M
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let sync = SyncId::new(namespace, target.name.clone());
-    Ok((Engine::new(client), sync, desired))
+    let store = ConfigMapInventory::new(client.clone(), &sync);
+    let state = store.load_state().await?;
+    let (desired, fetched) = match (local, &target.git.git) {
+        (Some(desired), _) => (desired, None),
+        (None, Some(url)) => {
+            let fetched = crate::source::fetch(&target.git, url, state.revision.clone()).await?;
+            let root = &fetched.artifact.dir;
+            let opts = plumb_render::RenderOptions::default();
+            let desired = match &target.git.path {
+                Some(p) if !p.as_os_str().is_empty() && p != Path::new(".") => {
+                    plumb_render::render_path(root, p, &opts)
+                }
+                _ => plumb_render::render(root, &opts),
+            }
+            .with_context(|| format!("rendering {}", fetched.describe()))?;
+            (desired, Some(fetched))
+        }
+        (None, None) => anyhow::bail!("give a directory or --git URL"),
+    };
+    Ok(Loaded {
+        engine: Engine::new(client),
+        sync,
+        store,
+        state,
+        desired,
+        fetched,
+    })
 }
 
 fn sync_options(sync: SyncId, target: &Target) -> SyncOptions {
@@ -106,20 +151,37 @@ fn sync_options(sync: SyncId, target: &Target) -> SyncOptions {
 }
 
 async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
-    let (engine, sync, desired) = load(global, &args.target).await?;
-    let store = ConfigMapInventory::new(engine.client().clone(), &sync);
-    let inventory = store.load().await?;
+    let Loaded {
+        engine,
+        sync,
+        store,
+        state,
+        desired,
+        fetched,
+    } = load(global, &args.target).await?;
+    if let Some(f) = &fetched {
+        eprintln!("source: {}", f.describe());
+    }
     let mut opts = sync_options(sync.clone(), &args.target);
     opts.prune = args.prune;
     opts.force_conflicts = args.force_conflicts;
     opts.dry_run = args.dry_run;
 
     let bar = Bar::new();
-    let report = engine.sync(desired, &inventory, &opts, &bar).await;
+    let report = engine.sync(desired, &state.inventory, &opts, &bar).await;
     bar.finish();
     let report = report?;
     if !args.dry_run {
-        store.save(&report.inventory).await?;
+        let revision = match &fetched {
+            Some(f) if !report.changes.has_failures() => Some(f.artifact.commit.clone()),
+            _ => state.revision.clone(),
+        };
+        store
+            .save_state(&StoredState {
+                inventory: report.inventory.clone(),
+                revision,
+            })
+            .await?;
     }
 
     let mut health = Vec::new();
@@ -142,7 +204,14 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
         }
     }
 
-    print_changes(&sync, &report.changes, &health, args.output, args.dry_run)?;
+    print_changes(
+        &sync,
+        fetched.as_ref().map(|f| &f.artifact),
+        &report.changes,
+        &health,
+        args.output,
+        args.dry_run,
+    )?;
     if report.changes.has_failures() {
         eprintln!(
             "error: sync {}/{} failed: {} object(s) failed",
@@ -161,6 +230,7 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
 
 fn print_changes(
     sync: &SyncId,
+    source: Option<&plumb_source::Artifact>,
     changes: &ChangeSet,
     health: &[(ObjectKey, HealthVerdict)],
     output: Output,
@@ -190,6 +260,7 @@ fn print_changes(
                 .collect();
             let doc = json!({
                 "sync": { "namespace": sync.namespace, "name": sync.name },
+                "source": source,
                 "dryRun": dry_run,
                 "changes": entries,
                 "summary": changes.counts(),
@@ -238,13 +309,13 @@ fn print_changes(
 }
 
 async fn diff(global: &Global, args: &DiffArgs) -> Result<ExitCode> {
-    let (engine, sync, desired) = load(global, &args.target).await?;
-    let inventory = ConfigMapInventory::new(engine.client().clone(), &sync)
-        .load()
-        .await?;
-    let mut opts = sync_options(sync, &args.target);
+    let loaded = load(global, &args.target).await?;
+    let mut opts = sync_options(loaded.sync, &args.target);
     opts.prune = args.prune;
-    let diffs = engine.diff(desired, &inventory, &opts).await?;
+    let diffs = loaded
+        .engine
+        .diff(loaded.desired, &loaded.state.inventory, &opts)
+        .await?;
     let color = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut any = false;
