@@ -58,6 +58,10 @@ pub enum Command {
     Verify(crate::source::VerifyArgs),
     /// Roll back the GitOps way: commit a revert of COMMIT on a local clone and push it.
     Revert(crate::source::RevertArgs),
+    /// Run the agent: reconcile GitSources and Syncs continuously and heal drift.
+    Agent(crate::agent::AgentArgs),
+    #[command(flatten)]
+    Manage(crate::manage::ManageCommand),
 }
 
 /// Arguments of `plumb render`.

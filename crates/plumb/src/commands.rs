@@ -23,6 +23,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Render(args) => render(&args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => crate::source::verify(&args),
         Command::Revert(args) => crate::source::revert(&args),
+        Command::Agent(args) => crate::agent::run(&cli.global, &args).await,
+        Command::Manage(cmd) => crate::manage::run(&cli.global, cmd).await,
         Command::Sync(args) => sync(&cli.global, &args).await,
         Command::Diff(args) => match diff(&cli.global, &args).await {
             Ok(code) => Ok(code),

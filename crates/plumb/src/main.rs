@@ -1,8 +1,10 @@
 //! The `plumb` command: parse, run, map the outcome to an exit code.
 
+mod agent;
 mod cli;
 mod commands;
 mod logging;
+mod manage;
 mod source;
 
 use std::process::ExitCode;
