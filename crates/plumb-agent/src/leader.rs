@@ -236,7 +236,14 @@ async fn campaign(
                 tx.send_replace(false);
                 return;
             }
-            Step::Freed => {}
+            Step::Freed => {
+                // The manager trusts its cached view of the Lease until that expires; a fresh
+                // one reads the Lease again and takes it now.
+                match target.manager().await {
+                    Ok(fresh) => manager = fresh,
+                    Err(e) => tracing::debug!(%lease, error = %e, "re-reading the released Lease"),
+                }
+            }
             Step::Changed(Ok(is_leader)) => {
                 backoff = Duration::from_millis(250);
                 if is_leader {
