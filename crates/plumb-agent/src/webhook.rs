@@ -134,7 +134,8 @@ async fn hook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let reply = handle(&config, &receiver, &headers, body).await;
+    let mut known = false;
+    let reply = handle(&config, &receiver, &headers, body, &mut known).await;
     let (result, response) = match reply {
         Reply::Unauthorized(why) => {
             tracing::warn!(receiver = %receiver, reason = why, "webhook request refused");
@@ -171,12 +172,8 @@ async fn hook(
         }
     };
     if let Some(metrics) = &config.metrics {
-        // Unknown receiver names come from the caller: do not let them mint label values.
-        let label = if result == WebhookResult::Unauthorized && !valid_receiver_name(&receiver) {
-            "invalid"
-        } else {
-            receiver.as_str()
-        };
+        // Receiver names come from the caller: only configured ones become label values.
+        let label = if known { receiver.as_str() } else { "unknown" };
         metrics.webhook_request(label, result);
     }
     response
@@ -187,6 +184,7 @@ async fn handle(
     receiver: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    known: &mut bool,
 ) -> Reply {
     let body = match body {
         Ok(body) => body,
@@ -196,7 +194,10 @@ async fn handle(
         return Reply::Unauthorized("invalid receiver name");
     }
     let receiver_config = match load_receiver(config, receiver).await {
-        Ok(Some(r)) => r,
+        Ok(Some(r)) => {
+            *known = true;
+            r
+        }
         Ok(None) => return Reply::Unauthorized("unknown receiver"),
         Err(reply) => return reply,
     };
