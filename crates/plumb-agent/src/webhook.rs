@@ -30,6 +30,10 @@
 //! and `.git`, host case-insensitive). Triggering sets the annotation
 //! [`RECONCILE_REQUEST_ANNOTATION`] to the current RFC 3339 time; the GitSource reconciler fetches
 //! on that change. The answer is 202 with `{"triggered": ["namespace/name", ...]}`.
+//!
+//! # RBAC
+//! `get` on `secrets` in the agent's namespace; `list` and `patch` on `gitsources.plumb.dev` in
+//! every namespace whose sources may be triggered.
 
 use std::collections::BTreeSet;
 
