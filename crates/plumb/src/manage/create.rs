@@ -1,0 +1,367 @@
+//! `plumb create source|sync`: build the typed object, then apply it or print it.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use plumb_agent::api::{
+    DependencyReference, DriftMode, GitRefSpec, GitSource, GitSourceSpec, KeyReference,
+    LocalObjectReference, SourceReference, Sync, SyncSpec, VerifyMode, VerifySpec,
+};
+use serde::Serialize;
+
+use super::{
+    FIELD_MANAGER, NamespaceArg, connect, duration_text, namespace_offline, write_stdout,
+    yaml_documents,
+};
+use crate::cli::Global;
+
+/// What to create.
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// A GitSource: a repository, a ref, and the signatures its commits must carry.
+    #[command(alias = "gitsource")]
+    Source(Box<SourceArgs>),
+    /// A Sync: applies a directory of a GitSource to the cluster and keeps it there.
+    Sync(Box<SyncArgs>),
+}
+
+/// Arguments of `plumb create source`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("git_ref").args(["branch", "tag", "semver", "commit"])))]
+pub struct SourceArgs {
+    /// Name of the GitSource.
+    pub name: String,
+    /// Repository URL: https://..., ssh://user@host[:port]/path or file:///path.
+    #[arg(long)]
+    pub url: String,
+    /// Branch to follow (default: main).
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Tag to check out.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Semver range over tags, e.g. ">=1.2.0 <2.0.0": the highest matching tag wins.
+    #[arg(long)]
+    pub semver: Option<String>,
+    /// Full commit id to pin.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// How often to fetch (e.g. 1m, 5m; default 5m).
+    #[arg(long, value_parser = duration_text)]
+    pub interval: Option<String>,
+    /// Secret with the credentials (https: username + password or bearerToken; ssh: identity
+    /// + known_hosts), in the GitSource's namespace.
+    #[arg(long, value_name = "NAME")]
+    pub secret_ref: Option<String>,
+    /// Verify the fetched commit only (head) or every new commit (range; default when any
+    /// --verify-*-ref is given).
+    #[arg(long, value_enum)]
+    pub verify_mode: Option<VerifyModeArg>,
+    /// SSH allowed signers (git's allowed_signers format), as [KIND/]NAME/KEY of a Secret or
+    /// ConfigMap, e.g. ConfigMap/signers/allowed_signers.
+    #[arg(long, value_name = "KIND/NAME/KEY", value_parser = key_reference)]
+    pub verify_allowed_signers_ref: Option<KeyReference>,
+    /// Armored OpenPGP public keys, as [KIND/]NAME/KEY.
+    #[arg(long, value_name = "KIND/NAME/KEY", value_parser = key_reference)]
+    pub verify_keyring_ref: Option<KeyReference>,
+    /// Per-path signer rules, as [KIND/]NAME/KEY.
+    #[arg(long, value_name = "KIND/NAME/KEY", value_parser = key_reference)]
+    pub verify_policy_ref: Option<KeyReference>,
+    /// Paths to leave out, in .gitignore syntax (several: separate by newlines).
+    #[arg(long, value_name = "PATTERNS")]
+    pub ignore: Option<String>,
+    #[command(flatten)]
+    pub namespace: NamespaceArg,
+    /// Print the GitSource as YAML instead of applying it.
+    #[arg(long)]
+    pub export: bool,
+}
+
+/// `--verify-mode`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VerifyModeArg {
+    /// Only the fetched commit must be signed by an allowed signer.
+    Head,
+    /// Every commit since the last applied one must be.
+    Range,
+}
+
+/// `--drift`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DriftArg {
+    /// Re-apply objects that were changed in the cluster.
+    Correct,
+    /// Report drifted objects, change nothing.
+    Detect,
+}
+
+/// Arguments of `plumb create sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Name of the Sync.
+    pub name: String,
+    /// The GitSource to apply from: NAME, or NAMESPACE/NAME in another namespace.
+    #[arg(long, value_name = "[NS/]NAME")]
+    pub source: String,
+    /// Directory inside the source (default: its root).
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<String>,
+    /// Delete objects that left Git (only those this Sync applied).
+    #[arg(long)]
+    pub prune: bool,
+    /// Permit an empty directory to prune everything this Sync applied.
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
+    /// How often to re-apply even without changes (e.g. 10m; default 10m).
+    #[arg(long, value_parser = duration_text)]
+    pub interval: Option<String>,
+    /// What to do when the cluster drifts from Git (default: correct).
+    #[arg(long, value_enum)]
+    pub drift: Option<DriftArg>,
+    /// A Sync that must be Ready first, as [NS/]NAME (repeat, or separate by commas).
+    #[arg(long, value_name = "[NS/]NAME", value_delimiter = ',')]
+    pub depends_on: Vec<String>,
+    /// Namespace for namespaced objects that name none (default: the Sync's namespace).
+    #[arg(long, value_name = "NS")]
+    pub target_namespace: Option<String>,
+    /// Apply as this ServiceAccount of the Sync's namespace (the Sync can do only what it may).
+    #[arg(long, value_name = "SA")]
+    pub service_account: Option<String>,
+    /// Become Ready only when every applied object is healthy.
+    #[arg(long)]
+    pub wait: bool,
+    /// Timeout of the agent's apply and health wait (e.g. 5m; default 5m).
+    #[arg(long, value_parser = duration_text)]
+    pub timeout: Option<String>,
+    #[command(flatten)]
+    pub namespace: NamespaceArg,
+    /// Print the Sync as YAML instead of applying it.
+    #[arg(long)]
+    pub export: bool,
+}
+
+pub async fn run(global: &Global, command: CreateCommand) -> Result<ExitCode> {
+    match command {
+        CreateCommand::Source(args) => {
+            let ns = namespace_offline(global, args.namespace.namespace.as_deref()).await;
+            let obj = git_source(&args, &ns)?;
+            emit(global, obj, &ns, args.export).await
+        }
+        CreateCommand::Sync(args) => {
+            let ns = namespace_offline(global, args.namespace.namespace.as_deref()).await;
+            let obj = sync(&args, &ns)?;
+            emit(global, obj, &ns, args.export).await
+        }
+    }
+}
+
+/// Builds the GitSource the flags describe.
+pub fn git_source(args: &SourceArgs, namespace: &str) -> Result<GitSource> {
+    let git_ref = GitRefSpec {
+        branch: args.branch.clone(),
+        tag: args.tag.clone(),
+        semver: args.semver.clone(),
+        commit: args.commit.clone(),
+    };
+    let has_ref = git_ref != GitRefSpec::default();
+    let any_key = args.verify_allowed_signers_ref.is_some()
+        || args.verify_keyring_ref.is_some()
+        || args.verify_policy_ref.is_some();
+    let verify = match (args.verify_mode, any_key) {
+        (None, false) => None,
+        (Some(_), false) => bail!(
+            "--verify-mode needs the keys to verify with: --verify-allowed-signers-ref (SSH) or \
+             --verify-keyring-ref (OpenPGP)"
+        ),
+        (mode, true) => {
+            if args.verify_allowed_signers_ref.is_none() && args.verify_keyring_ref.is_none() {
+                bail!(
+                    "--verify-policy-ref names who may sign which paths, but the keys come from \
+                     --verify-allowed-signers-ref or --verify-keyring-ref: give one of them"
+                );
+            }
+            Some(VerifySpec {
+                mode: match mode {
+                    Some(VerifyModeArg::Head) => VerifyMode::Head,
+                    Some(VerifyModeArg::Range) | None => VerifyMode::Range,
+                },
+                allowed_signers_ref: args.verify_allowed_signers_ref.clone(),
+                keyring_ref: args.verify_keyring_ref.clone(),
+                policy_ref: args.verify_policy_ref.clone(),
+            })
+        }
+    };
+    let spec = GitSourceSpec {
+        url: args.url.clone(),
+        git_ref: has_ref.then_some(git_ref),
+        interval: args.interval.clone(),
+        secret_ref: args
+            .secret_ref
+            .clone()
+            .map(|name| LocalObjectReference { name }),
+        verify,
+        ignore: args.ignore.clone(),
+        suspend: false,
+    };
+    let mut obj = GitSource::new(&args.name, spec);
+    obj.metadata = meta(&args.name, namespace);
+    Ok(obj)
+}
+
+/// Builds the Sync the flags describe.
+pub fn sync(args: &SyncArgs, namespace: &str) -> Result<Sync> {
+    let (source_ns, source_name) = split_ref(&args.source, "--source")?;
+    let depends_on = args
+        .depends_on
+        .iter()
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            split_ref(d, "--depends-on")
+                .map(|(namespace, name)| DependencyReference { name, namespace })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spec = SyncSpec {
+        source_ref: SourceReference {
+            kind: Some("GitSource".to_owned()),
+            name: source_name,
+            namespace: source_ns,
+        },
+        path: args.path.clone(),
+        interval: args.interval.clone(),
+        prune: args.prune,
+        allow_empty: args.allow_empty,
+        wait: args.wait,
+        timeout: args.timeout.clone(),
+        depends_on,
+        suspend: false,
+        service_account_name: args.service_account.clone(),
+        target_namespace: args.target_namespace.clone(),
+        drift: match args.drift {
+            Some(DriftArg::Detect) => DriftMode::Detect,
+            Some(DriftArg::Correct) | None => DriftMode::Correct,
+        },
+        force: false,
+    };
+    let mut obj = Sync::new(&args.name, spec);
+    obj.metadata = meta(&args.name, namespace);
+    Ok(obj)
+}
+
+fn meta(name: &str, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// `NAME` or `NS/NAME`.
+fn split_ref(text: &str, flag: &str) -> Result<(Option<String>, String)> {
+    match text.split('/').collect::<Vec<_>>()[..] {
+        [name] if !name.is_empty() => Ok((None, name.to_owned())),
+        [ns, name] if !ns.is_empty() && !name.is_empty() => {
+            Ok((Some(ns.to_owned()), name.to_owned()))
+        }
+        _ => bail!("{flag} {text:?}: use NAME or NAMESPACE/NAME"),
+    }
+}
+
+/// `[KIND/]NAME/KEY` with KIND `Secret` or `ConfigMap` (any case; default ConfigMap).
+fn key_reference(text: &str) -> Result<KeyReference, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    let (kind, name, key) = match parts[..] {
+        [name, key] => ("ConfigMap", name, key),
+        [kind, name, key] => {
+            let kind = match kind.to_ascii_lowercase().as_str() {
+                "secret" => "Secret",
+                "configmap" => "ConfigMap",
+                _ => return Err(format!("kind {kind:?} must be Secret or ConfigMap")),
+            };
+            (kind, name, key)
+        }
+        _ => {
+            return Err(format!(
+                "{text:?}: use KIND/NAME/KEY, e.g. ConfigMap/signers/allowed_signers"
+            ));
+        }
+    };
+    if name.is_empty() || key.is_empty() {
+        return Err(format!("{text:?}: name and key must not be empty"));
+    }
+    Ok(KeyReference {
+        kind: Some(kind.to_owned()),
+        name: name.to_owned(),
+        key: key.to_owned(),
+    })
+}
+
+/// Prints `obj` as YAML, or applies it.
+async fn emit<K>(global: &Global, obj: K, namespace: &str, export: bool) -> Result<ExitCode>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let value = serde_json::to_value(&obj).context("serialising the object")?;
+    if export {
+        write_stdout(&yaml_documents([&value]))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (client, _) = connect(global, Some(namespace)).await?;
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let kind = K::kind(&());
+    let api = Api::<K>::namespaced(client, namespace);
+    let existed = api
+        .get_opt(&name)
+        .await
+        .with_context(|| format!("reading {kind} {namespace}/{name} (are the CRDs installed? run `plumb install --crds-only`)"))?
+        .is_some();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&value),
+    )
+    .await
+    .with_context(|| format!("applying {kind} {namespace}/{name}"))?;
+    let verb = if existed { "configured" } else { "created" };
+    println!("✔ {kind} {namespace}/{name} {verb}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_references() {
+        let r = key_reference("secret/keys/allowed_signers").unwrap();
+        assert_eq!(r.kind.as_deref(), Some("Secret"));
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("keys", "allowed_signers")
+        );
+        assert_eq!(
+            key_reference("signers/keys").unwrap().kind.as_deref(),
+            Some("ConfigMap")
+        );
+        assert!(key_reference("Pod/a/b").is_err());
+        assert!(key_reference("a").is_err());
+        assert!(key_reference("ConfigMap//k").is_err());
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(split_ref("web", "--x").unwrap(), (None, "web".into()));
+        assert_eq!(
+            split_ref("infra/web", "--x").unwrap(),
+            (Some("infra".into()), "web".into())
+        );
+        assert!(split_ref("a/b/c", "--x").is_err());
+        assert!(split_ref("/b", "--x").is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! `plumb install`: the CRDs and the in-cluster agent.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::{Api, Client};
+use plumb_core::split_api_version;
+use serde_json::Value;
+
+use super::{FIELD_MANAGER, write_stdout, yaml_documents};
+use crate::cli::{Global, parse_duration};
+
+/// The CRDs, generated from the API types (`plumb_agent::api::crds_yaml`).
+const CRDS_YAML: &str = include_str!("../../../../deploy/crds.yaml");
+/// The agent's Namespace, RBAC, Deployment and Service.
+const AGENT_YAML: &str = include_str!("../../../../deploy/agent.yaml");
+/// The namespace `deploy/agent.yaml` uses.
+const DEFAULT_NAMESPACE: &str = "plumb-system";
+/// The agent image, without tag.
+const IMAGE_REPOSITORY: &str = "ghcr.io/plumb-dev/plumb";
+
+/// Arguments of `plumb install`.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Print the manifests as multi-document YAML instead of applying them.
+    #[arg(long)]
+    pub export: bool,
+    /// Only the CRDs (for an agent that runs outside the cluster, e.g. `plumb agent` on a laptop).
+    #[arg(long)]
+    pub crds_only: bool,
+    /// Namespace for the agent.
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Agent image (default: ghcr.io/plumb-dev/plumb at this plumb's version).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// How long to wait for the CRDs to become Established.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(global: &Global, args: &InstallArgs) -> Result<ExitCode> {
+    let crds = parse_documents(CRDS_YAML).context("parsing the built-in CRDs")?;
+    let agent = if args.crds_only {
+        Vec::new()
+    } else {
+        let image = args
+            .image
+            .clone()
+            .unwrap_or_else(|| format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")));
+        agent_manifests(&args.namespace, &image)?
+    };
+    if args.export {
+        write_stdout(&yaml_documents(crds.iter().chain(&agent)))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
+        .await
+        .context("cannot build a Kubernetes client (check --kubeconfig, --context, KUBECONFIG)")?;
+    install_crds(&client, &crds, args.timeout).await?;
+    if !agent.is_empty() {
+        apply_all(&client, &agent).await?;
+        println!(
+            "✔ agent installed in namespace {} (check: kubectl -n {} get deployment plumb-agent)",
+            args.namespace, args.namespace
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses multi-document YAML, skipping empty documents.
+fn parse_documents(text: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
+    Ok(docs.into_iter().filter(Value::is_object).collect())
+}
+
+/// The agent's manifests, moved into `namespace` and running `image`.
+fn agent_manifests(namespace: &str, image: &str) -> Result<Vec<Value>> {
+    let mut docs = parse_documents(AGENT_YAML).context("parsing the built-in agent manifests")?;
+    for doc in &mut docs {
+        relocate(doc, namespace);
+        if doc["kind"] == "Deployment" {
+            let containers = doc
+                .pointer_mut("/spec/template/spec/containers")
+                .and_then(Value::as_array_mut)
+                .context("the built-in Deployment has no containers")?;
+            for c in containers {
+                c["image"] = Value::from(image);
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// Moves an object of `deploy/agent.yaml` from `plumb-system` to `namespace`.
+fn relocate(doc: &mut Value, namespace: &str) {
+    if doc["kind"] == "Namespace" {
+        doc["metadata"]["name"] = Value::from(namespace);
+    }
+    if doc["metadata"].get("namespace").is_some() {
+        doc["metadata"]["namespace"] = Value::from(namespace);
+    }
+    if let Some(subjects) = doc.get_mut("subjects").and_then(Value::as_array_mut) {
+        for s in subjects {
+            if s.get("namespace").is_some() {
+                s["namespace"] = Value::from(namespace);
+            }
+        }
+    }
+}
+
+/// Applies the CRDs and waits until the API server serves them.
+async fn install_crds(client: &Client, crds: &[Value], timeout: Duration) -> Result<()> {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut names = Vec::new();
+    for crd in crds {
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .context("a built-in CRD has no name")?;
+        api.patch(name, &params, &Patch::Apply(crd))
+            .await
+            .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
+        names.push(name.to_owned());
+    }
+    let deadline = Instant::now() + timeout;
+    for name in &names {
+        loop {
+            let crd = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading CustomResourceDefinition {name}"))?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                println!("✔ CustomResourceDefinition {name} established");
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "CustomResourceDefinition {name} was not Established after {timeout:?}: \
+                     check `kubectl get crd {name} -o yaml` for its conditions"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Server-side applies objects in order (the Namespace comes first in the file).
+async fn apply_all(client: &Client, docs: &[Value]) -> Result<()> {
+    let resolver = plumb_kube::discovery::Resolver::new(client.clone())
+        .await
+        .context("discovering the cluster's API resources")?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for doc in docs {
+        let key = plumb_core::ObjectKey::from_object(doc);
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = split_api_version(api_version);
+        let resolved = resolver
+            .resolve_gvk(group, version, &key.kind)
+            .with_context(|| format!("the cluster does not serve {api_version} {}", key.kind))?;
+        let api: Api<DynamicObject> = match (&key.namespace, resolved.namespaced) {
+            (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &resolved.resource),
+            _ => Api::all_with(client.clone(), &resolved.resource),
+        };
+        api.patch(&key.name, &params, &Patch::Apply(doc))
+            .await
+            .with_context(|| format!("applying {key}"))?;
+        println!("✔ {key} applied");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_yaml_image_is_this_version() {
+        let docs = parse_documents(AGENT_YAML).unwrap();
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        assert_eq!(
+            deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")),
+            "deploy/agent.yaml names another version than the crate: update its image tag"
+        );
+    }
+
+    #[test]
+    fn relocation_moves_every_namespaced_reference() {
+        let docs = agent_manifests("elsewhere", "example/plumb:dev").unwrap();
+        let text = serde_json::to_string(&docs).unwrap();
+        assert!(!text.contains(DEFAULT_NAMESPACE), "{text}");
+        assert!(text.contains("example/plumb:dev"));
+        let ns = docs.iter().find(|d| d["kind"] == "Namespace").unwrap();
+        assert_eq!(ns["metadata"]["name"], "elsewhere");
+    }
+
+    #[test]
+    fn crds_yaml_is_the_generated_one() {
+        assert_eq!(CRDS_YAML, plumb_agent::api::crds_yaml());
+    }
+}
