@@ -2,7 +2,14 @@
 //! election, the webhook receiver, metrics and health endpoints.
 
 pub mod api;
+pub mod context;
+pub mod drift;
+pub mod error;
+pub mod gitsource;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod runner;
+pub mod status;
+pub mod syncs;
 pub mod webhook;

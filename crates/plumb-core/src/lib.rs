@@ -5,6 +5,7 @@
 
 pub mod changeset;
 pub mod diff;
+pub mod duration;
 pub mod health;
 pub mod inventory;
 pub mod normalize;
@@ -16,6 +17,7 @@ pub mod yaml;
 
 pub use changeset::{Action, Change, ChangeCounts, ChangeSet};
 pub use diff::unified_diff;
+pub use duration::parse_duration;
 pub use health::{HealthStatus, HealthVerdict, health};
 pub use inventory::{Inventory, InventoryEntry, InventoryError};
 pub use normalize::{normalize, same_state};

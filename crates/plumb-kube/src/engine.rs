@@ -25,8 +25,10 @@ pub const FIELD_MANAGER: &str = "plumb";
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
     /// The sync unit: owns the applied objects; its namespace is the default namespace of
-    /// namespaced objects that name none.
+    /// namespaced objects that name none, unless `target_namespace` is set.
     pub sync: SyncId,
+    /// Namespace for namespaced objects that name none (default: the sync's namespace).
+    pub target_namespace: Option<String>,
     /// Delete objects that left the desired state (only those this sync owns).
     pub prune: bool,
     /// Permit an empty desired state to prune everything.
@@ -46,6 +48,7 @@ impl SyncOptions {
     pub fn new(sync: SyncId) -> Self {
         Self {
             sync,
+            target_namespace: None,
             prune: false,
             allow_empty: false,
             force_conflicts: false,
@@ -82,6 +85,26 @@ pub struct ObjectDiff {
     /// when the server cannot dry-run it yet (its CRD or Namespace is part of this sync).
     /// `None` for objects that would be pruned.
     pub desired: Option<Value>,
+}
+
+/// How an object compares with its desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectState {
+    /// As desired.
+    InSync,
+    /// Exists but differs (someone edited it).
+    Modified,
+    /// Does not exist (someone deleted it).
+    Missing,
+}
+
+/// The outcome of [`Engine::check_object`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectCheck {
+    /// What was found.
+    pub state: ObjectState,
+    /// Whether it was applied again.
+    pub corrected: bool,
 }
 
 /// Receives each object's outcome as soon as it is known (progress bars, logs).
@@ -318,7 +341,11 @@ impl Engine {
             };
             if resolved.namespaced {
                 if m.namespace().is_none() {
-                    m.set_namespace(Some(&opts.sync.namespace));
+                    let ns = opts
+                        .target_namespace
+                        .as_deref()
+                        .unwrap_or(&opts.sync.namespace);
+                    m.set_namespace(Some(ns));
                 }
             } else {
                 m.set_namespace(None);
@@ -393,17 +420,23 @@ impl Engine {
             .filter(|t| t.live.is_none())
             .map(|t| t.manifest.name())
             .collect();
-        let checkable: Vec<&Target> = targets
-            .values()
-            .filter(|t| t.resolved.served)
-            .filter(|t| {
+        // Owned keys, not references, in the stream: its future must be Send for any caller.
+        let checkable: Vec<ObjectKey> = targets
+            .iter()
+            .filter(|(_, t)| t.resolved.served)
+            .filter(|(_, t)| {
                 t.manifest
                     .namespace()
                     .is_none_or(|ns| !new_namespaces.contains(ns))
             })
+            .map(|(k, _)| k.clone())
             .collect();
+        let targets_ref = &targets;
         let results: Vec<(ObjectKey, std::result::Result<Value, String>)> = stream::iter(checkable)
-            .map(|t| async move { (t.manifest.key(), self.apply_one(t, opts, true).await) })
+            .map(|key| async move {
+                let result = self.apply_one(&targets_ref[&key], opts, true).await;
+                (key, result)
+            })
             .buffer_unordered(opts.concurrency.max(1))
             .collect()
             .await;
@@ -444,7 +477,7 @@ impl Engine {
     ) -> Result<ChangeSet> {
         let prep_ref = &*prep;
         let results: Vec<(ObjectKey, Action, Option<String>, Option<Value>)> =
-            stream::iter(manifests.iter().map(|m| m.key()))
+            stream::iter(manifests.iter().map(Manifest::key).collect::<Vec<_>>())
                 .map(|key| async move {
                     let target = &prep_ref.targets[&key];
                     let (action, message, result) = self.write(prep_ref, target, opts).await;
@@ -651,6 +684,64 @@ impl Engine {
         Ok(())
     }
 
+    /// Compares one applied object with its desired state, cheaply: one server-side dry-run
+    /// (which also reads the live object). With `correct`, a drifted or deleted object is
+    /// applied again. This is the drift path: it touches only the object that changed.
+    pub async fn check_object(
+        &self,
+        manifest: &Manifest,
+        resolved: &Resolved,
+        force_conflicts: bool,
+        correct: bool,
+    ) -> Result<ObjectCheck> {
+        let key = manifest.key();
+        let api = self.api(resolved, manifest.namespace());
+        let live = api
+            .get_opt(manifest.name())
+            .await
+            .map_err(|source| Error::Api {
+                context: format!("reading {key}"),
+                source,
+            })?
+            .map(to_value);
+        let target = Target {
+            manifest: manifest.clone(),
+            resolved: resolved.clone(),
+            live: live.clone(),
+        };
+        let mut opts = SyncOptions::new(SyncId::new("", ""));
+        opts.force_conflicts = force_conflicts;
+        let state = match &live {
+            None => ObjectState::Missing,
+            Some(live) => {
+                let predicted = self
+                    .apply_one(&target, &opts, true)
+                    .await
+                    .map_err(|message| Error::DryRun(vec![format!("  {key}: {message}")]))?;
+                if same_state(&predicted, live) {
+                    return Ok(ObjectCheck {
+                        state: ObjectState::InSync,
+                        corrected: false,
+                    });
+                }
+                ObjectState::Modified
+            }
+        };
+        if !correct {
+            return Ok(ObjectCheck {
+                state,
+                corrected: false,
+            });
+        }
+        self.apply_one(&target, &opts, false)
+            .await
+            .map_err(|message| Error::DryRun(vec![format!("  {key}: {message}")]))?;
+        Ok(ObjectCheck {
+            state,
+            corrected: true,
+        })
+    }
+
     /// Waits until every object in `objects` is healthy (or suspended), polling, for at most
     /// `timeout`. Returns every object's verdict; on timeout, an error naming the objects that are
     /// not healthy and why.
@@ -662,9 +753,10 @@ impl Engine {
         let resolver = Resolver::new(self.client.clone()).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let verdicts: Vec<(ObjectKey, HealthVerdict)> = stream::iter(objects)
-                .map(|m| {
+            let verdicts: Vec<(ObjectKey, HealthVerdict)> = stream::iter(0..objects.len())
+                .map(|i| {
                     let resolver = &resolver;
+                    let m = &objects[i];
                     async move {
                         let key = m.key();
                         let verdict = match resolver.resolve(m).filter(|r| r.served) {

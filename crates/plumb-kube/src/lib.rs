@@ -7,7 +7,8 @@ pub mod error;
 pub mod inventory;
 
 pub use engine::{
-    Engine, FIELD_MANAGER, NoProgress, ObjectDiff, Progress, SyncOptions, SyncReport,
+    Engine, FIELD_MANAGER, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress, SyncOptions,
+    SyncReport,
 };
 pub use error::{Error, Result};
 pub use inventory::{ConfigMapInventory, StoredState};
@@ -15,24 +16,29 @@ pub use inventory::{ConfigMapInventory, StoredState};
 /// A client from a kubeconfig: `path` (else `KUBECONFIG` / `~/.kube/config` / in-cluster) and
 /// `context` (else the current context).
 pub async fn client(path: Option<&std::path::Path>, context: Option<&str>) -> Result<kube::Client> {
+    let config = config(path, context).await?;
+    kube::Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
+}
+
+/// The client configuration [`client`] builds on.
+pub async fn config(path: Option<&std::path::Path>, context: Option<&str>) -> Result<kube::Config> {
     let options = kube::config::KubeConfigOptions {
         context: context.map(str::to_owned),
         ..Default::default()
     };
-    let config = match path {
+    match path {
         Some(p) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(p)
                 .map_err(|e| Error::Connect(format!("reading kubeconfig {}: {e}", p.display())))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|e| Error::Connect(e.to_string()))?
+                .map_err(|e| Error::Connect(e.to_string()))
         }
         None if context.is_some() => kube::Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?,
+            .map_err(|e| Error::Connect(e.to_string())),
         None => kube::Config::infer()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
+            .map_err(|e| Error::Connect(e.to_string())),
+    }
 }

@@ -1,0 +1,167 @@
+//! What the reconcilers share: clients, the fetcher and artifacts, events, backoff, metrics.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use plumb_source::Fetcher;
+
+use crate::drift::DriftTracker;
+use crate::metrics::Metrics;
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where repositories and artifacts are cached.
+    pub cache_dir: PathBuf,
+    /// Only this namespace's GitSources and Syncs (default: all namespaces).
+    pub namespace: Option<String>,
+    /// How many objects of each kind are reconciled at once.
+    pub concurrency: u16,
+    /// Whether a Sync may refer to GitSources and dependencies in other namespaces.
+    pub cross_namespace_refs: bool,
+    /// The agent's identity in events and leases.
+    pub identity: String,
+}
+
+/// The shared state of the reconcilers.
+pub struct Context {
+    /// The agent's own client.
+    pub client: Client,
+    /// The configuration `client` was built from (for impersonating clients).
+    kube_config: kube::Config,
+    /// Settings.
+    pub config: AgentConfig,
+    /// Fetches Git repositories into the cache.
+    pub fetcher: Fetcher,
+    /// The latest exported artifact of each GitSource: (namespace, name) -> (commit, directory).
+    pub artifacts: Mutex<HashMap<(String, String), (String, PathBuf)>>,
+    /// Watches managed objects and heals drift.
+    pub drift: DriftTracker,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Clients impersonating ServiceAccounts, by `namespace/name`.
+    impersonated: Mutex<HashMap<String, Client>>,
+}
+
+impl Context {
+    /// A context for the agent.
+    pub fn new(
+        client: Client,
+        kube_config: kube::Config,
+        config: AgentConfig,
+        metrics: Metrics,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "plumb".into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        Self {
+            fetcher: Fetcher::new(config.cache_dir.join("git")),
+            drift: DriftTracker::new(client.clone(), metrics.clone()),
+            client,
+            kube_config,
+            config,
+            artifacts: Mutex::default(),
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+            impersonated: Mutex::default(),
+        }
+    }
+
+    /// Publishes an Event on `obj`; failures to publish are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        note: impl Into<String>,
+    ) {
+        let reference: ObjectReference = obj.object_ref(&());
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(truncate(note.into(), 1024)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason, "could not publish an event");
+        }
+    }
+
+    /// Records a failure of `key` and returns how long to wait before retrying: 2s, 4s, ...
+    /// up to 5 minutes.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock poisoned");
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 2u64.saturating_pow((*n).min(9)).min(300);
+        Duration::from_secs(secs)
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .expect("failures lock poisoned")
+            .remove(key);
+    }
+
+    /// The client to apply a Sync with: the agent's own, or one impersonating
+    /// `system:serviceaccount:<namespace>:<name>`.
+    pub fn client_for(
+        &self,
+        namespace: &str,
+        service_account: Option<&str>,
+    ) -> Result<Client, kube::Error> {
+        let Some(sa) = service_account else {
+            return Ok(self.client.clone());
+        };
+        let key = format!("{namespace}/{sa}");
+        if let Some(c) = self
+            .impersonated
+            .lock()
+            .expect("impersonation lock poisoned")
+            .get(&key)
+        {
+            return Ok(c.clone());
+        }
+        let mut config = self.kube_config.clone();
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
+        let client = Client::try_from(config)?;
+        self.impersonated
+            .lock()
+            .expect("impersonation lock poisoned")
+            .insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}

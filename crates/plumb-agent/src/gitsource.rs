@@ -1,0 +1,439 @@
+//! The GitSource reconciler: fetch, verify, export, record the artifact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use plumb_source::{
+    AllowedSigners, Credentials, GitRef, Keyring, PathPolicy, SourceRequest, VerifyMode,
+    VerifyPolicy,
+};
+use serde_json::json;
+
+use crate::api::{GitSource, GitSourceStatus, KeyReference, SourceArtifact};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::metrics::{Outcome, ReconcileKind};
+use crate::status::{self, types};
+
+/// Default fetch interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Reconciles one GitSource.
+pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = gs.namespace().unwrap_or_default();
+    let name = gs.name_any();
+    let key = format!("GitSource/{ns}/{name}");
+    let _span = tracing::info_span!("reconcile", object = %key).entered();
+    if gs.spec.suspend {
+        return Ok(Action::await_change());
+    }
+    let interval = match &gs.spec.interval {
+        Some(i) => plumb_core::parse_duration(i).map_err(Error::Spec)?,
+        None => DEFAULT_INTERVAL,
+    };
+    drop(_span);
+
+    let result = fetch(&gs, &ctx, &ns, &name).await;
+    let elapsed = started.elapsed();
+    let mut st = gs.status.clone().unwrap_or_default();
+    st.observed_generation = gs.metadata.generation;
+    st.last_handled_reconcile_at = requested_at(gs.as_ref());
+    st.last_fetch_time = Some(status::now_rfc3339());
+    let action = match result {
+        Ok(artifact) => {
+            ctx.metrics.observe_fetch(Outcome::Success, elapsed);
+            ctx.metrics
+                .observe_reconcile(ReconcileKind::GitSource, Outcome::Success, elapsed);
+            ctx.reset_backoff(&key);
+            let new_commit = st.artifact.as_ref().map(|a| &a.commit) != Some(&artifact.commit);
+            let message = format!("stored artifact for revision {}", artifact.revision);
+            status::set_condition(
+                &mut st.conditions,
+                types::READY,
+                true,
+                "Succeeded",
+                &message,
+                st.observed_generation,
+            );
+            status::remove_condition(&mut st.conditions, types::STALLED);
+            status::remove_condition(&mut st.conditions, types::RECONCILING);
+            if new_commit {
+                let signer = artifact
+                    .signer
+                    .as_deref()
+                    .map(|s| format!(", signed by {s}"))
+                    .unwrap_or_default();
+                ctx.event(
+                    gs.as_ref(),
+                    false,
+                    "NewArtifact",
+                    format!("{message}{signer}"),
+                )
+                .await;
+            }
+            st.artifact = Some(artifact);
+            Action::requeue(interval)
+        }
+        Err(e) => {
+            ctx.metrics.observe_fetch(Outcome::Failure, elapsed);
+            ctx.metrics
+                .observe_reconcile(ReconcileKind::GitSource, Outcome::Failure, elapsed);
+            if e.is_verification_failure() {
+                ctx.metrics.verification_failed();
+            }
+            let message = e.to_string();
+            tracing::warn!(object = %key, error = %message, "fetch failed");
+            status::set_condition(
+                &mut st.conditions,
+                types::READY,
+                false,
+                e.reason(),
+                &message,
+                st.observed_generation,
+            );
+            if e.is_retryable() {
+                status::remove_condition(&mut st.conditions, types::STALLED);
+            } else {
+                status::set_condition(
+                    &mut st.conditions,
+                    types::STALLED,
+                    true,
+                    e.reason(),
+                    &message,
+                    st.observed_generation,
+                );
+            }
+            ctx.event(gs.as_ref(), true, e.reason(), &message).await;
+            Action::requeue(ctx.backoff(&key).min(interval))
+        }
+    };
+    write_status(&ctx, &ns, &name, &st).await?;
+    Ok(action)
+}
+
+/// The value of the reconcile-request annotation, if any.
+pub fn requested_at<K: ResourceExt>(obj: &K) -> Option<String> {
+    obj.annotations()
+        .get(crate::api::RECONCILE_REQUEST_ANNOTATION)
+        .cloned()
+}
+
+async fn write_status(ctx: &Context, ns: &str, name: &str, st: &GitSourceStatus) -> Result<()> {
+    let api: Api<GitSource> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "plumb.dev/v1alpha1",
+        "kind": "GitSource",
+        "status": st,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("plumb").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        context: format!("writing the status of GitSource {ns}/{name}"),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Fetches, verifies and exports the GitSource's ref; returns the artifact for the status.
+async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<SourceArtifact> {
+    let previous = gs.status.as_ref().and_then(|s| s.artifact.as_ref());
+    let (mut request, _secrets) = request_for(gs, ctx, None).await?;
+    request.verify = verify_policy(gs, ctx, ns).await?;
+    if request.verify.is_some() {
+        request.last_verified = previous.map(|a| a.commit.clone());
+    }
+    let git_ref = request.git_ref.clone();
+    let dir = artifacts_dir(ctx, ns, name);
+    let staging = dir.join(format!(".fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let artifact = ctx.fetcher.fetch(&request, &staging).await;
+    let artifact = match artifact {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+    };
+    let final_dir = dir.join(&artifact.commit);
+    if final_dir.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    } else {
+        std::fs::rename(&staging, &final_dir).map_err(|e| Error::Io {
+            context: format!("storing the artifact in {}", final_dir.display()),
+            source: e,
+        })?;
+    }
+    // Keep only the newest artifact of this source.
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy() != artifact.commit {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    ctx.artifacts
+        .lock()
+        .expect("artifacts lock poisoned")
+        .insert(
+            (ns.to_owned(), name.to_owned()),
+            (artifact.commit.clone(), final_dir),
+        );
+
+    let tip = artifact
+        .verification
+        .as_ref()
+        .and_then(|v| v.commits.iter().find(|c| c.commit == artifact.commit));
+    let author = match tip {
+        Some(c) => Some(c.author.clone()),
+        None => commit_author(&ctx.fetcher.repo_path(&request.url), &artifact.commit).await,
+    };
+    Ok(SourceArtifact {
+        revision: format!("{git_ref}@sha1:{}", artifact.commit),
+        commit: artifact.commit.clone(),
+        tree_digest: Some(artifact.tree_digest.clone()),
+        author,
+        signer: tip.map(|c| format!("{} ({})", c.signer, c.fingerprint)),
+    })
+}
+
+/// Where a GitSource's artifacts are exported.
+pub fn artifacts_dir(ctx: &Context, ns: &str, name: &str) -> PathBuf {
+    ctx.config.cache_dir.join("artifacts").join(ns).join(name)
+}
+
+/// The artifact directory of the GitSource's current commit, fetching that exact commit again
+/// if this agent has not exported it (e.g. after a restart or a change of leader). The commit
+/// was verified when the GitSource recorded it; a commit id names its content.
+pub async fn artifact_dir(gs: &GitSource, ctx: &Context, commit: &str) -> Result<PathBuf> {
+    let ns = gs.namespace().unwrap_or_default();
+    let name = gs.name_any();
+    if let Some((c, dir)) = ctx
+        .artifacts
+        .lock()
+        .expect("artifacts lock poisoned")
+        .get(&(ns.clone(), name.clone()))
+        && c == commit
+        && dir.exists()
+    {
+        return Ok(dir.clone());
+    }
+    let dir = artifacts_dir(ctx, &ns, &name).join(commit);
+    if dir.exists() {
+        return Ok(dir);
+    }
+    let (request, _secrets) = request_for(gs, ctx, Some(GitRef::Commit(commit.to_owned()))).await?;
+    let staging = artifacts_dir(ctx, &ns, &name).join(format!(".pin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let artifact = ctx.fetcher.fetch(&request, &staging).await?;
+    std::fs::rename(&staging, &dir).map_err(|e| Error::Io {
+        context: format!("storing the artifact in {}", dir.display()),
+        source: e,
+    })?;
+    ctx.artifacts
+        .lock()
+        .expect("artifacts lock poisoned")
+        .insert((ns, name), (artifact.commit, dir.clone()));
+    Ok(dir)
+}
+
+async fn commit_author(repo: &Path, commit: &str) -> Option<String> {
+    let out = tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["log", "-1", "--format=%an <%ae>", commit, "--"])
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .await
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A fetch request for the GitSource (credentials from its Secret). The returned directory
+/// holds key files for ssh and must live until the fetch is done.
+async fn request_for(
+    gs: &GitSource,
+    ctx: &Context,
+    pinned: Option<GitRef>,
+) -> Result<(SourceRequest, Option<tempfile::TempDir>)> {
+    let ns = gs.namespace().unwrap_or_default();
+    let git_ref = match pinned {
+        Some(r) => r,
+        None => {
+            let r = gs.spec.git_ref.clone().unwrap_or_default();
+            match (r.branch, r.tag, r.semver, r.commit) {
+                (_, _, _, Some(c)) => GitRef::Commit(c),
+                (_, _, Some(s), None) => GitRef::Semver(s),
+                (_, Some(t), None, None) => GitRef::Tag(t),
+                (Some(b), None, None, None) => GitRef::Branch(b),
+                (None, None, None, None) => GitRef::Branch("main".to_owned()),
+            }
+        }
+    };
+    let mut request = SourceRequest::new(gs.spec.url.clone(), git_ref);
+    if let Some(ignore) = &gs.spec.ignore {
+        request.ignore = ignore.lines().map(str::to_owned).collect();
+    }
+    let Some(secret_ref) = &gs.spec.secret_ref else {
+        return Ok((request, None));
+    };
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("reading Secret {ns}/{}", secret_ref.name),
+            source,
+        })?
+        .ok_or_else(|| {
+            Error::Spec(format!(
+                "Secret {ns}/{} (secretRef) does not exist",
+                secret_ref.name
+            ))
+        })?;
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let files = tempfile::tempdir().map_err(|e| Error::Io {
+        context: "creating a directory for credentials".into(),
+        source: e,
+    })?;
+    let write = |file: &str, content: &str| -> Result<PathBuf> {
+        let path = files.path().join(file);
+        std::fs::write(&path, content).map_err(|e| Error::Io {
+            context: format!("writing {file}"),
+            source: e,
+        })?;
+        set_private(&path);
+        Ok(path)
+    };
+    if let Some(ca) = get("caFile").or_else(|| get("ca.crt")) {
+        request.options.ca_file = Some(write("ca.crt", &ca)?);
+    }
+    request.options.credentials = if let Some(identity) = get("identity") {
+        let known_hosts = get("known_hosts").ok_or_else(|| {
+            Error::Spec(format!(
+                "Secret {ns}/{} has an ssh identity but no known_hosts",
+                secret_ref.name
+            ))
+        })?;
+        let mut identity = identity;
+        if !identity.ends_with('\n') {
+            identity.push('\n');
+        }
+        Credentials::Ssh {
+            private_key: write("identity", &identity)?,
+            known_hosts: write("known_hosts", &known_hosts)?,
+        }
+    } else if let Some(token) = get("bearerToken") {
+        Credentials::Bearer {
+            token: token.into(),
+        }
+    } else if let Some(password) = get("password") {
+        Credentials::Basic {
+            username: get("username").unwrap_or_else(|| "git".to_owned()),
+            password: password.into(),
+        }
+    } else {
+        Credentials::None
+    };
+    Ok((request, Some(files)))
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// The verification policy of the GitSource, from its Secrets/ConfigMaps.
+async fn verify_policy(gs: &GitSource, ctx: &Context, ns: &str) -> Result<Option<VerifyPolicy>> {
+    let Some(spec) = &gs.spec.verify else {
+        return Ok(None);
+    };
+    let mut policy = VerifyPolicy {
+        mode: match spec.mode {
+            crate::api::VerifyMode::Head => VerifyMode::Head,
+            crate::api::VerifyMode::Range => VerifyMode::Range,
+        },
+        ..VerifyPolicy::default()
+    };
+    if let Some(r) = &spec.allowed_signers_ref {
+        let text = read_key(ctx, ns, r).await?;
+        policy.allowed_signers = AllowedSigners::parse(&text)
+            .map_err(|e| Error::Spec(format!("allowed signers in {}: {e}", describe(r))))?;
+    }
+    if let Some(r) = &spec.keyring_ref {
+        let text = read_key(ctx, ns, r).await?;
+        policy.keyring = Keyring::from_armored(&text)
+            .map_err(|e| Error::Spec(format!("keyring in {}: {e}", describe(r))))?;
+    }
+    if let Some(r) = &spec.policy_ref {
+        let text = read_key(ctx, ns, r).await?;
+        policy.paths = PathPolicy::parse_yaml(&text)
+            .map_err(|e| Error::Spec(format!("path policy in {}: {e}", describe(r))))?;
+    }
+    if policy.allowed_signers.is_empty() && policy.keyring.is_empty() {
+        return Err(Error::Spec(
+            "spec.verify needs allowedSignersRef or keyringRef".to_owned(),
+        ));
+    }
+    Ok(Some(policy))
+}
+
+fn describe(r: &KeyReference) -> String {
+    format!(
+        "{} {}/{}",
+        r.kind.as_deref().unwrap_or("ConfigMap"),
+        r.name,
+        r.key
+    )
+}
+
+/// Reads one key of a Secret or ConfigMap in `ns`.
+async fn read_key(ctx: &Context, ns: &str, r: &KeyReference) -> Result<String> {
+    let missing = || {
+        Error::Spec(format!(
+            "{} in namespace {ns} does not exist or lacks the key",
+            describe(r)
+        ))
+    };
+    let api_err = |source| Error::Api {
+        context: format!("reading {}", describe(r)),
+        source,
+    };
+    if r.kind.as_deref() == Some("Secret") {
+        let s = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&r.name)
+            .await
+            .map_err(api_err)?
+            .ok_or_else(missing)?;
+        let bytes = s
+            .data
+            .unwrap_or_default()
+            .remove(&r.key)
+            .ok_or_else(missing)?;
+        Ok(String::from_utf8_lossy(&bytes.0).into_owned())
+    } else {
+        let c = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+            .get_opt(&r.name)
+            .await
+            .map_err(api_err)?
+            .ok_or_else(missing)?;
+        c.data
+            .unwrap_or_default()
+            .remove(&r.key)
+            .ok_or_else(missing)
+    }
+}

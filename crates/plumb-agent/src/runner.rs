@@ -1,0 +1,314 @@
+//! Runs the agent: HTTP endpoints, leader election, the GitSource and Sync controllers, the
+//! drift watch; stops gracefully on a signal.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::api::{GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
+use crate::context::{AgentConfig, Context};
+use crate::error::Error;
+use crate::http::{HttpState, Readiness};
+use crate::leader::LeaderElection;
+use crate::metrics::Metrics;
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct LeaderOptions {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub lease_name: String,
+    /// How long a lease lasts without renewal: the takeover time when a leader dies.
+    pub lease_duration: Duration,
+}
+
+/// Everything `plumb agent` is configured with.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Reconciler settings.
+    pub config: AgentConfig,
+    /// Address of `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Address of the webhook receiver (`POST /hook/<receiver>`).
+    pub webhook_addr: Option<SocketAddr>,
+    /// Namespace of the receivers' Secrets (`plumb-receiver-<name>`).
+    pub webhook_namespace: String,
+    /// Leader election; `None` runs the controllers at once (a single replica).
+    pub leader: Option<LeaderOptions>,
+}
+
+/// Runs until `shutdown` resolves (or leadership is lost, which is an error so that the
+/// process restarts as a standby).
+pub async fn run(
+    client: Client,
+    kube_config: kube::Config,
+    options: AgentOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+
+    let mut registry = Registry::with_prefix("plumb");
+    let metrics = Metrics::new();
+    metrics.register_into(&mut registry);
+    let registry = Arc::new(registry);
+    let readiness = Readiness::new();
+
+    let mut servers = Vec::new();
+    if let Some(addr) = options.metrics_addr {
+        let listener = crate::http::bind(addr).await.map_err(|e| Error::Io {
+            context: format!("listening on {addr} for metrics"),
+            source: e,
+        })?;
+        let state = HttpState::new(registry.clone(), readiness.clone());
+        servers.push(tokio::spawn(crate::http::serve_on(
+            listener,
+            state,
+            stopped(),
+        )));
+    }
+    if let Some(addr) = options.webhook_addr {
+        let listener = crate::http::bind(addr).await.map_err(|e| Error::Io {
+            context: format!("listening on {addr} for webhooks"),
+            source: e,
+        })?;
+        let webhook = crate::webhook::router(
+            crate::webhook::WebhookConfig::new(client.clone(), options.webhook_namespace.clone())
+                .with_metrics(metrics.clone()),
+        );
+        let state = HttpState::new(registry.clone(), readiness.clone()).with_webhook(webhook);
+        servers.push(tokio::spawn(crate::http::serve_on(
+            listener,
+            state,
+            stopped(),
+        )));
+    }
+
+    // Standby replicas serve health and webhooks but do not reconcile.
+    let election = match &options.leader {
+        None => None,
+        Some(l) => {
+            let election = LeaderElection::start(
+                client.clone(),
+                &l.namespace,
+                &l.lease_name,
+                &options.config.identity,
+                l.lease_duration,
+            )
+            .await
+            .map_err(|e| Error::Spec(format!("leader election: {e}")))?;
+            readiness.set(true);
+            let mut changes = election.changes();
+            tracing::info!(identity = %options.config.identity, "waiting to become the leader");
+            let mut stop = stop_rx.clone();
+            let became_leader = async move { changes.wait_for(|leader| *leader).await.is_ok() };
+            let stopping = async move { stop.wait_for(|s| *s).await.is_ok() };
+            tokio::select! {
+                _ = became_leader => {}
+                _ = stopping => {
+                    election.release().await;
+                    return Ok(());
+                }
+            }
+            tracing::info!(identity = %options.config.identity, "became the leader");
+            Some(election)
+        }
+    };
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        kube_config,
+        options.config.clone(),
+        metrics,
+    ));
+    readiness.set(true);
+    let lost = {
+        let changes = election.as_ref().map(|e| e.changes());
+        async move {
+            match changes {
+                Some(mut c) => {
+                    let _ = c.wait_for(|leader| !*leader).await;
+                }
+                None => futures::future::pending::<()>().await,
+            }
+        }
+        .shared()
+    };
+    let stop_controllers = {
+        let stopped = stopped();
+        let lost = lost.clone();
+        async move {
+            tokio::select! {
+                _ = stopped => {}
+                _ = lost => {}
+            }
+        }
+        .shared()
+    };
+
+    let sources = source_controller(&client, &ctx, stop_controllers.clone());
+    let syncs = sync_controller(&client, &ctx, stop_controllers.clone());
+    tokio::join!(sources, syncs);
+    ctx.drift.shutdown();
+
+    let lost_leadership = election.as_ref().is_some_and(|e| !e.is_leader()) && !*stop_rx.borrow();
+    if let Some(e) = election {
+        e.release().await;
+    }
+    for s in servers {
+        let _ = s.await;
+    }
+    if lost_leadership {
+        return Err(Error::Spec(
+            "lost the leader Lease; restarting as a standby".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Hash of generation and reconcile request: status writes do not trigger a reconcile.
+fn spec_or_request<K: ResourceExt>(obj: &K) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    obj.meta().generation.hash(&mut h);
+    obj.annotations()
+        .get(RECONCILE_REQUEST_ANNOTATION)
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn controller_config(ctx: &Context) -> ControllerConfig {
+    ControllerConfig::default()
+        .concurrency(ctx.config.concurrency)
+        .debounce(Duration::from_millis(200))
+}
+
+async fn source_controller(
+    client: &Client,
+    ctx: &Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + std::marker::Sync + 'static,
+) {
+    let api: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_request, Default::default());
+    Controller::for_stream(stream, reader)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(stop)
+        .run(crate::gitsource::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "GitSource controller");
+            }
+        })
+        .await;
+}
+
+async fn sync_controller(
+    client: &Client,
+    ctx: &Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + std::marker::Sync + 'static,
+) {
+    let api: Api<Sync> = scoped(client, ctx.config.namespace.as_deref());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_request, Default::default());
+    let controller = Controller::for_stream(stream, reader);
+    let store = controller.store();
+    let dependents = controller.store();
+    let sources: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    controller
+        .with_config(controller_config(ctx))
+        // A new artifact (any GitSource change) reconciles the Syncs that use it.
+        .watches(sources, watcher::Config::default(), move |gs: GitSource| {
+            let ns = gs.namespace().unwrap_or_default();
+            let name = gs.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.spec.source_ref.name == name
+                        && s.spec
+                            .source_ref
+                            .namespace
+                            .as_deref()
+                            .unwrap_or(&s.namespace().unwrap_or_default())
+                            == ns
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        // A Sync becoming Ready reconciles the Syncs that depend on it.
+        .watches(api, watcher::Config::default(), move |changed: Sync| {
+            let ns = changed.namespace().unwrap_or_default();
+            let name = changed.name_any();
+            dependents
+                .state()
+                .into_iter()
+                .filter(|s| {
+                    s.spec.depends_on.iter().any(|d| {
+                        d.name == name
+                            && d.namespace
+                                .as_deref()
+                                .unwrap_or(&s.namespace().unwrap_or_default())
+                                == ns
+                    })
+                })
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stop)
+        .run(crate::syncs::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "Sync controller");
+            }
+        })
+        .await;
+}
+
+/// Errors the reconcilers return (status writes failed, API unreachable) are retried with the
+/// object's backoff.
+fn error_policy<K: ResourceExt>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    tracing::warn!(object = %key, error = %error, "reconcile error");
+    Action::requeue(ctx.backoff(&key))
+}

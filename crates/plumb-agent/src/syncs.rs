@@ -1,0 +1,470 @@
+//! The Sync reconciler: render the source's artifact, apply it with the engine, record the
+//! audit trail, hand the applied objects to the drift tracker.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use plumb_core::{Manifest, SyncId};
+use plumb_kube::discovery::Resolver;
+use plumb_kube::{Engine, NoProgress, SyncOptions};
+use serde_json::json;
+
+use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
+use crate::context::Context;
+use crate::drift::Desired;
+use crate::error::{Error, Result};
+use crate::gitsource::{artifact_dir, requested_at};
+use crate::metrics::{Outcome, ReconcileKind};
+use crate::status::{self, types};
+
+/// Default re-apply interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
+/// Default timeout of health waits.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How many history entries a Sync keeps.
+pub const HISTORY_LIMIT: usize = 10;
+/// How soon to look again while a dependency or the source is not ready.
+const NOT_READY_RETRY: Duration = Duration::from_secs(5);
+
+/// Reconciles one Sync.
+pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let skey = (ns.clone(), name.clone());
+    let key = format!("Sync/{ns}/{name}");
+    if sync.spec.suspend {
+        ctx.drift.unregister(&skey);
+        return Ok(Action::await_change());
+    }
+    let interval = duration(sync.spec.interval.as_deref(), DEFAULT_INTERVAL)?;
+    let mut st = sync.status.clone().unwrap_or_default();
+
+    // Dependencies and the source first: waiting for them is not a failure of this Sync.
+    let prepared = match prepare(&sync, &ctx, &ns).await {
+        Ok(p) => p,
+        Err(Error::NotReady(message)) => {
+            let changed =
+                status::ready(&st.conditions).map(|c| c.message.as_str()) != Some(message.as_str());
+            st.observed_generation = sync.metadata.generation;
+            status::set_condition(
+                &mut st.conditions,
+                types::READY,
+                false,
+                "DependencyNotReady",
+                &message,
+                st.observed_generation,
+            );
+            status::set_condition(
+                &mut st.conditions,
+                types::RECONCILING,
+                true,
+                "DependencyNotReady",
+                &message,
+                st.observed_generation,
+            );
+            if changed {
+                write_status(&ctx, &ns, &name, &st).await?;
+            }
+            return Ok(Action::requeue(NOT_READY_RETRY));
+        }
+        Err(e) => return fail(&sync, &ctx, st, None, e, Instant::now()).await,
+    };
+    let Prepared { source, artifact } = prepared;
+
+    // Steady state: same revision, same spec, no request, and the drift watch holds the
+    // applied objects: nothing to do and no requests (the watch reports any change). With
+    // drift: detect, outstanding drift is reported, never applied over.
+    let request = requested_at(sync.as_ref());
+    let same_target = st.last_applied_revision.as_deref() == Some(artifact.revision.as_str())
+        && st.observed_generation == sync.metadata.generation
+        && request == st.last_handled_reconcile_at
+        && status::is_true(&st.conditions, types::READY);
+    let detect = sync.spec.drift == DriftMode::Detect;
+    if same_target && ctx.drift.is_registered(&skey) && (detect || ctx.drift.is_clean(&skey)) {
+        return Ok(Action::requeue(interval));
+    }
+    if same_target && detect {
+        // After a restart in detect mode: compare, register, report; write nothing.
+        return match detect_only(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await {
+            Ok(()) => {
+                write_status(&ctx, &ns, &name, &st).await?;
+                Ok(Action::requeue(interval))
+            }
+            Err(e) => fail(&sync, &ctx, st, Some(&artifact), e, Instant::now()).await,
+        };
+    }
+
+    let started = Instant::now();
+    ctx.drift.begin_apply(&skey);
+    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await;
+    ctx.drift.end_apply(&skey);
+    match applied {
+        Ok(()) => {
+            ctx.reset_backoff(&key);
+            ctx.metrics
+                .observe_reconcile(ReconcileKind::Sync, Outcome::Success, started.elapsed());
+            st.last_handled_reconcile_at = request;
+            write_status(&ctx, &ns, &name, &st).await?;
+            Ok(Action::requeue(interval))
+        }
+        Err(e) => fail(&sync, &ctx, st, Some(&artifact), e, started).await,
+    }
+}
+
+struct Prepared {
+    source: GitSource,
+    artifact: SourceArtifact,
+}
+
+/// Checks dependencies and finds the source's artifact.
+async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
+    for dep in &sync.spec.depends_on {
+        let dep_ns = dep.namespace.as_deref().unwrap_or(ns);
+        if dep_ns != ns && !ctx.config.cross_namespace_refs {
+            return Err(Error::Spec(format!(
+                "dependency {dep_ns}/{} is in another namespace, which this agent does not allow",
+                dep.name
+            )));
+        }
+        let other = Api::<Sync>::namespaced(ctx.client.clone(), dep_ns)
+            .get_opt(&dep.name)
+            .await
+            .map_err(|source| Error::Api {
+                context: format!("reading dependency Sync {dep_ns}/{}", dep.name),
+                source,
+            })?;
+        let ready = other.as_ref().is_some_and(|o| {
+            let st = o.status.clone().unwrap_or_default();
+            st.observed_generation == o.metadata.generation
+                && status::is_true(&st.conditions, types::READY)
+        });
+        if !ready {
+            return Err(Error::NotReady(format!(
+                "dependency Sync {dep_ns}/{} is not ready",
+                dep.name
+            )));
+        }
+    }
+    let src = &sync.spec.source_ref;
+    if src.kind.as_deref().is_some_and(|k| k != "GitSource") {
+        return Err(Error::Spec(format!(
+            "sourceRef.kind {:?} is not supported (only GitSource)",
+            src.kind
+        )));
+    }
+    let src_ns = src.namespace.as_deref().unwrap_or(ns);
+    if src_ns != ns && !ctx.config.cross_namespace_refs {
+        return Err(Error::Spec(format!(
+            "source {src_ns}/{} is in another namespace, which this agent does not allow",
+            src.name
+        )));
+    }
+    let source = Api::<GitSource>::namespaced(ctx.client.clone(), src_ns)
+        .get_opt(&src.name)
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("reading GitSource {src_ns}/{}", src.name),
+            source,
+        })?
+        .ok_or_else(|| {
+            Error::NotReady(format!("GitSource {src_ns}/{} does not exist", src.name))
+        })?;
+    let artifact = source
+        .status
+        .as_ref()
+        .and_then(|s| s.artifact.clone())
+        .ok_or_else(|| {
+            Error::NotReady(format!(
+                "GitSource {src_ns}/{} has no artifact yet",
+                src.name
+            ))
+        })?;
+    Ok(Prepared { source, artifact })
+}
+
+/// Renders and applies; fills the status on success.
+async fn apply(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    source: &GitSource,
+    artifact: &SourceArtifact,
+    st: &mut SyncStatus,
+) -> Result<()> {
+    let started = Instant::now();
+    st.last_attempted_revision = Some(artifact.revision.clone());
+    let dir = artifact_dir(source, ctx, &artifact.commit).await?;
+    let desired = render(&dir, sync.spec.path.as_deref())?;
+
+    let (client, engine, inventory, opts) = engine_for(sync, ctx, ns, name, st)?;
+    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    st.inventory = status::inventory_items(&report.inventory);
+    let counts = report.changes.counts();
+    if report.changes.has_failures() {
+        let failures: Vec<String> = report
+            .changes
+            .entries
+            .iter()
+            .filter(|c| c.action == plumb_core::Action::Failed)
+            .map(|c| format!("{}: {}", c.key, c.message.clone().unwrap_or_default()))
+            .collect();
+        return Err(Error::Kube(plumb_kube::Error::DryRun(failures)));
+    }
+    if sync.spec.wait {
+        let timeout = duration(sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        engine.wait_healthy(&report.applied, timeout).await?;
+    }
+
+    register_drift(sync, ctx, ns, name, client, &report.applied).await?;
+
+    let message = format!("applied revision {}: {counts}", artifact.revision);
+    st.observed_generation = sync.metadata.generation;
+    st.last_applied_revision = Some(artifact.revision.clone());
+    st.drift.clear();
+    status::set_condition(
+        &mut st.conditions,
+        types::READY,
+        true,
+        "ReconciliationSucceeded",
+        &message,
+        st.observed_generation,
+    );
+    status::remove_condition(&mut st.conditions, types::RECONCILING);
+    status::remove_condition(&mut st.conditions, types::STALLED);
+    push_history(
+        st,
+        artifact,
+        "success",
+        counts.to_string(),
+        started.elapsed(),
+        None,
+    );
+    if report.changes.has_changes() {
+        ctx.event(sync, false, "ReconciliationSucceeded", message)
+            .await;
+    }
+    Ok(())
+}
+
+/// The client, engine, previous inventory and options a Sync applies with.
+fn engine_for(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    st: &SyncStatus,
+) -> Result<(kube::Client, Engine, plumb_core::Inventory, SyncOptions)> {
+    let client = ctx
+        .client_for(ns, sync.spec.service_account_name.as_deref())
+        .map_err(|source| Error::Api {
+            context: "building an impersonating client".into(),
+            source,
+        })?;
+    let engine = Engine::new(client.clone());
+    let (inventory, bad) = status::inventory_from_items(&st.inventory);
+    if !bad.is_empty() {
+        tracing::warn!(?bad, "ignoring unreadable inventory entries");
+    }
+    let mut opts = SyncOptions::new(SyncId::new(ns, name));
+    opts.target_namespace = sync.spec.target_namespace.clone();
+    opts.prune = sync.spec.prune;
+    opts.allow_empty = sync.spec.allow_empty;
+    opts.force_conflicts = sync.spec.force;
+    Ok((client, engine, inventory, opts))
+}
+
+/// Hands the applied objects to the drift watch.
+async fn register_drift(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    client: kube::Client,
+    applied: &[Manifest],
+) -> Result<()> {
+    let resolver = Resolver::new(client.clone()).await?;
+    let objects: BTreeMap<_, _> = applied
+        .iter()
+        .filter_map(|m| resolver.resolve(m).map(|r| (m.key(), (m.clone(), r))))
+        .collect();
+    ctx.metrics
+        .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    ctx.drift.register(
+        (ns.to_owned(), name.to_owned()),
+        Desired {
+            objects,
+            mode: sync.spec.drift,
+            force: sync.spec.force,
+            client,
+        },
+    );
+    Ok(())
+}
+
+/// drift: detect after a restart: a dry-run sync tells which objects differ; they are
+/// reported, the objects registered with the drift watch, nothing written.
+async fn detect_only(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    source: &GitSource,
+    artifact: &SourceArtifact,
+    st: &mut SyncStatus,
+) -> Result<()> {
+    let dir = artifact_dir(source, ctx, &artifact.commit).await?;
+    let desired = render(&dir, sync.spec.path.as_deref())?;
+    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    opts.dry_run = true;
+    opts.prune = false;
+    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    st.drift = report
+        .changes
+        .entries
+        .iter()
+        .filter_map(|c| {
+            let reason = match c.action {
+                plumb_core::Action::Created => "deleted",
+                plumb_core::Action::Configured => "modified",
+                _ => return None,
+            };
+            Some(crate::api::DriftedObject {
+                id: c.key.to_string(),
+                reason: reason.to_owned(),
+            })
+        })
+        .collect();
+    register_drift(sync, ctx, ns, name, client, &report.applied).await?;
+    for d in &st.drift {
+        ctx.drift.note_drift(
+            (ns.to_owned(), name.to_owned()),
+            d.id.clone(),
+            d.reason.clone(),
+        );
+    }
+    Ok(())
+}
+
+/// Records a failure: Ready=False with the reason, history, event, backoff. Nothing else in the
+/// status changes: the last applied revision and inventory stay.
+async fn fail(
+    sync: &Sync,
+    ctx: &Context,
+    mut st: SyncStatus,
+    artifact: Option<&SourceArtifact>,
+    error: Error,
+    started: Instant,
+) -> Result<Action> {
+    let ns = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let key = format!("Sync/{ns}/{name}");
+    ctx.metrics
+        .observe_reconcile(ReconcileKind::Sync, Outcome::Failure, started.elapsed());
+    let message = error.to_string();
+    tracing::warn!(object = %key, error = %message, "reconcile failed");
+    st.observed_generation = sync.metadata.generation;
+    st.last_handled_reconcile_at = requested_at(sync);
+    status::set_condition(
+        &mut st.conditions,
+        types::READY,
+        false,
+        error.reason(),
+        &message,
+        st.observed_generation,
+    );
+    status::remove_condition(&mut st.conditions, types::RECONCILING);
+    if error.is_retryable() {
+        status::remove_condition(&mut st.conditions, types::STALLED);
+    } else {
+        status::set_condition(
+            &mut st.conditions,
+            types::STALLED,
+            true,
+            error.reason(),
+            &message,
+            st.observed_generation,
+        );
+    }
+    if let Some(a) = artifact {
+        push_history(
+            &mut st,
+            a,
+            "failure",
+            String::new(),
+            started.elapsed(),
+            Some(message.clone()),
+        );
+    }
+    ctx.event(sync, true, error.reason(), &message).await;
+    write_status(ctx, &ns, &name, &st).await?;
+    Ok(Action::requeue(ctx.backoff(&key)))
+}
+
+fn push_history(
+    st: &mut SyncStatus,
+    artifact: &SourceArtifact,
+    result: &str,
+    changes: String,
+    took: Duration,
+    message: Option<String>,
+) {
+    st.history.insert(
+        0,
+        HistoryEntry {
+            revision: artifact.revision.clone(),
+            author: artifact.author.clone(),
+            signer: artifact.signer.clone(),
+            time: status::now_rfc3339(),
+            result: result.to_owned(),
+            changes,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            message,
+        },
+    );
+    st.history.truncate(HISTORY_LIMIT);
+}
+
+fn render(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
+    let opts = plumb_render::RenderOptions::default();
+    let path = path
+        .map(|p| p.trim_start_matches("./").trim_end_matches('/'))
+        .unwrap_or("");
+    Ok(if path.is_empty() || path == "." {
+        plumb_render::render(dir, &opts)?
+    } else {
+        plumb_render::render_path(dir, Path::new(path), &opts)?
+    })
+}
+
+fn duration(text: Option<&str>, default: Duration) -> Result<Duration> {
+    match text {
+        Some(t) => plumb_core::parse_duration(t).map_err(Error::Spec),
+        None => Ok(default),
+    }
+}
+
+async fn write_status(ctx: &Context, ns: &str, name: &str, st: &SyncStatus) -> Result<()> {
+    let api: Api<Sync> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "plumb.dev/v1alpha1",
+        "kind": "Sync",
+        "status": st,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply("plumb").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        context: format!("writing the status of Sync {ns}/{name}"),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The agent end to end, in-process, against the real control plane and real Git repositories:
+//! signed commits applied, drift healed (edit, delete, scale), drift only reported in detect
+//! mode, unverified and broken revisions never applied.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use plumb_agent::api::{GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
+use plumb_agent::context::AgentConfig;
+use plumb_agent::runner::{AgentOptions, run};
+use plumb_testsupport::git::{KeyType, Repo, Signing, SshSigner, WorkTree};
+use plumb_testsupport::kube::{TestNamespace, apply_crds, client, eventually};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn configmap(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+"
+    )
+}
+
+/// A test world: namespace, CRDs, a signed Git repository, and a running agent scoped to the
+/// namespace.
+struct World {
+    client: Client,
+    ns: TestNamespace,
+    _repo: Repo,
+    wt: WorkTree,
+    url: String,
+    signing: Signing,
+    stop: Option<oneshot::Sender<()>>,
+    agent: Option<tokio::task::JoinHandle<()>>,
+    _cache: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(prefix: &str) -> Result<Self> {
+        let client = client().await?;
+        apply_crds(
+            &client,
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds.yaml"),
+        )
+        .await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let repo = Repo::local(prefix)?;
+        let wt = repo.work_tree()?;
+        let alice = SshSigner::generate(KeyType::Ed25519, "alice@example.com")?;
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": { "name": "signers" },
+            "data": { "allowed_signers": format!("{}\n", alice.allowed_signers_line()) }
+        }))?;
+        Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+            .create(&PostParams::default(), &cm)
+            .await?;
+        let cache = tempfile::tempdir()?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let options = AgentOptions {
+            config: AgentConfig {
+                cache_dir: cache.path().to_path_buf(),
+                namespace: Some(ns.name().to_owned()),
+                concurrency: 4,
+                cross_namespace_refs: true,
+                identity: format!("test-{prefix}"),
+            },
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            webhook_addr: None,
+            webhook_namespace: ns.name().to_owned(),
+            leader: None,
+        };
+        let kube_config = kube::Config::infer().await?;
+        let agent_client = client.clone();
+        let agent = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = run(agent_client, kube_config, options, shutdown).await {
+                panic!("agent failed: {e}");
+            }
+        });
+        Ok(Self {
+            url: repo.file_url(),
+            client,
+            ns,
+            _repo: repo,
+            wt,
+            signing: Signing::Ssh(alice),
+            stop: Some(stop_tx),
+            agent: Some(agent),
+            _cache: cache,
+        })
+    }
+
+    fn commit(&self, files: &[(&str, &str)], signing: &Signing) -> Result<String> {
+        for (path, content) in files {
+            self.wt.write(path, content)?;
+        }
+        let id = self.wt.commit("change", signing)?;
+        self.wt.push()?;
+        Ok(id)
+    }
+
+    async fn create_source(&self, mode: &str) -> Result<()> {
+        let gs: GitSource = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+            "metadata": { "name": "repo" },
+            "spec": {
+                "url": self.url, "ref": { "branch": "main" }, "interval": "1h",
+                "verify": { "mode": mode, "allowedSignersRef": { "name": "signers", "key": "allowed_signers" } }
+            }
+        }))?;
+        self.sources().create(&PostParams::default(), &gs).await?;
+        Ok(())
+    }
+
+    async fn create_sync(&self, name: &str, drift: &str) -> Result<()> {
+        let sync: Sync = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
+            "metadata": { "name": name },
+            "spec": {
+                "sourceRef": { "name": "repo" }, "path": "app", "prune": true,
+                "interval": "1h", "drift": drift
+            }
+        }))?;
+        self.syncs().create(&PostParams::default(), &sync).await?;
+        Ok(())
+    }
+
+    fn sources(&self) -> Api<GitSource> {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+    fn syncs(&self) -> Api<Sync> {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    /// Asks the GitSource to fetch now (what a webhook does).
+    async fn poke_source(&self) -> Result<()> {
+        let patch = json!({ "metadata": { "annotations": {
+            RECONCILE_REQUEST_ANNOTATION: plumb_agent::status::now_rfc3339()
+        } } });
+        self.sources()
+            .patch("repo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn wait_applied(&self, sync: &str, commit: &str) -> Result<Sync> {
+        let syncs = self.syncs();
+        eventually(&format!("Sync {sync} to apply {commit}"), WAIT, || {
+            let syncs = syncs.clone();
+            async move {
+                let s = syncs.get(sync).await?;
+                let st = s.status.clone().unwrap_or_default();
+                let applied = st
+                    .last_applied_revision
+                    .as_deref()
+                    .is_some_and(|r| r.ends_with(commit));
+                let ready = plumb_agent::status::is_true(&st.conditions, "Ready");
+                Ok((applied && ready).then_some(s))
+            }
+        })
+        .await
+    }
+
+    async fn wait_value(&self, name: &str, value: &str) -> Result<()> {
+        let cms = self.configmaps();
+        eventually(&format!("ConfigMap {name} to hold {value:?}"), WAIT, || {
+            let cms = cms.clone();
+            async move {
+                Ok(cms
+                    .get_opt(name)
+                    .await?
+                    .and_then(|c| c.data)
+                    .is_some_and(|d| d.get("value").map(String::as_str) == Some(value))
+                    .then_some(()))
+            }
+        })
+        .await
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(a) = self.agent.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), a).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn agent_applies_signed_commits_and_heals_drift() -> Result<()> {
+    let w = World::new("agent").await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "v1")),
+            ("app/web.yaml", &deployment("web", 2)),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    let sync = w.wait_applied("app", &first).await?;
+    let st = sync.status.unwrap();
+    assert_eq!(st.history.len(), 1);
+    assert!(
+        st.history[0]
+            .signer
+            .as_deref()
+            .unwrap()
+            .contains("alice@example.com"),
+        "{:?}",
+        st.history
+    );
+    assert_eq!(st.inventory.len(), 2, "{:?}", st.inventory);
+    w.wait_value("settings", "v1").await?;
+
+    // A manual edit of a managed field is undone.
+    w.configmaps()
+        .patch(
+            "settings",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "edited by hand" } })),
+        )
+        .await?;
+    w.wait_value("settings", "v1").await?;
+
+    // A deleted object comes back.
+    w.configmaps()
+        .delete("settings", &Default::default())
+        .await?;
+    w.wait_value("settings", "v1").await?;
+
+    // kubectl scale is undone.
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": 5 } })),
+        )
+        .await?;
+    eventually("the Deployment to be scaled back to 2", WAIT, || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("web").await?;
+            Ok((d.spec.and_then(|s| s.replicas) == Some(2)).then_some(()))
+        }
+    })
+    .await?;
+
+    // A new signed commit is applied; removing a file prunes its object.
+    w.wt.remove("app/web.yaml")?;
+    let second = w.commit(&[("app/cm.yaml", &configmap("settings", "v2"))], &w.signing)?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("app", &second).await?;
+    w.wait_value("settings", "v2").await?;
+    assert!(
+        deployments.get_opt("web").await?.is_none(),
+        "web must be pruned"
+    );
+    let st = sync.status.unwrap();
+    assert_eq!(st.history.len(), 2);
+    assert_eq!(st.history[0].result, "success");
+
+    // An unsigned commit is never applied: the source says why, the cluster keeps v2.
+    let unsigned = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v3-unsigned"))],
+        &Signing::None,
+    )?;
+    w.poke_source().await?;
+    let sources = w.sources();
+    let message = eventually("the GitSource to refuse the unsigned commit", WAIT, || {
+        let sources = sources.clone();
+        async move {
+            let gs = sources.get("repo").await?;
+            let st = gs.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == "Ready" && c.status == "False" && c.reason == "VerificationFailed"
+                })
+                .map(|c| c.message.clone()))
+        }
+    })
+    .await?;
+    assert!(
+        message.contains(&unsigned) && message.contains("unsigned"),
+        "{message}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_value("settings", "v2").await?;
+    let st = w.syncs().get("app").await?.status.unwrap();
+    assert!(st.last_applied_revision.unwrap().ends_with(&second));
+
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn detect_mode_reports_drift_and_changes_nothing() -> Result<()> {
+    let w = World::new("detect").await?;
+    let first = w.commit(
+        &[("app/cm.yaml", &configmap("watched", "from-git"))],
+        &w.signing,
+    )?;
+    w.create_source("head").await?;
+    w.create_sync("watch", "detect").await?;
+    w.wait_applied("watch", &first).await?;
+
+    w.configmaps()
+        .patch(
+            "watched",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "edited" } })),
+        )
+        .await?;
+    let syncs = w.syncs();
+    let drift = eventually("the Sync to report the drift", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            let st = syncs.get("watch").await?.status.unwrap_or_default();
+            Ok((!st.drift.is_empty()).then_some(st.drift))
+        }
+    })
+    .await?;
+    assert_eq!(drift[0].id, format!("ConfigMap/{}/watched", w.ns.name()));
+    assert_eq!(drift[0].reason, "modified");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.wait_value("watched", "edited").await?;
+
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broken_revision_keeps_the_last_applied_state() -> Result<()> {
+    let w = World::new("broken").await?;
+    let first = w.commit(
+        &[
+            ("app/a.yaml", &configmap("a", "1")),
+            ("app/b.yaml", &configmap("b", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    // b removed, and a file that does not parse: nothing is applied, nothing pruned.
+    w.wt.remove("app/b.yaml")?;
+    w.commit(
+        &[
+            ("app/a.yaml", &configmap("a", "2")),
+            ("app/bad.yaml", "kind: [unclosed\n"),
+        ],
+        &w.signing,
+    )?;
+    w.poke_source().await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to report the render failure", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "RenderFailed")
+                .map(|c| c.message.clone()))
+        }
+    })
+    .await?;
+    assert!(message.contains("bad.yaml"), "{message}");
+    w.wait_value("a", "1").await?;
+    assert!(
+        w.configmaps().get_opt("b").await?.is_some(),
+        "nothing may be pruned after a failure"
+    );
+    let st = w.syncs().get("app").await?.status.unwrap();
+    assert!(st.last_applied_revision.unwrap().ends_with(&first));
+    assert_eq!(st.history[0].result, "failure");
+
+    w.stop().await;
+    Ok(())
+}
