@@ -897,3 +897,63 @@ async fn commands_name_the_missing_sync() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn bootstrap_export_adds_the_source_and_sync_of_the_repository() {
+    let docs = documents(&ok(&[
+        "bootstrap",
+        "--git",
+        "ssh://git@git.example.com/fleet.git",
+        "--path",
+        "clusters/prod",
+        "--branch",
+        "prod",
+        "--secret-ref",
+        "fleet-ssh",
+        "--verify-allowed-signers-ref",
+        "ConfigMap/signers/allowed_signers",
+        "--export",
+    ]));
+    find(&docs, "CustomResourceDefinition", "syncs.plumb.dev");
+    assert_eq!(
+        find(&docs, "Deployment", "plumb-agent")["spec"]["replicas"],
+        2
+    );
+    let source = find(&docs, "GitSource", "plumb-system");
+    assert_eq!(source["metadata"]["namespace"], "plumb-system");
+    assert_eq!(source["spec"]["url"], "ssh://git@git.example.com/fleet.git");
+    assert_eq!(source["spec"]["ref"]["branch"], "prod");
+    assert_eq!(source["spec"]["secretRef"]["name"], "fleet-ssh");
+    assert_eq!(source["spec"]["verify"]["mode"], "range");
+    let sync = find(&docs, "Sync", "plumb-system");
+    assert_eq!(sync["spec"]["path"], "clusters/prod");
+    assert_eq!(sync["spec"]["prune"], true);
+    assert_eq!(sync["spec"]["sourceRef"]["name"], "plumb-system");
+    // The custom resources come after their CRDs.
+    let position = |kind: &str| docs.iter().position(|d| d["kind"] == kind).unwrap();
+    assert!(position("CustomResourceDefinition") < position("GitSource"));
+}
+
+/// The agent manifests are valid for a real API server (server-side dry-run: nothing is written,
+/// so no cluster-wide RBAC of a real install is touched).
+#[tokio::test]
+async fn install_agent_manifests_pass_a_server_side_dry_run() -> anyhow::Result<()> {
+    ensure_crds();
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "install").await?;
+    let out = ok(&["install", "--namespace", ns.name(), "--dry-run"]);
+    assert!(
+        out.contains(&format!(
+            "Deployment.apps/{}/plumb-agent applied (dry run)",
+            ns.name()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("nothing was written"), "{out}");
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, ns.name());
+    assert!(
+        deployments.get_opt("plumb-agent").await?.is_none(),
+        "dry run wrote the Deployment"
+    );
+    Ok(())
+}

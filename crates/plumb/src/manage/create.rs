@@ -270,7 +270,7 @@ fn split_ref(text: &str, flag: &str) -> Result<(Option<String>, String)> {
 }
 
 /// `[KIND/]NAME/KEY` with KIND `Secret` or `ConfigMap` (any case; default ConfigMap).
-fn key_reference(text: &str) -> Result<KeyReference, String> {
+pub(super) fn key_reference(text: &str) -> Result<KeyReference, String> {
     let parts: Vec<&str> = text.split('/').collect();
     let (kind, name, key) = match parts[..] {
         [name, key] => ("ConfigMap", name, key),

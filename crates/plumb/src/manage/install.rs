@@ -38,12 +38,22 @@ pub struct InstallArgs {
     /// Agent image (default: ghcr.io/plumb-dev/plumb at this plumb's version).
     #[arg(long)]
     pub image: Option<String>,
+    /// Validate everything with a server-side dry-run; write nothing. The namespace must exist
+    /// (the API server checks namespaced objects against it).
+    #[arg(long, conflicts_with = "export")]
+    pub dry_run: bool,
     /// How long to wait for the CRDs to become Established.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
 pub async fn run(global: &Global, args: &InstallArgs) -> Result<ExitCode> {
+    install(global, args, &[]).await
+}
+
+/// Installs (or exports) the CRDs, the agent unless `crds_only`, then `extra` objects (which
+/// may be GitSources and Syncs: they are applied once the CRDs are Established).
+pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Result<ExitCode> {
     let crds = parse_documents(CRDS_YAML).context("parsing the built-in CRDs")?;
     let agent = if args.crds_only {
         Vec::new()
@@ -55,20 +65,29 @@ pub async fn run(global: &Global, args: &InstallArgs) -> Result<ExitCode> {
         agent_manifests(&args.namespace, &image)?
     };
     if args.export {
-        write_stdout(&yaml_documents(crds.iter().chain(&agent)))?;
+        write_stdout(&yaml_documents(crds.iter().chain(&agent).chain(extra)))?;
         return Ok(ExitCode::SUCCESS);
     }
 
     let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
         .await
         .context("cannot build a Kubernetes client (check --kubeconfig, --context, KUBECONFIG)")?;
-    install_crds(&client, &crds, args.timeout).await?;
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = args.dry_run;
+    install_crds(&client, &crds, &params, args.timeout).await?;
     if !agent.is_empty() {
-        apply_all(&client, &agent).await?;
+        apply_all(&client, &agent, &params).await?;
+        if args.dry_run {
+            println!("✔ the API server accepts every object (dry run: nothing was written)");
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "✔ agent installed in namespace {} (check: kubectl -n {} get deployment plumb-agent)",
             args.namespace, args.namespace
         );
+    }
+    if !extra.is_empty() {
+        apply_all(&client, extra, &params).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -115,18 +134,26 @@ fn relocate(doc: &mut Value, namespace: &str) {
 }
 
 /// Applies the CRDs and waits until the API server serves them.
-async fn install_crds(client: &Client, crds: &[Value], timeout: Duration) -> Result<()> {
+async fn install_crds(
+    client: &Client,
+    crds: &[Value],
+    params: &PatchParams,
+    timeout: Duration,
+) -> Result<()> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut names = Vec::new();
     for crd in crds {
         let name = crd["metadata"]["name"]
             .as_str()
             .context("a built-in CRD has no name")?;
-        api.patch(name, &params, &Patch::Apply(crd))
+        api.patch(name, params, &Patch::Apply(crd))
             .await
             .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
         names.push(name.to_owned());
+    }
+    if params.dry_run {
+        println!("✔ CustomResourceDefinitions accepted (dry run)");
+        return Ok(());
     }
     let deadline = Instant::now() + timeout;
     for name in &names {
@@ -158,11 +185,10 @@ async fn install_crds(client: &Client, crds: &[Value], timeout: Duration) -> Res
 }
 
 /// Server-side applies objects in order (the Namespace comes first in the file).
-async fn apply_all(client: &Client, docs: &[Value]) -> Result<()> {
+async fn apply_all(client: &Client, docs: &[Value], params: &PatchParams) -> Result<()> {
     let resolver = plumb_kube::discovery::Resolver::new(client.clone())
         .await
         .context("discovering the cluster's API resources")?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
     for doc in docs {
         let key = plumb_core::ObjectKey::from_object(doc);
         let api_version = doc["apiVersion"].as_str().unwrap_or_default();
@@ -174,10 +200,11 @@ async fn apply_all(client: &Client, docs: &[Value]) -> Result<()> {
             (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &resolved.resource),
             _ => Api::all_with(client.clone(), &resolved.resource),
         };
-        api.patch(&key.name, &params, &Patch::Apply(doc))
+        api.patch(&key.name, params, &Patch::Apply(doc))
             .await
             .with_context(|| format!("applying {key}"))?;
-        println!("✔ {key} applied");
+        let suffix = if params.dry_run { " (dry run)" } else { "" };
+        println!("✔ {key} applied{suffix}");
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! Commands that manage the agent's resources: install, create, get, reconcile, suspend, resume,
+//! Commands that manage the agent's resources: install, bootstrap, create, get, reconcile, suspend, resume,
 //! history, tree, events.
 
+mod bootstrap;
 mod create;
 mod get;
 mod inspect;
@@ -27,6 +28,12 @@ pub enum ManageCommand {
     /// Applies with server-side apply (field manager `plumb`), the CRDs first, waiting until
     /// they are Established. Running it again upgrades in place. Exit 0 on success, 1 on failure.
     Install(install::InstallArgs),
+    /// Install the agent and point it at a Git repository that holds the cluster's manifests.
+    ///
+    /// Installs like `install`, then creates a GitSource for --git and a Sync (with prune) for
+    /// --path, both named plumb-system in the agent's namespace. Commit the output of
+    /// `plumb install --export` under --path and the agent keeps itself up to date from Git.
+    Bootstrap(Box<bootstrap::BootstrapArgs>),
     /// Create or update a GitSource or a Sync (server-side apply), or print it with --export.
     #[command(subcommand)]
     Create(create::CreateCommand),
@@ -56,6 +63,7 @@ pub enum ManageCommand {
 pub async fn run(global: &Global, command: ManageCommand) -> Result<ExitCode> {
     match command {
         ManageCommand::Install(args) => install::run(global, &args).await,
+        ManageCommand::Bootstrap(args) => bootstrap::run(global, &args).await,
         ManageCommand::Create(cmd) => create::run(global, cmd).await,
         ManageCommand::Get(cmd) => get::run(global, cmd).await,
         ManageCommand::Reconcile(cmd) => reconcile::run(global, cmd).await,
