@@ -93,9 +93,16 @@ fn install_export_prints_crds_and_agent() {
             "--webhook-addr",
             ":9292",
             "--metrics-addr",
-            ":8080"
+            ":8080",
+            "--cache-dir",
+            "/var/cache/plumb"
         ]
     );
+    // The image runs this binary: its `agent` command must accept those flags (clap checks
+    // every flag before --help and fails on unknown ones).
+    let mut check = args.clone();
+    check.push("--help");
+    ok(&check);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         container["securityContext"]["capabilities"]["drop"],
