@@ -64,6 +64,11 @@ struct World {
 
 impl World {
     async fn new(prefix: &str) -> Result<Self> {
+        Self::with_agent_client(prefix, None).await
+    }
+
+    /// A world whose agent talks through `agent_client` (e.g. one that records requests).
+    async fn with_agent_client(prefix: &str, agent_client: Option<Client>) -> Result<Self> {
         let client = client().await?;
         apply_crds(
             &client,
@@ -97,7 +102,7 @@ impl World {
             leader: None,
         };
         let kube_config = kube::Config::infer().await?;
-        let agent_client = client.clone();
+        let agent_client = agent_client.unwrap_or_else(|| client.clone());
         let agent = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_rx.await;
@@ -142,12 +147,16 @@ impl World {
     }
 
     async fn create_sync(&self, name: &str, drift: &str) -> Result<()> {
+        self.create_sync_every(name, drift, "1h").await
+    }
+
+    async fn create_sync_every(&self, name: &str, drift: &str, interval: &str) -> Result<()> {
         let sync: Sync = serde_json::from_value(json!({
             "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
             "metadata": { "name": name },
             "spec": {
                 "sourceRef": { "name": "repo" }, "path": "app", "prune": true,
-                "interval": "1h", "drift": drift
+                "interval": interval, "drift": drift
             }
         }))?;
         self.syncs().create(&PostParams::default(), &sync).await?;
@@ -420,6 +429,74 @@ async fn a_broken_revision_keeps_the_last_applied_state() -> Result<()> {
     let st = w.syncs().get("app").await?.status.unwrap();
     assert!(st.last_applied_revision.unwrap().ends_with(&first));
     assert_eq!(st.history[0].result, "failure");
+
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_per_object_requests() -> Result<()> {
+    // The agent's client records every request it sends.
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        recorder
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", req.method(), req.uri()));
+        req
+    });
+    let config = kube::Config::infer().await?;
+    let counting = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+    let w = World::with_agent_client("steady", Some(counting)).await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("quiet", "1")),
+            ("app/web.yaml", &deployment("web", 1)),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    // Re-apply every second: the agent must notice each time that nothing changed.
+    w.create_sync_every("app", "correct", "1s").await?;
+    w.wait_applied("app", &first).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    requests.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen = requests.lock().unwrap().clone();
+    let reconciles = seen
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/gitsources/repo"))
+        .count();
+    assert!(
+        reconciles >= 3,
+        "the Sync should have been reconciled every second: {seen:#?}"
+    );
+    let per_object: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.contains("/configmaps") || r.contains("/deployments"))
+        .filter(|r| !r.contains("watch=true"))
+        .collect();
+    assert!(
+        per_object.is_empty(),
+        "steady state made per-object requests: {per_object:#?}"
+    );
+
+    // And a manual change is still healed: the watch, not polling, does it.
+    w.configmaps()
+        .patch(
+            "quiet",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "noise" } })),
+        )
+        .await?;
+    w.wait_value("quiet", "1").await?;
 
     w.stop().await;
     Ok(())
