@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::{
-    DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy,
+    DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
+    TypeMeta,
 };
 use kube::{Api, Client};
 use plumb_core::{
@@ -370,19 +371,7 @@ impl Engine {
                 wanted.push((entry.key.clone(), r));
             }
         }
-        let live: BTreeMap<ObjectKey, Value> = stream::iter(wanted)
-            .map(|(key, r)| async move {
-                let api = self.api(&r, key.namespace.as_deref());
-                let obj = api.get_opt(&key.name).await.map_err(|source| Error::Api {
-                    context: format!("reading {key}"),
-                    source,
-                })?;
-                Ok::<_, Error>(obj.map(|o| (key, to_value(o))))
-            })
-            .buffer_unordered(opts.concurrency.max(1) * 2)
-            .try_filter_map(|x| async move { Ok(x) })
-            .try_collect()
-            .await?;
+        let live = self.snapshot(wanted, opts.concurrency).await?;
 
         let plan = plumb_core::plan(
             desired,
@@ -444,7 +433,11 @@ impl Engine {
         let mut errors = Vec::new();
         for (key, result) in results {
             match result {
-                Ok(v) => {
+                Ok(mut v) => {
+                    // Only compared after normalisation, which ignores managedFields: don't keep them.
+                    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("managedFields");
+                    }
                     dry_run.insert(key, v);
                 }
                 Err(message) => {
@@ -464,6 +457,86 @@ impl Engine {
             live,
             dry_run,
         })
+    }
+
+    /// Reads the live copy of `wanted`: one LIST per kind and namespace where many objects
+    /// share them (a large sync costs a handful of requests, not one per object), single GETs
+    /// otherwise.
+    async fn snapshot(
+        &self,
+        wanted: Vec<(ObjectKey, Resolved)>,
+        concurrency: usize,
+    ) -> Result<BTreeMap<ObjectKey, Value>> {
+        /// From this many objects of one kind in one namespace on, a LIST is cheaper.
+        const LIST_FROM: usize = 5;
+        type Group = (String, String, String, Option<String>);
+        let mut groups: BTreeMap<Group, Vec<(ObjectKey, Resolved)>> = BTreeMap::new();
+        for (key, r) in wanted {
+            let ns = if r.namespaced {
+                key.namespace.clone()
+            } else {
+                None
+            };
+            let g = (
+                r.resource.group.clone(),
+                r.resource.version.clone(),
+                r.resource.plural.clone(),
+                ns,
+            );
+            groups.entry(g).or_default().push((key, r));
+        }
+        let mut singles = Vec::new();
+        let mut lists = Vec::new();
+        for (_, members) in groups {
+            if members.len() >= LIST_FROM {
+                lists.push(members);
+            } else {
+                singles.extend(members);
+            }
+        }
+        let mut live: BTreeMap<ObjectKey, Value> = stream::iter(singles)
+            .map(|(key, r)| async move {
+                let api = self.api(&r, key.namespace.as_deref());
+                let obj = api.get_opt(&key.name).await.map_err(|source| Error::Api {
+                    context: format!("reading {key}"),
+                    source,
+                })?;
+                Ok::<_, Error>(obj.map(|o| (key, to_value(o))))
+            })
+            .buffer_unordered(concurrency.max(1) * 2)
+            .try_filter_map(|x| async move { Ok(x) })
+            .try_collect()
+            .await?;
+        for members in lists {
+            let (first_key, r) = &members[0];
+            let api = self.api(r, first_key.namespace.as_deref());
+            let by_name: BTreeMap<&str, &ObjectKey> =
+                members.iter().map(|(k, _)| (k.name.as_str(), k)).collect();
+            let mut params = ListParams::default().limit(500);
+            loop {
+                let page = api.list(&params).await.map_err(|source| Error::Api {
+                    context: format!("listing {} in {:?}", r.resource.plural, first_key.namespace),
+                    source,
+                })?;
+                for mut obj in page.items {
+                    let Some(key) = obj.metadata.name.as_deref().and_then(|n| by_name.get(n))
+                    else {
+                        continue;
+                    };
+                    // Listed items come without apiVersion and kind; the comparison needs them.
+                    obj.types = Some(TypeMeta {
+                        api_version: r.resource.api_version.clone(),
+                        kind: r.resource.kind.clone(),
+                    });
+                    live.insert((*key).clone(), to_value(obj));
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break,
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Applies one stage concurrently. Objects whose dry-run result equals the live object are

@@ -133,6 +133,9 @@ pub struct SyncArgs {
     /// Validate with the server and report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// How many objects are validated and applied at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -168,6 +168,7 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     opts.prune = args.prune;
     opts.force_conflicts = args.force_conflicts;
     opts.dry_run = args.dry_run;
+    opts.concurrency = args.concurrency.max(1);
 
     let bar = Bar::new();
     let report = engine.sync(desired, &state.inventory, &opts, &bar).await;
@@ -178,12 +179,14 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
             Some(f) if !report.changes.has_failures() => Some(f.artifact.commit.clone()),
             _ => state.revision.clone(),
         };
-        store
-            .save_state(&StoredState {
-                inventory: report.inventory.clone(),
-                revision,
-            })
-            .await?;
+        let new_state = StoredState {
+            inventory: report.inventory.clone(),
+            revision,
+        };
+        // A no-op sync writes nothing at all, not even the inventory.
+        if new_state != state {
+            store.save_state(&new_state).await?;
+        }
     }
 
     let mut health = Vec::new();

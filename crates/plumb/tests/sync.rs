@@ -141,12 +141,24 @@ async fn create_update_prune() {
         "b must be pruned"
     );
 
-    // A no-op sync writes nothing: resourceVersions stay as they were.
+    // A no-op sync writes nothing, not even its inventory: resourceVersions stay as they were.
     let before = cms.get("a").await.unwrap().resource_version();
+    let inventory_before = cms
+        .get("plumb-inventory-app")
+        .await
+        .unwrap()
+        .resource_version();
     let (out, report) = sync_json(d, "app", ns.name(), &["--prune"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(report["summary"]["unchanged"], 2, "{report:#}");
     assert_eq!(cms.get("a").await.unwrap().resource_version(), before);
+    assert_eq!(
+        cms.get("plumb-inventory-app")
+            .await
+            .unwrap()
+            .resource_version(),
+        inventory_before
+    );
 }
 
 #[tokio::test]
@@ -638,4 +650,35 @@ async fn namespaces_in_the_sync_are_created_before_their_objects() {
         .await
         .unwrap();
     assert!(gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
+}
+
+#[tokio::test]
+async fn many_objects_of_one_kind_are_compared_correctly() {
+    // Enough ConfigMaps in one namespace that the engine reads them with one LIST.
+    let (client, ns, dir) = setup("many").await;
+    let d = dir.path();
+    let docs: Vec<String> = (0..12)
+        .map(|i| configmap(&format!("cm-{i}"), "1"))
+        .collect();
+    write(d, "cms.yaml", &docs.join("---\n"));
+    let (out, report) = sync_json(d, "many", ns.name(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["summary"]["created"], 12, "{report:#}");
+
+    let (out, report) = sync_json(d, "many", ns.name(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["summary"]["unchanged"], 12, "{report:#}");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client, ns.name());
+    cms.patch(
+        "cm-7",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "value": "edited" } })),
+    )
+    .await
+    .unwrap();
+    let (out, report) = sync_json(d, "many", ns.name(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(action_of(&report, "ConfigMap/cm-7"), "configured");
+    assert_eq!(report["summary"]["unchanged"], 11, "{report:#}");
 }
