@@ -69,6 +69,15 @@ impl World {
 
     /// A world whose agent talks through `agent_client` (e.g. one that records requests).
     async fn with_agent_client(prefix: &str, agent_client: Option<Client>) -> Result<Self> {
+        Self::build(prefix, true, agent_client).await
+    }
+
+    /// A world without an agent: the test runs its own.
+    async fn without_agent(prefix: &str) -> Result<Self> {
+        Self::build(prefix, false, None).await
+    }
+
+    async fn build(prefix: &str, with_agent: bool, agent_client: Option<Client>) -> Result<Self> {
         let client = client().await?;
         apply_crds(
             &client,
@@ -103,13 +112,15 @@ impl World {
         };
         let kube_config = kube::Config::infer().await?;
         let agent_client = agent_client.unwrap_or_else(|| client.clone());
-        let agent = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.await;
-            };
-            if let Err(e) = run(agent_client, kube_config, options, shutdown).await {
-                panic!("agent failed: {e}");
-            }
+        let agent = with_agent.then(|| {
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop_rx.await;
+                };
+                if let Err(e) = run(agent_client, kube_config, options, shutdown).await {
+                    panic!("agent failed: {e}");
+                }
+            })
         });
         Ok(Self {
             url: repo.file_url(),
@@ -119,7 +130,7 @@ impl World {
             wt,
             signing: Signing::Ssh(alice),
             stop: Some(stop_tx),
-            agent: Some(agent),
+            agent,
             _cache: cache,
         })
     }
@@ -498,6 +509,108 @@ async fn steady_state_makes_no_per_object_requests() -> Result<()> {
         .await?;
     w.wait_value("quiet", "1").await?;
 
+    w.stop().await;
+    Ok(())
+}
+
+/// A client that records the method and path of every request it sends.
+fn recording_client(
+    config: kube::Config,
+) -> Result<(Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        recorder
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", req.method(), req.uri()));
+        req
+    });
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+    Ok((client, requests))
+}
+
+#[tokio::test]
+async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -> Result<()> {
+    use plumb_agent::runner::LeaderOptions;
+    type Requests = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+    let w = World::without_agent("ha").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("ha", "1"))], &w.signing)?;
+    let ns = w.ns.name().to_owned();
+    let cache = tempfile::tempdir()?;
+    let config = kube::Config::infer().await?;
+    let start =
+        |identity: &str| -> Result<(oneshot::Sender<()>, tokio::task::JoinHandle<()>, Requests)> {
+            let (client, requests) = recording_client(config.clone())?;
+            let (tx, rx) = oneshot::channel::<()>();
+            let options = AgentOptions {
+                config: AgentConfig {
+                    cache_dir: cache.path().join(identity),
+                    namespace: Some(ns.clone()),
+                    concurrency: 2,
+                    cross_namespace_refs: true,
+                    identity: identity.to_owned(),
+                },
+                metrics_addr: None,
+                webhook_addr: None,
+                webhook_namespace: ns.clone(),
+                leader: Some(LeaderOptions {
+                    namespace: ns.clone(),
+                    lease_name: "plumb-agent".into(),
+                    lease_duration: Duration::from_secs(3),
+                }),
+            };
+            let kube_config = config.clone();
+            let task = tokio::spawn(async move {
+                let _ = run(client, kube_config, options, async move {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+            Ok((tx, task, requests))
+        };
+    let (stop_a, task_a, req_a) = start("replica-a")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (stop_b, task_b, req_b) = start("replica-b")?;
+
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    let writes = |reqs: &Requests| {
+        reqs.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with("PATCH") || r.starts_with("POST"))
+            .filter(|r| {
+                r.contains("/configmaps") || r.contains("/syncs") || r.contains("/gitsources")
+            })
+            .filter(|r| !r.contains("dryRun"))
+            .count()
+    };
+    // replica-a started first and leads; replica-b only campaigns.
+    assert!(writes(&req_a) > 0, "the leader applied nothing");
+    assert_eq!(
+        writes(&req_b),
+        0,
+        "the standby wrote: {:#?}",
+        req_b.lock().unwrap()
+    );
+
+    // The leader stops (releasing the Lease); the standby takes over and applies the next commit.
+    let _ = stop_a.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task_a).await;
+    let second = w.commit(&[("app/cm.yaml", &configmap("ha", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &second).await?;
+    w.wait_value("ha", "2").await?;
+    assert!(writes(&req_b) > 0, "the standby never took over");
+
+    let _ = stop_b.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task_b).await;
     w.stop().await;
     Ok(())
 }
