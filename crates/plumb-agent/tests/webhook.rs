@@ -4,13 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 use plumb_agent::api::{GitSource, RECONCILE_REQUEST_ANNOTATION};
 use plumb_agent::http::{self, HttpState, Readiness};
@@ -84,42 +82,8 @@ async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8
 // ---- cluster fixtures ----
 
 async fn apply_crds(client: &Client) -> Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crds.yaml");
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)?;
-    for doc in docs.into_iter().filter(|d| !d.is_null()) {
-        let crd: CustomResourceDefinition = serde_json::from_value(doc)?;
-        let name = crd.name_any();
-        api.patch(
-            &name,
-            &PatchParams::apply("plumb-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
-        let established = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let crd = api.get(&name).await?;
-                let ok = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if ok {
-                    return anyhow::Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        match established {
-            Ok(r) => r?,
-            Err(_) => bail!("CRD {name} not Established within 30s"),
-        }
-    }
-    Ok(())
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds.yaml");
+    plumb_testsupport::kube::apply_crds(client, &path).await
 }
 
 /// A test's world: a namespace with a receiver Secret, the HTTP server with the webhook routes.
