@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -25,6 +26,9 @@ use tokio::task::JoinHandle;
 
 use crate::api::{DriftMode, DriftedObject, Sync};
 use crate::metrics::Metrics;
+
+/// How often a failing drift check is tried before the Sync is marked dirty (~1 minute).
+const CHECK_ATTEMPTS: u32 = 7;
 
 /// A Sync's identity: (namespace, name).
 pub type SyncKey = (String, String);
@@ -237,7 +241,20 @@ impl DriftTracker {
         }
         tokio::spawn(async move {
             loop {
-                self.check_once(&key).await;
+                // A failed check (e.g. its namespace is still terminating after a wipe) is
+                // retried with backoff; if it keeps failing the Sync is marked dirty, so that its
+                // next periodic reconcile applies everything instead of skipping.
+                let mut delay = Duration::from_secs(1);
+                let mut attempts = 0;
+                while !self.check_once(&key).await {
+                    attempts += 1;
+                    if attempts >= CHECK_ATTEMPTS {
+                        self.mark_dirty(&key);
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
                 let mut state = self.lock();
                 match state.in_flight.get(&key) {
                     Some(true) => {
@@ -252,7 +269,20 @@ impl DriftTracker {
         });
     }
 
-    async fn check_once(&self, key: &ObjectKey) {
+    /// Marks the Sync owning `key` as drifted (its check keeps failing).
+    fn mark_dirty(&self, key: &ObjectKey) {
+        let mut state = self.lock();
+        if let Some(sync) = state.owners.get(key).cloned() {
+            state
+                .drifted
+                .entry(sync)
+                .or_default()
+                .insert(key.to_string(), "check failed".to_owned());
+        }
+    }
+
+    /// One targeted check; false when it failed and should be retried.
+    async fn check_once(&self, key: &ObjectKey) -> bool {
         let Some((sync, desired)) = ({
             let state = self.lock();
             state
@@ -261,10 +291,10 @@ impl DriftTracker {
                 .filter(|s| !state.applying.contains_key(*s))
                 .and_then(|s| state.syncs.get(s).map(|d| (s.clone(), d.clone())))
         }) else {
-            return;
+            return true;
         };
         let Some((manifest, resolved)) = desired.objects.get(key) else {
-            return;
+            return true;
         };
         let engine = Engine::new(desired.client.clone());
         let correct = desired.mode == DriftMode::Correct;
@@ -281,7 +311,7 @@ impl DriftTracker {
                 };
                 let Some(reason) = reason else {
                     self.set_drift(&sync, key, None).await;
-                    return;
+                    return true;
                 };
                 self.metrics.drift_detected(&sync_label);
                 if check.corrected {
@@ -311,8 +341,10 @@ impl DriftTracker {
             }
             Err(e) => {
                 tracing::warn!(sync = %sync_label, object = %key, error = %e, "drift check failed");
+                return false;
             }
         }
+        true
     }
 
     /// Records (or clears) one object's drift and writes the Sync's `status.drift` when it

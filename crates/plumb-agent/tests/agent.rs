@@ -161,6 +161,16 @@ impl World {
         self.create_sync_every(name, drift, "1h").await
     }
 
+    async fn create_sync_spec(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        let sync: Sync = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
+            "metadata": { "name": name },
+            "spec": spec
+        }))?;
+        self.syncs().create(&PostParams::default(), &sync).await?;
+        Ok(())
+    }
+
     async fn create_sync_every(&self, name: &str, drift: &str, interval: &str) -> Result<()> {
         let sync: Sync = serde_json::from_value(json!({
             "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
@@ -182,6 +192,36 @@ impl World {
     }
     fn configmaps(&self) -> Api<ConfigMap> {
         Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    /// Starts another agent (fresh cache and memory) for this world's namespace.
+    async fn restart_agent(
+        &self,
+        identity: &str,
+    ) -> Result<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)> {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let options = AgentOptions {
+            config: AgentConfig {
+                cache_dir: self._cache.path().join(identity),
+                namespace: Some(self.ns.name().to_owned()),
+                concurrency: 4,
+                cross_namespace_refs: true,
+                identity: identity.to_owned(),
+            },
+            metrics_addr: None,
+            webhook_addr: None,
+            webhook_namespace: self.ns.name().to_owned(),
+            leader: None,
+        };
+        let kube_config = kube::Config::infer().await?;
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            let _ = run(client, kube_config, options, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        });
+        Ok((task, stop_tx))
     }
 
     /// Asks the GitSource to fetch now (what a webhook does).
@@ -611,6 +651,303 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
 
     let _ = stop_b.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), task_b).await;
+    w.stop().await;
+    Ok(())
+}
+
+async fn ready_condition(
+    syncs: &Api<Sync>,
+    name: &str,
+) -> Result<Option<(String, String, String)>> {
+    let st = syncs.get(name).await?.status.unwrap_or_default();
+    Ok(st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())))
+}
+
+#[tokio::test]
+async fn suspend_stops_everything_and_resume_catches_up() -> Result<()> {
+    let w = World::new("suspend").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("paused", "1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    let suspend = |on: bool| json!({ "spec": { "suspend": on } });
+    w.syncs()
+        .patch("app", &PatchParams::default(), &Patch::Merge(suspend(true)))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = w.commit(&[("app/cm.yaml", &configmap("paused", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    let sources = w.sources();
+    eventually("the GitSource to fetch the new commit", WAIT, || {
+        let sources = sources.clone();
+        let second = second.clone();
+        async move {
+            let gs = sources.get("repo").await?;
+            Ok(gs
+                .status
+                .and_then(|s| s.artifact)
+                .filter(|a| a.commit == second)
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    // Neither the new revision nor drift correction happens while suspended.
+    w.configmaps()
+        .patch(
+            "paused",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "by hand" } })),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.wait_value("paused", "by hand").await?;
+    let st = w.syncs().get("app").await?.status.unwrap();
+    assert!(st.last_applied_revision.unwrap().ends_with(&first));
+
+    w.syncs()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(suspend(false)),
+        )
+        .await?;
+    w.wait_applied("app", &second).await?;
+    w.wait_value("paused", "2").await?;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn depends_on_waits_for_the_dependency() -> Result<()> {
+    let w = World::new("deps").await?;
+    let first = w.commit(
+        &[
+            ("base/cm.yaml", &configmap("base", "1")),
+            ("app/cm.yaml", &configmap("app", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    // The dependent first: it must wait.
+    w.create_sync_spec("app", json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h", "dependsOn": [{ "name": "base" }] }))
+        .await?;
+    let syncs = w.syncs();
+    let (status, reason, message) = eventually("the dependent Sync to wait", WAIT, || {
+        let syncs = syncs.clone();
+        async move { ready_condition(&syncs, "app").await }
+    })
+    .await?;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "DependencyNotReady"),
+        "{message}"
+    );
+    assert!(message.contains("base"), "{message}");
+    assert!(
+        w.configmaps().get_opt("app").await?.is_none(),
+        "applied before its dependency"
+    );
+
+    w.create_sync_spec(
+        "base",
+        json!({ "sourceRef": { "name": "repo" }, "path": "base", "interval": "1h" }),
+    )
+    .await?;
+    w.wait_applied("base", &first).await?;
+    w.wait_applied("app", &first).await?;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_account_without_rights_fails_cleanly() -> Result<()> {
+    let w = World::new("rbac").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("guarded", "1"))], &w.signing)?;
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "limited" } }))?;
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(w.client.clone(), w.ns.name())
+        .create(&PostParams::default(), &sa)
+        .await?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h", "serviceAccountName": "limited" }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to fail on permissions", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "app")
+                .await?
+                .filter(|(s, _, _)| s == "False")
+                .filter(|(_, r, _)| r != "DependencyNotReady")
+                .map(|(_, _, m)| m))
+        }
+    })
+    .await?;
+    assert!(
+        message.contains("forbidden") && message.contains("guarded"),
+        "{message}"
+    );
+    assert!(
+        message.contains("system:serviceaccount") && message.contains("limited"),
+        "{message}"
+    );
+    assert!(w.configmaps().get_opt("guarded").await?.is_none());
+    let _ = first;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_repository_keeps_the_cluster_and_recovers() -> Result<()> {
+    let w = World::new("gitdown").await?;
+    let first = w.commit(
+        &[
+            ("app/a.yaml", &configmap("a", "1")),
+            ("app/b.yaml", &configmap("b", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    // The repository goes away (as a Git server that is down).
+    let bare = w._repo.path().to_path_buf();
+    let hidden = bare.with_extension("offline");
+    std::fs::rename(&bare, &hidden)?;
+    w.poke_source().await?;
+    let sources = w.sources();
+    let message = eventually("the GitSource to report the fetch failure", WAIT, || {
+        let sources = sources.clone();
+        async move {
+            let st = sources.get("repo").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "FetchFailed")
+                .map(|c| c.message.clone()))
+        }
+    })
+    .await?;
+    assert!(!message.is_empty());
+    // Nothing was pruned or changed; the Sync keeps its revision.
+    w.wait_value("a", "1").await?;
+    w.wait_value("b", "1").await?;
+
+    // It comes back, with a new commit: applied.
+    std::fs::rename(&hidden, &bare)?;
+    w.wt.remove("app/b.yaml")?;
+    let second = w.commit(&[("app/a.yaml", &configmap("a", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &second).await?;
+    w.wait_value("a", "2").await?;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_apply_converges_after_restart_and_restores_a_wiped_namespace()
+-> Result<()> {
+    let mut w = World::new("restart").await?;
+    let target = format!("{}-app", w.ns.name());
+    let mut files = vec![(
+        "app/ns.yaml".to_owned(),
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {target}\n"),
+    )];
+    for i in 0..30 {
+        files.push((
+            format!("app/cm-{i}.yaml"),
+            configmap(&format!("cm-{i}"), "1").replace(
+                "metadata:\n",
+                &format!("metadata:\n  namespace: {target}\n"),
+            ),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let first = w.commit(&refs, &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    let in_target: Api<ConfigMap> = Api::namespaced(w.client.clone(), &target);
+    // Kill the agent as soon as it has started writing.
+    eventually("the agent to start applying", WAIT, || {
+        let in_target = in_target.clone();
+        async move {
+            Ok((!in_target
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .is_empty())
+            .then_some(()))
+        }
+    })
+    .await?;
+    if let Some(agent) = w.agent.take() {
+        agent.abort();
+        let _ = agent.await;
+    }
+    // A new agent (fresh cache, no memory) converges.
+    let restarted = World::restart_agent(&w, "restart-2").await?;
+    w.agent = Some(restarted.0);
+    w.stop = Some(restarted.1);
+    w.wait_applied("app", &first).await?;
+    assert_eq!(
+        in_target.list(&Default::default()).await?.items.len(),
+        30 + 1 /* kube-root-ca.crt */
+    );
+
+    // Disaster recovery drill: wipe the namespace; the agent restores everything.
+    let started = std::time::Instant::now();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(w.client.clone())
+        .delete(&target, &Default::default())
+        .await?;
+    eventually(
+        "the wiped namespace to be restored",
+        Duration::from_secs(120),
+        || {
+            let in_target = in_target.clone();
+            async move {
+                let n = in_target
+                    .list(&Default::default())
+                    .await
+                    .map(|l| {
+                        l.items
+                            .iter()
+                            .filter(|c| {
+                                c.metadata
+                                    .name
+                                    .as_deref()
+                                    .is_some_and(|n| n.starts_with("cm-"))
+                            })
+                            .count()
+                    })
+                    .unwrap_or(0);
+                Ok((n == 30).then_some(()))
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "DR drill: namespace {target} wiped and restored (30 objects) in {:.1?}",
+        started.elapsed()
+    );
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(w.client.clone())
+        .delete(&target, &Default::default())
+        .await;
     w.stop().await;
     Ok(())
 }
