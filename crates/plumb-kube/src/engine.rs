@@ -594,10 +594,23 @@ impl Engine {
                 Err(message) => return (Action::Failed, Some(message), None),
             },
         };
-        if let Some(live) = &target.live
-            && same_state(&predicted, live)
-        {
-            return (Action::Unchanged, None, None);
+        if let Some(live) = &target.live {
+            if same_state(&predicted, live) {
+                return (Action::Unchanged, None, None);
+            }
+            // A controller may have written the object between the snapshot and the dry-run
+            // (e.g. a Deployment's revision annotation): then the dry-run carries a newer
+            // resourceVersion. Compare with a fresh read before calling it changed.
+            let rv = |v: &Value| v["metadata"]["resourceVersion"].as_str().map(str::to_owned);
+            if rv(&predicted) != rv(live)
+                && let Ok(Some(fresh)) = self
+                    .api(&target.resolved, target.manifest.namespace())
+                    .get_opt(target.manifest.name())
+                    .await
+                && same_state(&predicted, &to_value(fresh))
+            {
+                return (Action::Unchanged, None, None);
+            }
         }
         match self.apply_one(target, opts, false).await {
             Ok(v) => {
