@@ -106,6 +106,38 @@ impl Context {
         }
     }
 
+    /// Writes the whole status of `K` `namespace/name` (server-side apply; Plumb owns status).
+    pub async fn write_status<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &impl serde::Serialize,
+    ) -> crate::error::Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &kube::api::PatchParams::apply("plumb").force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| crate::error::Error::Api {
+            context: format!("writing the status of {} {namespace}/{name}", K::kind(&())),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Records a failure of `key` and returns how long to wait before retrying: 2s, 4s, ...
     /// up to 5 minutes.
     pub fn backoff(&self, key: &str) -> Duration {

@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use plumb_source::{
     AllowedSigners, Credentials, GitRef, Keyring, PathPolicy, SourceRequest, VerifyMode,
     VerifyPolicy,
 };
-use serde_json::json;
 
-use crate::api::{GitSource, GitSourceStatus, KeyReference, SourceArtifact};
+use crate::api::{GitSource, KeyReference, SourceArtifact};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::metrics::{Outcome, ReconcileKind};
@@ -113,7 +111,7 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
             Action::requeue(ctx.backoff(&key).min(interval))
         }
     };
-    write_status(&ctx, &ns, &name, &st).await?;
+    ctx.write_status::<GitSource>(&ns, &name, &st).await?;
     Ok(action)
 }
 
@@ -122,26 +120,6 @@ pub fn requested_at<K: ResourceExt>(obj: &K) -> Option<String> {
     obj.annotations()
         .get(crate::api::RECONCILE_REQUEST_ANNOTATION)
         .cloned()
-}
-
-async fn write_status(ctx: &Context, ns: &str, name: &str, st: &GitSourceStatus) -> Result<()> {
-    let api: Api<GitSource> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": "plumb.dev/v1alpha1",
-        "kind": "GitSource",
-        "status": st,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply("plumb").force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        context: format!("writing the status of GitSource {ns}/{name}"),
-        source,
-    })?;
-    Ok(())
 }
 
 /// Fetches, verifies and exports the GitSource's ref; returns the artifact for the status.

@@ -6,13 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use plumb_core::{Manifest, SyncId};
 use plumb_kube::discovery::Resolver;
 use plumb_kube::{Engine, NoProgress, SyncOptions};
-use serde_json::json;
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
 use crate::context::Context;
@@ -68,7 +66,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
                 st.observed_generation,
             );
             if changed {
-                write_status(&ctx, &ns, &name, &st).await?;
+                ctx.write_status::<Sync>(&ns, &name, &st).await?;
             }
             return Ok(Action::requeue(NOT_READY_RETRY));
         }
@@ -92,7 +90,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         // After a restart in detect mode: compare, register, report; write nothing.
         return match detect_only(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await {
             Ok(()) => {
-                write_status(&ctx, &ns, &name, &st).await?;
+                ctx.write_status::<Sync>(&ns, &name, &st).await?;
                 Ok(Action::requeue(interval))
             }
             Err(e) => fail(&sync, &ctx, st, Some(&artifact), e, Instant::now()).await,
@@ -109,7 +107,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
             ctx.metrics
                 .observe_reconcile(ReconcileKind::Sync, Outcome::Success, started.elapsed());
             st.last_handled_reconcile_at = request;
-            write_status(&ctx, &ns, &name, &st).await?;
+            ctx.write_status::<Sync>(&ns, &name, &st).await?;
             Ok(Action::requeue(interval))
         }
         Err(e) => fail(&sync, &ctx, st, Some(&artifact), e, started).await,
@@ -402,7 +400,7 @@ async fn fail(
         );
     }
     ctx.event(sync, true, error.reason(), &message).await;
-    write_status(ctx, &ns, &name, &st).await?;
+    ctx.write_status::<Sync>(&ns, &name, &st).await?;
     Ok(Action::requeue(ctx.backoff(&key)))
 }
 
@@ -447,24 +445,4 @@ fn duration(text: Option<&str>, default: Duration) -> Result<Duration> {
         Some(t) => plumb_core::parse_duration(t).map_err(Error::Spec),
         None => Ok(default),
     }
-}
-
-async fn write_status(ctx: &Context, ns: &str, name: &str, st: &SyncStatus) -> Result<()> {
-    let api: Api<Sync> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": "plumb.dev/v1alpha1",
-        "kind": "Sync",
-        "status": st,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply("plumb").force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Api {
-        context: format!("writing the status of Sync {ns}/{name}"),
-        source,
-    })?;
-    Ok(())
 }

@@ -314,15 +314,7 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
             table.load_style(NOTHING);
             table.set_header(["COMMIT", "AUTHOR", "SIGNER", "VERDICT", "SUMMARY"]);
             for c in &report.commits {
-                let (signer, verdict) = match &c.verdict {
-                    plumb_source::verify::Verdict::Passed(s) => (
-                        format!("{} ({})", s.principal, s.fingerprint),
-                        "ok".to_owned(),
-                    ),
-                    plumb_source::verify::Verdict::Rejected(reason) => {
-                        (String::new(), format!("REJECTED: {reason}"))
-                    }
-                };
+                let (signer, verdict) = verdict_columns(&c.verdict);
                 table.add_row([
                     c.commit[..12].to_owned(),
                     c.author.clone(),
@@ -332,15 +324,7 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
                 ]);
             }
             if let Some(t) = &report.tag {
-                let (signer, verdict) = match &t.verdict {
-                    plumb_source::verify::Verdict::Passed(s) => (
-                        format!("{} ({})", s.principal, s.fingerprint),
-                        "ok".to_owned(),
-                    ),
-                    plumb_source::verify::Verdict::Rejected(reason) => {
-                        (String::new(), format!("REJECTED: {reason}"))
-                    }
-                };
+                let (signer, verdict) = verdict_columns(&t.verdict);
                 table.add_row([
                     format!("tag {}", t.tag),
                     t.tagger.clone(),
@@ -363,6 +347,19 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The SIGNER and VERDICT columns of `plumb verify`'s table.
+fn verdict_columns(verdict: &plumb_source::verify::Verdict) -> (String, String) {
+    match verdict {
+        plumb_source::verify::Verdict::Passed(s) => (
+            format!("{} ({})", s.principal, s.fingerprint),
+            "ok".to_owned(),
+        ),
+        plumb_source::verify::Verdict::Rejected(reason) => {
+            (String::new(), format!("REJECTED: {reason}"))
+        }
+    }
 }
 
 /// Resolves a revision in a local repository with `git rev-parse`.
