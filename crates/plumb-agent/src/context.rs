@@ -177,7 +177,7 @@ impl Context {
         }
         let mut config = self.kube_config.clone();
         config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{sa}"));
-        let client = Client::try_from(config)?;
+        let client = self.metrics.client(config)?;
         self.impersonated
             .lock()
             .expect("impersonation lock poisoned")

@@ -117,6 +117,68 @@ struct ResultLabels {
     result: Outcome,
 }
 
+/// What kind of request the agent sent to the API server (labels of `plumb_api_requests`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `apply`, `delete`,
+    /// `deletecollection`, or the HTTP method of anything else.
+    pub verb: String,
+    /// The resource, with its subresource (`deployments`, `syncs/status`); `discovery` for
+    /// the discovery documents.
+    pub resource: String,
+    /// `true` for server-side dry-runs (which write nothing).
+    pub dry_run: bool,
+}
+
+impl ApiRequestLabels {
+    /// Classifies a request by its method, path, query and content type.
+    pub fn of(method: &http::Method, uri: &http::Uri, content_type: Option<&str>) -> Self {
+        let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        // /api/v1/... and /apis/<group>/<version>/...
+        let rest = match segments.as_slice() {
+            ["api", _version, rest @ ..] => rest,
+            ["apis", _group, _version, rest @ ..] => rest,
+            _ => &[][..],
+        };
+        let (resource, name, subresource) = match rest {
+            [] => (None, None, None),
+            ["namespaces", _ns, resource, tail @ ..] => {
+                (Some(*resource), tail.first().copied(), tail.get(1).copied())
+            }
+            [resource, tail @ ..] => (Some(*resource), tail.first().copied(), tail.get(1).copied()),
+        };
+        let query = uri.query().unwrap_or("");
+        let has = |param: &str| {
+            query.split('&').any(|kv| {
+                kv == param || kv.starts_with(&format!("{param}=")) && !kv.ends_with("=false")
+            })
+        };
+        let verb = match *method {
+            http::Method::GET if name.is_some() || resource.is_none() => "get",
+            http::Method::GET if has("watch") => "watch",
+            http::Method::GET => "list",
+            http::Method::POST => "create",
+            http::Method::PUT => "update",
+            http::Method::PATCH if content_type == Some("application/apply-patch+yaml") => "apply",
+            http::Method::PATCH => "patch",
+            http::Method::DELETE if name.is_some() => "delete",
+            http::Method::DELETE => "deletecollection",
+            ref other => other.as_str(),
+        }
+        .to_ascii_lowercase();
+        let resource = match (resource, subresource) {
+            (None, _) => "discovery".to_owned(),
+            (Some(r), None) => r.to_owned(),
+            (Some(r), Some(sub)) => format!("{r}/{sub}"),
+        };
+        Self {
+            verb,
+            resource,
+            dry_run: has("dryRun"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
     receiver: String,
@@ -141,6 +203,7 @@ pub struct Metrics {
     fetch_duration: HistogramFamily<ResultLabels>,
     verification_failures: Counter,
     webhook_requests: Family<WebhookLabels, Counter>,
+    api_requests: Family<ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,6 +225,7 @@ impl Metrics {
             fetch_duration: Family::new_with_constructor(duration_histogram),
             verification_failures: Counter::default(),
             webhook_requests: Family::default(),
+            api_requests: Family::default(),
         }
     }
 
@@ -217,6 +281,31 @@ impl Metrics {
             "Webhook requests, by receiver and result",
             self.webhook_requests.clone(),
         );
+        registry.register(
+            "plumb_api_requests",
+            "Requests the agent sent to the Kubernetes API server, by verb, resource and dry-run",
+            self.api_requests.clone(),
+        );
+    }
+
+    /// A Kubernetes client for `config` whose every request is counted in
+    /// `plumb_api_requests` (a watch counts once per connection, not per event).
+    pub fn client(&self, config: kube::Config) -> Result<kube::Client, kube::Error> {
+        let requests = self.api_requests.clone();
+        let layer =
+            tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+                let content_type = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                requests
+                    .get_or_create(&ApiRequestLabels::of(req.method(), req.uri(), content_type))
+                    .inc();
+                req
+            });
+        Ok(kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&layer)
+            .build())
     }
 
     /// Records a finished reconcile: its duration and the count.
@@ -340,6 +429,96 @@ mod tests {
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    fn classify(method: &str, uri: &str, content_type: Option<&str>) -> (String, String, bool) {
+        let l = ApiRequestLabels::of(
+            &method.parse().unwrap(),
+            &uri.parse().unwrap(),
+            content_type,
+        );
+        (l.verb, l.resource, l.dry_run)
+    }
+
+    #[test]
+    fn api_requests_are_classified_by_verb_resource_and_dry_run() {
+        let cases = [
+            (
+                "GET",
+                "/api/v1/namespaces/a/configmaps/x",
+                None,
+                ("get", "configmaps", false),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a/configmaps?labelSelector=l",
+                None,
+                ("list", "configmaps", false),
+            ),
+            (
+                "GET",
+                "/apis/apps/v1/deployments?watch=true&resourceVersion=1",
+                None,
+                ("watch", "deployments", false),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/a",
+                None,
+                ("get", "namespaces", false),
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces",
+                None,
+                ("list", "namespaces", false),
+            ),
+            ("GET", "/apis/apps/v1", None, ("get", "discovery", false)),
+            ("GET", "/api", None, ("get", "discovery", false)),
+            (
+                "PATCH",
+                "/apis/apps/v1/namespaces/a/deployments/web?fieldManager=plumb&dryRun=All",
+                Some("application/apply-patch+yaml"),
+                ("apply", "deployments", true),
+            ),
+            (
+                "PATCH",
+                "/apis/plumb.dev/v1alpha1/namespaces/a/syncs/web/status",
+                Some("application/merge-patch+json"),
+                ("patch", "syncs/status", false),
+            ),
+            (
+                "POST",
+                "/api/v1/namespaces/a/events",
+                None,
+                ("create", "events", false),
+            ),
+            (
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/a/leases/l",
+                None,
+                ("update", "leases", false),
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/a/configmaps/x",
+                None,
+                ("delete", "configmaps", false),
+            ),
+            (
+                "GET",
+                "/api/v1/configmaps?watch=false",
+                None,
+                ("list", "configmaps", false),
+            ),
+        ];
+        for (method, uri, ct, (verb, resource, dry_run)) in cases {
+            assert_eq!(
+                classify(method, uri, ct),
+                (verb.to_owned(), resource.to_owned(), dry_run),
+                "{method} {uri}"
+            );
         }
     }
 

@@ -46,6 +46,9 @@ pub struct AgentOptions {
     pub webhook_namespace: String,
     /// Leader election; `None` runs the controllers at once (a single replica).
     pub leader: Option<LeaderOptions>,
+    /// Metrics to record into, e.g. those whose [`Metrics::client`] built `client`, so that
+    /// its requests are counted; `None` creates fresh ones.
+    pub metrics: Option<Metrics>,
 }
 
 /// Runs until `shutdown` resolves (or leadership is lost, which is an error so that the
@@ -71,8 +74,9 @@ pub async fn run(
         }
     };
 
-    let mut registry = Registry::with_prefix("plumb");
-    let metrics = Metrics::new();
+    // The metric names carry their `plumb_` prefix themselves.
+    let mut registry = Registry::default();
+    let metrics = options.metrics.clone().unwrap_or_default();
     metrics.register_into(&mut registry);
     let registry = Arc::new(registry);
     let readiness = Readiness::new();

@@ -109,6 +109,7 @@ impl World {
             webhook_addr: None,
             webhook_namespace: ns.name().to_owned(),
             leader: None,
+            metrics: None,
         };
         let kube_config = kube::Config::infer().await?;
         let agent_client = agent_client.unwrap_or_else(|| client.clone());
@@ -212,6 +213,7 @@ impl World {
             webhook_addr: None,
             webhook_namespace: self.ns.name().to_owned(),
             leader: None,
+            metrics: None,
         };
         let kube_config = kube::Config::infer().await?;
         let client = self.client.clone();
@@ -602,6 +604,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
                     lease_name: "plumb-agent".into(),
                     lease_duration: Duration::from_secs(3),
                 }),
+                metrics: None,
             };
             let kube_config = config.clone();
             let task = tokio::spawn(async move {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use plumb_agent::context::AgentConfig;
+use plumb_agent::metrics::Metrics;
 use plumb_agent::runner::{AgentOptions, LeaderOptions};
 
 use crate::cli::{Global, parse_duration};
@@ -67,7 +68,11 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
     let kube_config = plumb_kube::config(global.kubeconfig.as_deref(), global.context.as_deref())
         .await
         .context("connecting to the cluster")?;
-    let client = kube::Client::try_from(kube_config.clone()).context("building a client")?;
+    // Every request the agent sends is counted in `plumb_api_requests`.
+    let metrics = Metrics::new();
+    let client = metrics
+        .client(kube_config.clone())
+        .context("building a client")?;
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
@@ -98,6 +103,7 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
             lease_name: args.lease_name.clone(),
             lease_duration: args.lease_duration,
         }),
+        metrics: Some(metrics),
     };
     tracing::info!(identity = %options.config.identity, "plumb agent starting");
     plumb_agent::runner::run(client, kube_config, options, shutdown_signal()).await?;
