@@ -44,6 +44,9 @@ pub struct Desired {
     pub force: bool,
     /// The client the Sync applies with (possibly impersonating).
     pub client: Client,
+    /// Digest of the rendered manifests these objects were applied from: a new revision that
+    /// renders the same digest has nothing to apply while the watch reports no drift.
+    pub rendered: String,
 }
 
 /// What was last seen of one object: the change signature.
@@ -144,6 +147,17 @@ impl DriftTracker {
     /// comparison of it).
     pub fn is_registered(&self, sync: &SyncKey) -> bool {
         self.lock().syncs.contains_key(sync)
+    }
+
+    /// The digest of what `sync` was last applied from, if it is registered and has no drift
+    /// outstanding.
+    pub fn clean_rendering(&self, sync: &SyncKey) -> Option<String> {
+        let state = self.lock();
+        let desired = state.syncs.get(sync)?;
+        if state.drifted.get(sync).is_some_and(|d| !d.is_empty()) {
+            return None;
+        }
+        Some(desired.rendered.clone())
     }
 
     /// Records drift found outside the watch (a comparison after a restart).

@@ -199,6 +199,37 @@ async fn apply(
     st.last_attempted_revision = Some(artifact.revision.clone());
     let dir = artifact_dir(source, ctx, &artifact.commit).await?;
     let desired = render(&dir, sync.spec.path.as_deref())?;
+    let rendered = digest(&desired);
+
+    // A new revision that renders exactly what was applied (a commit elsewhere in the
+    // repository), with the same spec, no reconcile request, and the drift watch reporting
+    // the objects unchanged since: the cluster already holds this revision. Record it without
+    // a request per object.
+    let skey = (ns.to_owned(), name.to_owned());
+    if st.observed_generation == sync.metadata.generation
+        && requested_at(sync) == st.last_handled_reconcile_at
+        && status::is_true(&st.conditions, types::READY)
+        && ctx.drift.clean_rendering(&skey).as_deref() == Some(rendered.as_str())
+    {
+        let counts = plumb_core::ChangeCounts {
+            unchanged: st.inventory.len(),
+            ..Default::default()
+        };
+        let message = format!(
+            "applied revision {}: {counts} (renders the objects already applied)",
+            artifact.revision
+        );
+        record_applied(st, sync, artifact, &message);
+        push_history(
+            st,
+            artifact,
+            "success",
+            counts.to_string(),
+            started.elapsed(),
+            None,
+        );
+        return Ok(());
+    }
 
     let (client, engine, inventory, opts) = engine_for(sync, ctx, ns, name, st)?;
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
@@ -219,22 +250,10 @@ async fn apply(
         engine.wait_healthy(&report.applied, timeout).await?;
     }
 
-    register_drift(sync, ctx, ns, name, client, &report.applied).await?;
+    register_drift(sync, ctx, ns, name, client, &report.applied, rendered).await?;
 
     let message = format!("applied revision {}: {counts}", artifact.revision);
-    st.observed_generation = sync.metadata.generation;
-    st.last_applied_revision = Some(artifact.revision.clone());
-    st.drift.clear();
-    status::set_condition(
-        &mut st.conditions,
-        types::READY,
-        true,
-        "ReconciliationSucceeded",
-        &message,
-        st.observed_generation,
-    );
-    status::remove_condition(&mut st.conditions, types::RECONCILING);
-    status::remove_condition(&mut st.conditions, types::STALLED);
+    record_applied(st, sync, artifact, &message);
     push_history(
         st,
         artifact,
@@ -248,6 +267,34 @@ async fn apply(
             .await;
     }
     Ok(())
+}
+
+/// Marks `artifact` applied: revision, generation, Ready with `message`.
+fn record_applied(st: &mut SyncStatus, sync: &Sync, artifact: &SourceArtifact, message: &str) {
+    st.observed_generation = sync.metadata.generation;
+    st.last_applied_revision = Some(artifact.revision.clone());
+    st.drift.clear();
+    status::set_condition(
+        &mut st.conditions,
+        types::READY,
+        true,
+        "ReconciliationSucceeded",
+        message,
+        st.observed_generation,
+    );
+    status::remove_condition(&mut st.conditions, types::RECONCILING);
+    status::remove_condition(&mut st.conditions, types::STALLED);
+}
+
+/// A digest of rendered manifests: their JSON, in render order.
+fn digest(manifests: &[Manifest]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in manifests {
+        h.update(serde_json::to_vec(&m.object).expect("a JSON value serialises"));
+        h.update([0]);
+    }
+    format!("sha256:{:x}", h.finalize())
 }
 
 /// The client, engine, previous inventory and options a Sync applies with.
@@ -285,6 +332,7 @@ async fn register_drift(
     name: &str,
     client: kube::Client,
     applied: &[Manifest],
+    rendered: String,
 ) -> Result<()> {
     let resolver = Resolver::new(client.clone()).await?;
     let objects: BTreeMap<_, _> = applied
@@ -300,6 +348,7 @@ async fn register_drift(
             mode: sync.spec.drift,
             force: sync.spec.force,
             client,
+            rendered,
         },
     );
     Ok(())
@@ -318,6 +367,7 @@ async fn detect_only(
 ) -> Result<()> {
     let dir = artifact_dir(source, ctx, &artifact.commit).await?;
     let desired = render(&dir, sync.spec.path.as_deref())?;
+    let rendered = digest(&desired);
     let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;
     opts.prune = false;
@@ -338,7 +388,7 @@ async fn detect_only(
             })
         })
         .collect();
-    register_drift(sync, ctx, ns, name, client, &report.applied).await?;
+    register_drift(sync, ctx, ns, name, client, &report.applied, rendered).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),

@@ -555,6 +555,70 @@ async fn steady_state_makes_no_per_object_requests() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> Result<()> {
+    let (counting, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("elsewhere", Some(counting)).await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("mine", "1")),
+            ("other/cm.yaml", &configmap("theirs", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    // A commit that changes only another directory: the Sync takes the new revision (the audit
+    // trail names it) without a request per object.
+    requests.lock().unwrap().clear();
+    let second = w.commit(&[("other/cm.yaml", &configmap("theirs", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("app", &second).await?;
+    let st = sync.status.unwrap();
+    assert_eq!(st.history[0].changes, "1 unchanged", "{:?}", st.history[0]);
+    assert_eq!(st.history[0].result, "success");
+    let per_object: Vec<String> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("/configmaps") && !r.contains("watch=true"))
+        // The GitSource reads its allowed signers on every fetch.
+        .filter(|r| !r.contains("/configmaps/signers"))
+        .cloned()
+        .collect();
+    assert!(
+        per_object.is_empty(),
+        "an unchanged rendering made per-object requests: {per_object:#?}"
+    );
+
+    // A commit inside the path is applied as usual.
+    let third = w.commit(&[("app/cm.yaml", &configmap("mine", "3"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &third).await?;
+    w.wait_value("mine", "3").await?;
+
+    // A manual change, then a commit outside the path: the drift is healed either way.
+    w.configmaps()
+        .patch(
+            "mine",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "edited" } })),
+        )
+        .await?;
+    let fourth = w.commit(&[("other/cm.yaml", &configmap("theirs", "4"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &fourth).await?;
+    w.wait_value("mine", "3").await?;
+
+    w.stop().await;
+    Ok(())
+}
+
 /// A client that records the method and path of every request it sends.
 fn recording_client(
     config: kube::Config,
