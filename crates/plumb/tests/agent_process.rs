@@ -87,7 +87,12 @@ fn http_blocking(
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("no complete response head: {:?}", String::from_utf8_lossy(&raw)))?;
+        .with_context(|| {
+            format!(
+                "no complete response head: {:?}",
+                String::from_utf8_lossy(&raw)
+            )
+        })?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut content = raw[split + 4..].to_vec();
     let status = head
@@ -478,7 +483,10 @@ async fn wait_healthy(agent: &mut Agent) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("/healthz on {} did not answer 200 within 30s", agent.metrics);
+            bail!(
+                "/healthz on {} did not answer 200 within 30s",
+                agent.metrics
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -542,26 +550,33 @@ async fn agent_process_applies_a_signed_commit_and_serves_metrics() -> Result<()
     let sync_label = format!("{}/app", w.ns.name());
     // The drift counter is bumped just after the re-apply: give it a moment.
     let addr = agent.metrics;
-    let text = eventually("/metrics to count the reconcile and the drift", WAIT, || {
-        let sync_label = sync_label.clone();
-        async move {
-            let reply = get(addr, "/metrics").await?;
-            anyhow::ensure!(reply.status == 200, "GET /metrics: {}", reply.status);
-            let counted = reply
-                .body
-                .contains(r#"reconciles_total{kind="Sync",result="success"}"#)
-                && reply
+    let text = eventually(
+        "/metrics to count the reconcile and the drift",
+        WAIT,
+        || {
+            let sync_label = sync_label.clone();
+            async move {
+                let reply = get(addr, "/metrics").await?;
+                anyhow::ensure!(reply.status == 200, "GET /metrics: {}", reply.status);
+                let counted = reply
                     .body
-                    .contains(&format!(r#"drift_corrected_total{{sync="{sync_label}"}}"#));
-            Ok(counted.then_some(reply.body))
-        }
-    })
+                    .contains(r#"plumb_reconciles_total{kind="Sync",result="success"}"#)
+                    && reply
+                        .body
+                        .contains(&format!(r#"drift_corrected_total{{sync="{sync_label}"}}"#));
+                Ok(counted.then_some(reply.body))
+            }
+        },
+    )
     .await?;
     assert!(
         !text.contains("plumb_plumb_"),
         "metric names carry a doubled prefix:\n{text}"
     );
-    let reconciles = sample(&text, r#"plumb_reconciles_total{kind="Sync",result="success"}"#);
+    let reconciles = sample(
+        &text,
+        r#"plumb_reconciles_total{kind="Sync",result="success"}"#,
+    );
     assert!(
         reconciles.is_some_and(|n| n >= 1.0),
         "no successful Sync reconcile in:\n{text}"
@@ -582,7 +597,10 @@ async fn agent_process_applies_a_signed_commit_and_serves_metrics() -> Result<()
         Some(1.0),
         "managed objects:\n{text}"
     );
-    assert!(text.contains("plumb_reconcile_duration_seconds_count"), "{text}");
+    assert!(
+        text.contains("plumb_reconcile_duration_seconds_count"),
+        "{text}"
+    );
 
     agent.finish();
     Ok(())
@@ -659,7 +677,10 @@ async fn killed_agent_process_converges_after_restart() -> Result<()> {
     assert_eq!(bulk(&items), MANY, "not every new ConfigMap exists");
     for c in items.iter().filter(|c| c.name_any().starts_with("bulk-")) {
         assert_eq!(
-            c.data.as_ref().and_then(|d| d.get("value")).map(String::as_str),
+            c.data
+                .as_ref()
+                .and_then(|d| d.get("value"))
+                .map(String::as_str),
             Some("2"),
             "{}",
             c.name_any()
@@ -667,7 +688,12 @@ async fn killed_agent_process_converges_after_restart() -> Result<()> {
     }
     w.wait_value("base", "2").await?;
     let st = sync.status.unwrap_or_default();
-    assert_eq!(st.inventory.len(), MANY + 1, "inventory: {:?}", st.inventory);
+    assert_eq!(
+        st.inventory.len(),
+        MANY + 1,
+        "inventory: {:?}",
+        st.inventory
+    );
 
     restarted.finish();
     agent.finish();
@@ -759,9 +785,9 @@ async fn webhook_process_rejects_bad_hmac_and_triggers_on_good() -> Result<()> {
     let metrics = get(agent.metrics, "/metrics").await?.body;
     assert!(
         metrics.contains(&format!(
-            r#"webhook_requests_total{{receiver="{receiver}",result="unauthorized"}} 2"#
+            r#"plumb_webhook_requests_total{{receiver="{receiver}",result="unauthorized"}} 2"#
         )) && metrics.contains(&format!(
-            r#"webhook_requests_total{{receiver="{receiver}",result="accepted"}} 1"#
+            r#"plumb_webhook_requests_total{{receiver="{receiver}",result="accepted"}} 1"#
         )),
         "{metrics}"
     );
@@ -816,7 +842,7 @@ async fn two_agent_processes_fail_over() -> Result<()> {
     );
     let leader_metrics = get(dead.metrics, "/metrics").await?.body;
     assert!(
-        leader_metrics.contains(r#"reconciles_total{kind="Sync",result="success"}"#),
+        leader_metrics.contains(r#"plumb_reconciles_total{kind="Sync",result="success"}"#),
         "the leader did not count its reconcile:\n{leader_metrics}"
     );
     let standby_ready = get(survivor.metrics, "/readyz").await?;
@@ -841,7 +867,10 @@ async fn two_agent_processes_fail_over() -> Result<()> {
         },
     )
     .await?;
-    eprintln!("{survivor_id} took over {:.1?} after the kill", killed.elapsed());
+    eprintln!(
+        "{survivor_id} took over {:.1?} after the kill",
+        killed.elapsed()
+    );
     w.wait_applied(&second, WAIT).await?;
     w.wait_value("ha", "2").await?;
     eprintln!(
