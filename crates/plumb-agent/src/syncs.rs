@@ -231,6 +231,18 @@ async fn apply(
         return Ok(());
     }
 
+    // Say what is being applied before applying it: a long apply shows as Reconciling with
+    // its revision (`kubectl get syncs`), not as the previous result.
+    status::set_condition(
+        &mut st.conditions,
+        types::RECONCILING,
+        true,
+        "Progressing",
+        format!("applying revision {}", artifact.revision),
+        sync.metadata.generation,
+    );
+    ctx.write_status::<Sync>(ns, name, st).await?;
+
     let (client, engine, inventory, opts) = engine_for(sync, ctx, ns, name, st)?;
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.inventory = status::inventory_items(&report.inventory);

@@ -619,6 +619,49 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     Ok(())
 }
 
+#[tokio::test]
+async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
+    let mut w = World::new("progress").await?;
+    // Pods that no node accepts: the Deployment never becomes Available, so the health wait
+    // holds the apply open.
+    let stuck = deployment("stuck", 1).replace(
+        "      containers:",
+        "      nodeSelector: {plumb.dev/nowhere: \"true\"}\n      containers:",
+    );
+    let first = w.commit(&[("app/stuck.yaml", &stuck)], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "wait": true, "timeout": "2m" }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    eventually("the Sync to say it is applying the commit", WAIT, || {
+        let syncs = syncs.clone();
+        let first = first.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            let reconciling = st.conditions.iter().find(|c| c.type_ == "Reconciling");
+            let applying = reconciling.is_some_and(|c| {
+                c.status == "True" && c.reason == "Progressing" && c.message.contains(&first)
+            });
+            let attempted = st
+                .last_attempted_revision
+                .as_deref()
+                .is_some_and(|r| r.ends_with(&first));
+            let ready = plumb_agent::status::is_true(&st.conditions, "Ready");
+            Ok((applying && attempted && !ready).then_some(()))
+        }
+    })
+    .await?;
+    // The reconcile waits for health for minutes; a graceful stop would wait for it.
+    if let Some(agent) = w.agent.take() {
+        agent.abort();
+    }
+    w.stop().await;
+    Ok(())
+}
+
 /// A client that records the method and path of every request it sends.
 fn recording_client(
     config: kube::Config,
