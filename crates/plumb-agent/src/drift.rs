@@ -33,11 +33,38 @@ const CHECK_ATTEMPTS: u32 = 7;
 /// A Sync's identity: (namespace, name).
 pub type SyncKey = (String, String);
 
+/// One applied object, as a drift check needs it: its manifest as compact JSON (a parsed
+/// `serde_json::Value` takes several times the memory, and is needed only when the object
+/// drifts) and its resource, shared by every object of the kind.
+#[derive(Clone)]
+pub struct AppliedObject {
+    json: Box<str>,
+    resolved: Arc<Resolved>,
+}
+
+impl AppliedObject {
+    /// Keeps `manifest` (as applied) and its resource.
+    pub fn new(manifest: &Manifest, resolved: Arc<Resolved>) -> Self {
+        Self {
+            json: manifest.object.to_string().into_boxed_str(),
+            resolved,
+        }
+    }
+
+    /// The manifest again.
+    fn manifest(&self) -> Result<Manifest, serde_json::Error> {
+        Ok(Manifest {
+            object: serde_json::from_str(&self.json)?,
+            source: None,
+        })
+    }
+}
+
 /// What the drift tracker knows of one Sync.
 #[derive(Clone)]
 pub struct Desired {
-    /// The applied manifests, by key, with their resolved resources.
-    pub objects: BTreeMap<ObjectKey, (Manifest, Resolved)>,
+    /// The applied objects, by key.
+    pub objects: BTreeMap<ObjectKey, AppliedObject>,
     /// Correct or only detect.
     pub mode: DriftMode,
     /// Take over fields another applier owns.
@@ -97,7 +124,11 @@ impl DriftTracker {
         for key in desired.objects.keys() {
             state.owners.insert(key.clone(), sync.clone());
         }
-        let kinds: Vec<Resolved> = desired.objects.values().map(|(_, r)| r.clone()).collect();
+        let kinds: Vec<Arc<Resolved>> = desired
+            .objects
+            .values()
+            .map(|o| o.resolved.clone())
+            .collect();
         state.drifted.remove(&sync);
         state.syncs.insert(sync, desired);
         for resolved in kinds {
@@ -106,7 +137,7 @@ impl DriftTracker {
             if state.watchers.contains_key(&gvk) {
                 continue;
             }
-            let task = tokio::spawn(self.clone().watch(resolved));
+            let task = tokio::spawn(self.clone().watch(resolved.as_ref().clone()));
             state.watchers.insert(gvk, task);
         }
     }
@@ -297,24 +328,35 @@ impl DriftTracker {
 
     /// One targeted check; false when it failed and should be retried.
     async fn check_once(&self, key: &ObjectKey) -> bool {
-        let Some((sync, desired)) = ({
+        // Only this object's entry is taken out of the lock, not the Sync's whole set.
+        let found = {
             let state = self.lock();
             state
                 .owners
                 .get(key)
                 .filter(|s| !state.applying.contains_key(*s))
-                .and_then(|s| state.syncs.get(s).map(|d| (s.clone(), d.clone())))
-        }) else {
+                .and_then(|s| {
+                    let d = state.syncs.get(s)?;
+                    let object = d.objects.get(key)?.clone();
+                    Some((s.clone(), object, d.mode, d.force, d.client.clone()))
+                })
+        };
+        let Some((sync, object, mode, force, client)) = found else {
             return true;
         };
-        let Some((manifest, resolved)) = desired.objects.get(key) else {
-            return true;
+        let manifest = match object.manifest() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(object = %key, error = %e, "stored manifest unreadable");
+                return true;
+            }
         };
-        let engine = Engine::new(desired.client.clone());
-        let correct = desired.mode == DriftMode::Correct;
+        let resolved = object.resolved.as_ref();
+        let engine = Engine::new(client);
+        let correct = mode == DriftMode::Correct;
         let sync_label = format!("{}/{}", sync.0, sync.1);
         match engine
-            .check_object(manifest, resolved, desired.force, correct)
+            .check_object(&manifest, resolved, force, correct)
             .await
         {
             Ok(check) => {

@@ -1,7 +1,7 @@
 //! The Sync reconciler: render the source's artifact, apply it with the engine, record the
 //! audit trail, hand the applied objects to the drift tracker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use plumb_core::{Manifest, SyncId};
-use plumb_kube::discovery::Resolver;
+use plumb_kube::discovery::{Resolved, Resolver};
 use plumb_kube::{Engine, NoProgress, SyncOptions};
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
 use crate::context::Context;
-use crate::drift::Desired;
+use crate::drift::{AppliedObject, Desired};
 use crate::error::{Error, Result};
 use crate::gitsource::{artifact_dir, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
@@ -347,10 +347,22 @@ async fn register_drift(
     rendered: String,
 ) -> Result<()> {
     let resolver = Resolver::new(client.clone()).await?;
-    let objects: BTreeMap<_, _> = applied
-        .iter()
-        .filter_map(|m| resolver.resolve(m).map(|r| (m.key(), (m.clone(), r))))
-        .collect();
+    let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
+    let mut objects = BTreeMap::new();
+    for m in applied {
+        let resolved = match kinds.get(&(m.api_version(), m.kind())) {
+            Some(r) => r.clone(),
+            None => {
+                let Some(r) = resolver.resolve(m) else {
+                    continue;
+                };
+                let r = Arc::new(r);
+                kinds.insert((m.api_version(), m.kind()), r.clone());
+                r
+            }
+        };
+        objects.insert(m.key(), AppliedObject::new(m, resolved));
+    }
     ctx.metrics
         .set_managed_objects(&format!("{ns}/{name}"), objects.len());
     ctx.drift.register(
