@@ -95,6 +95,9 @@ struct State {
     in_flight: HashMap<ObjectKey, bool>,
     /// Syncs being applied right now: their own writes and prunes are not drift.
     applying: HashMap<SyncKey, usize>,
+    /// Objects that changed while their Sync was being applied: checked when the apply ends
+    /// (the apply may have compared them before the change).
+    deferred: HashMap<SyncKey, BTreeSet<ObjectKey>>,
     watchers: HashMap<(String, String, String), JoinHandle<()>>,
 }
 
@@ -143,19 +146,28 @@ impl DriftTracker {
     }
 
     /// Marks `sync` as being applied: until [`DriftTracker::end_apply`], changes to its objects
-    /// are the apply's own (writes, prunes) and are not checked.
+    /// may be the apply's own (writes, prunes); they are checked when it ends.
     pub fn begin_apply(&self, sync: &SyncKey) {
         *self.lock().applying.entry(sync.clone()).or_insert(0) += 1;
     }
 
     /// Ends [`DriftTracker::begin_apply`]. Call after [`DriftTracker::register`] on success.
+    /// Objects that changed during the apply are checked now, against what is registered.
     pub fn end_apply(&self, sync: &SyncKey) {
-        let mut state = self.lock();
-        if let Some(n) = state.applying.get_mut(sync) {
+        let deferred = {
+            let mut state = self.lock();
+            let Some(n) = state.applying.get_mut(sync) else {
+                return;
+            };
             *n -= 1;
-            if *n == 0 {
-                state.applying.remove(sync);
+            if *n > 0 {
+                return;
             }
+            state.applying.remove(sync);
+            state.deferred.remove(sync).unwrap_or_default()
+        };
+        for key in deferred {
+            self.clone().check(key);
         }
     }
 
@@ -165,6 +177,7 @@ impl DriftTracker {
         state.syncs.remove(sync);
         state.owners.retain(|_, owner| owner != sync);
         state.drifted.remove(sync);
+        state.deferred.remove(sync);
     }
 
     /// Whether `sync` is registered and has no drift outstanding: then a periodic reconcile of
@@ -330,16 +343,20 @@ impl DriftTracker {
     async fn check_once(&self, key: &ObjectKey) -> bool {
         // Only this object's entry is taken out of the lock, not the Sync's whole set.
         let found = {
-            let state = self.lock();
-            state
-                .owners
-                .get(key)
-                .filter(|s| !state.applying.contains_key(*s))
-                .and_then(|s| {
-                    let d = state.syncs.get(s)?;
-                    let object = d.objects.get(key)?.clone();
-                    Some((s.clone(), object, d.mode, d.force, d.client.clone()))
-                })
+            let mut state = self.lock();
+            // Its Sync is being applied: the apply may have read the object before this
+            // change, so look again once it ends.
+            if let Some(sync) = state.owners.get(key).cloned()
+                && state.applying.contains_key(&sync)
+            {
+                state.deferred.entry(sync).or_default().insert(key.clone());
+                return true;
+            }
+            state.owners.get(key).and_then(|s| {
+                let d = state.syncs.get(s)?;
+                let object = d.objects.get(key)?.clone();
+                Some((s.clone(), object, d.mode, d.force, d.client.clone()))
+            })
         };
         let Some((sync, object, mode, force, client)) = found else {
             return true;

@@ -239,7 +239,7 @@ impl World {
 
     async fn wait_applied(&self, sync: &str, commit: &str) -> Result<Sync> {
         let syncs = self.syncs();
-        eventually(&format!("Sync {sync} to apply {commit}"), WAIT, || {
+        let result = eventually(&format!("Sync {sync} to apply {commit}"), WAIT, || {
             let syncs = syncs.clone();
             async move {
                 let s = syncs.get(sync).await?;
@@ -252,7 +252,19 @@ impl World {
                 Ok((applied && ready).then_some(s))
             }
         })
-        .await
+        .await;
+        match result {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let status = syncs
+                    .get(sync)
+                    .await
+                    .ok()
+                    .and_then(|s| s.status)
+                    .map(|st| format!("{:#?}", (st.last_applied_revision, st.conditions)));
+                Err(e.context(format!("Sync {sync}: {}", status.unwrap_or_default())))
+            }
+        }
     }
 
     async fn wait_value(&self, name: &str, value: &str) -> Result<()> {
@@ -658,6 +670,91 @@ async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
     if let Some(agent) = w.agent.take() {
         agent.abort();
     }
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_edit_during_an_apply_is_healed_after_it() -> Result<()> {
+    let w = World::new("during").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("steady", "1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "wait": true, "timeout": "2m" }),
+    )
+    .await?;
+    w.wait_applied("app", &first).await?;
+
+    // The next revision adds a Deployment whose pods fit only a node carrying a label no node
+    // has yet: the apply (with its health wait) stays open until the test labels a node.
+    let label = format!("plumb.dev/test-{}", w.ns.name());
+    let held = deployment("held", 1).replace(
+        "      containers:",
+        &format!("      nodeSelector: {{{label}: \"true\"}}\n      containers:"),
+    );
+    let second = w.commit(&[("app/held.yaml", &held)], &w.signing)?;
+    w.poke_source().await?;
+    let syncs = w.syncs();
+    eventually("the Sync to start applying the second commit", WAIT, || {
+        let syncs = syncs.clone();
+        let second = second.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reconciling" && c.message.contains(&second))
+                .then_some(()))
+        }
+    })
+    .await?;
+    w.configmaps()
+        .patch(
+            "steady",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "data": { "value": "edited mid-apply" } })),
+        )
+        .await?;
+    // Give the edit's watch event time to reach the agent while the apply is still open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(w.client.clone());
+    let node = nodes
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .and_then(|n| n.metadata.name)
+        .ok_or_else(|| anyhow::anyhow!("the cluster has no nodes"))?;
+    let set_label = |value: Option<&str>| json!({ "metadata": { "labels": { &label: value } } });
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(set_label(Some("true"))),
+        )
+        .await?;
+    let applied = w.wait_applied("app", &second).await;
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(set_label(None)),
+        )
+        .await?;
+    let sync = applied?;
+    assert!(
+        !sync.status.unwrap_or_default().history[0]
+            .changes
+            .is_empty(),
+        "the second revision was applied"
+    );
+    // Nothing else will apply this Sync (interval 1h): the deferred drift check must.
+    w.wait_value("steady", "1").await?;
     w.stop().await;
     Ok(())
 }
