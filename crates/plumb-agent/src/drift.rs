@@ -204,6 +204,24 @@ impl DriftTracker {
         Some(desired.rendered.clone())
     }
 
+    /// The applied manifests (compact JSON) of `sync` if it is registered and has no drift
+    /// outstanding: what the watch has seen unchanged since they were applied (a change still
+    /// being corrected is checked again when the next apply ends).
+    pub fn vouched(&self, sync: &SyncKey) -> BTreeMap<ObjectKey, String> {
+        let state = self.lock();
+        let Some(desired) = state.syncs.get(sync) else {
+            return BTreeMap::new();
+        };
+        if state.drifted.get(sync).is_some_and(|d| !d.is_empty()) {
+            return BTreeMap::new();
+        }
+        desired
+            .objects
+            .iter()
+            .map(|(key, o)| (key.clone(), o.json.to_string()))
+            .collect()
+    }
+
     /// Records drift found outside the watch (a comparison after a restart).
     pub fn note_drift(&self, sync: SyncKey, id: String, reason: String) {
         self.lock()

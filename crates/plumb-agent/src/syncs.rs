@@ -243,7 +243,12 @@ async fn apply(
     );
     ctx.write_status::<Sync>(ns, name, st).await?;
 
-    let (client, engine, inventory, opts) = engine_for(sync, ctx, ns, name, st)?;
+    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    // Objects the watch vouches for and whose manifest did not change need no dry-run; an
+    // explicit reconcile request checks everything.
+    if requested_at(sync) == st.last_handled_reconcile_at {
+        opts.vouched = ctx.drift.vouched(&skey);
+    }
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.inventory = status::inventory_items(&report.inventory);
     let counts = report.changes.counts();

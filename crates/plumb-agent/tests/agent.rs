@@ -574,6 +574,7 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     let first = w.commit(
         &[
             ("app/cm.yaml", &configmap("mine", "1")),
+            ("app/companion.yaml", &configmap("companion", "1")),
             ("other/cm.yaml", &configmap("theirs", "1")),
         ],
         &w.signing,
@@ -589,7 +590,7 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     w.poke_source().await?;
     let sync = w.wait_applied("app", &second).await?;
     let st = sync.status.unwrap();
-    assert_eq!(st.history[0].changes, "1 unchanged", "{:?}", st.history[0]);
+    assert_eq!(st.history[0].changes, "2 unchanged", "{:?}", st.history[0]);
     assert_eq!(st.history[0].result, "success");
     let per_object: Vec<String> = requests
         .lock()
@@ -605,11 +606,34 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
         "an unchanged rendering made per-object requests: {per_object:#?}"
     );
 
-    // A commit inside the path is applied as usual.
+    // A commit inside the path is applied; the object it did not change, which the watch
+    // has seen unchanged, is neither dry-run nor written.
+    requests.lock().unwrap().clear();
     let third = w.commit(&[("app/cm.yaml", &configmap("mine", "3"))], &w.signing)?;
     w.poke_source().await?;
-    w.wait_applied("app", &third).await?;
+    let sync = w.wait_applied("app", &third).await?;
     w.wait_value("mine", "3").await?;
+    let st = sync.status.unwrap();
+    assert_eq!(
+        st.history[0].changes, "1 configured, 1 unchanged",
+        "{:?}",
+        st.history[0]
+    );
+    let seen = requests.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("PATCH") && r.contains("/configmaps/mine")),
+        "the changed ConfigMap was not applied: {seen:#?}"
+    );
+    // (The live state is still read: one GET here, one LIST per kind in larger Syncs.)
+    let companion: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.starts_with("PATCH") && r.contains("/configmaps/companion"))
+        .collect();
+    assert!(
+        companion.is_empty(),
+        "the unchanged object was dry-run or applied: {companion:#?}"
+    );
 
     // A manual change, then a commit outside the path: the drift is healed either way.
     w.configmaps()

@@ -42,6 +42,12 @@ pub struct SyncOptions {
     pub concurrency: usize,
     /// How long to wait for CRDs to become Established.
     pub crd_timeout: Duration,
+    /// Objects the caller vouches are live exactly as last applied, with that manifest as
+    /// compact JSON (after namespace defaulting and ownership labels, as in
+    /// [`SyncReport::applied`]). A planned object whose manifest is identical, and which
+    /// exists, is reported unchanged without a dry-run or a write. The agent passes the
+    /// objects its drift watch has seen unchanged since its last apply.
+    pub vouched: BTreeMap<ObjectKey, String>,
 }
 
 impl SyncOptions {
@@ -56,6 +62,7 @@ impl SyncOptions {
             dry_run: false,
             concurrency: 8,
             crd_timeout: Duration::from_secs(60),
+            vouched: BTreeMap::new(),
         }
     }
 }
@@ -141,6 +148,9 @@ struct Prepared {
     live: BTreeMap<ObjectKey, Value>,
     /// Server-side dry-run results of the objects that could be validated up front.
     dry_run: BTreeMap<ObjectKey, Value>,
+    /// Objects known to be live as planned ([`SyncOptions::vouched`]): neither dry-run nor
+    /// written.
+    vouched: BTreeSet<ObjectKey>,
 }
 
 impl Engine {
@@ -401,6 +411,19 @@ impl Engine {
             );
         }
 
+        let vouched: BTreeSet<ObjectKey> = targets
+            .iter()
+            .filter(|(key, t)| {
+                t.live.is_some()
+                    && opts
+                        .vouched
+                        .get(*key)
+                        .and_then(|json| serde_json::from_str::<Value>(json).ok())
+                        .is_some_and(|applied| applied == t.manifest.object)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+
         // Validate everything the server can validate now. Objects in a Namespace this sync
         // creates, or of a kind a CRD of this sync defines, are validated after that stage.
         let new_namespaces: BTreeSet<&str> = targets
@@ -412,7 +435,7 @@ impl Engine {
         // Owned keys, not references, in the stream: its future must be Send for any caller.
         let checkable: Vec<ObjectKey> = targets
             .iter()
-            .filter(|(_, t)| t.resolved.served)
+            .filter(|(k, t)| t.resolved.served && !vouched.contains(*k))
             .filter(|(_, t)| {
                 t.manifest
                     .namespace()
@@ -456,6 +479,7 @@ impl Engine {
             targets,
             live,
             dry_run,
+            vouched,
         })
     }
 
@@ -586,6 +610,9 @@ impl Engine {
         opts: &SyncOptions,
     ) -> (Action, Option<String>, Option<Value>) {
         let key = target.manifest.key();
+        if prep.vouched.contains(&key) {
+            return (Action::Unchanged, None, None);
+        }
         let predicted = match prep.dry_run.get(&key) {
             Some(v) => v.clone(),
             // Not validated up front (its Namespace or CRD came with this sync): validate now.
@@ -920,6 +947,7 @@ fn only_imperative_managers(message: &str, live: Option<&Value>) -> bool {
 fn predicted_action(prep: &Prepared, key: &ObjectKey) -> Action {
     match (prep.live.get(key), prep.dry_run.get(key)) {
         (None, _) => Action::Created,
+        (Some(_), _) if prep.vouched.contains(key) => Action::Unchanged,
         (Some(live), Some(dry)) if same_state(dry, live) => Action::Unchanged,
         (Some(_), _) => Action::Configured,
     }
