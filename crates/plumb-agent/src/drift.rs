@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams};
 use kube::core::{DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
@@ -71,6 +72,8 @@ pub struct Desired {
     pub force: bool,
     /// The client the Sync applies with (possibly impersonating).
     pub client: Client,
+    /// The revision these objects were applied from.
+    pub revision: String,
     /// Digest of the rendered manifests these objects were applied from: a new revision that
     /// renders the same digest has nothing to apply while the watch reports no drift.
     pub rendered: String,
@@ -120,9 +123,23 @@ impl DriftTracker {
     }
 
     /// Replaces what `sync` manages (after a successful apply) and makes sure every kind of it
-    /// is watched.
-    pub fn register(&self, sync: SyncKey, desired: Desired) {
+    /// is watched. `seen` is each object's metadata as the apply left it: the watch compares
+    /// later changes with it, and an object the watch already saw changed since is checked.
+    pub fn register(&self, sync: SyncKey, desired: Desired, seen: BTreeMap<ObjectKey, ObjectMeta>) {
+        let mut to_check = Vec::new();
         let mut state = self.lock();
+        for (key, meta) in seen {
+            let applied = signature_of(&meta);
+            match state.seen.get(&key) {
+                // A watch that starts later compares its first sight with the apply's result,
+                // so an edit right after the apply is not taken for the applied state.
+                None => {
+                    state.seen.insert(key, applied);
+                }
+                Some(watched) if is_candidate(&applied, watched) => to_check.push(key),
+                Some(_) => {}
+            }
+        }
         state.owners.retain(|_, owner| owner != &sync);
         for key in desired.objects.keys() {
             state.owners.insert(key.clone(), sync.clone());
@@ -142,6 +159,10 @@ impl DriftTracker {
             }
             let task = tokio::spawn(self.clone().watch(resolved.as_ref().clone()));
             state.watchers.insert(gvk, task);
+        }
+        drop(state);
+        for key in to_check {
+            self.clone().check(key);
         }
     }
 
@@ -193,15 +214,15 @@ impl DriftTracker {
         self.lock().syncs.contains_key(sync)
     }
 
-    /// The digest of what `sync` was last applied from, if it is registered and has no drift
-    /// outstanding.
-    pub fn clean_rendering(&self, sync: &SyncKey) -> Option<String> {
+    /// The revision and rendering digest `sync` was last applied from, if it is registered and
+    /// has no drift outstanding.
+    pub fn clean_rendering(&self, sync: &SyncKey) -> Option<(String, String)> {
         let state = self.lock();
         let desired = state.syncs.get(sync)?;
         if state.drifted.get(sync).is_some_and(|d| !d.is_empty()) {
             return None;
         }
-        Some(desired.rendered.clone())
+        Some((desired.revision.clone(), desired.rendered.clone()))
     }
 
     /// The applied manifests (compact JSON) of `sync` if it is registered and has no drift
@@ -514,8 +535,11 @@ fn key_of(resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>) -> Object
 
 /// Managers that changed the object's spec or metadata (not its status), with their times.
 fn signature(obj: &PartialObjectMeta<DynamicObject>) -> Seen {
-    let managers = obj
-        .metadata
+    signature_of(&obj.metadata)
+}
+
+fn signature_of(meta: &ObjectMeta) -> Seen {
+    let managers = meta
         .managed_fields
         .iter()
         .flatten()
@@ -532,8 +556,8 @@ fn signature(obj: &PartialObjectMeta<DynamicObject>) -> Seen {
         })
         .collect();
     Seen {
-        generation: obj.metadata.generation,
-        resource_version: obj.metadata.resource_version.clone(),
+        generation: meta.generation,
+        resource_version: meta.resource_version.clone(),
         managers,
     }
 }

@@ -209,7 +209,14 @@ async fn apply(
     if st.observed_generation == sync.metadata.generation
         && requested_at(sync) == st.last_handled_reconcile_at
         && status::is_true(&st.conditions, types::READY)
-        && ctx.drift.clean_rendering(&skey).as_deref() == Some(rendered.as_str())
+        && ctx
+            .drift
+            .clean_rendering(&skey)
+            .is_some_and(|(revision, digest)| {
+                // The status must be that of the registered apply: a reconcile of a Sync read
+                // from the cache before that apply's own status write must not overwrite it.
+                st.last_applied_revision.as_deref() == Some(revision.as_str()) && digest == rendered
+            })
     {
         let counts = plumb_core::ChangeCounts {
             unchanged: st.inventory.len(),
@@ -267,7 +274,8 @@ async fn apply(
         engine.wait_healthy(&report.applied, timeout).await?;
     }
 
-    register_drift(sync, ctx, ns, name, client, &report.applied, rendered).await?;
+    let applied_from = (artifact.revision.clone(), rendered);
+    register_drift(sync, ctx, client, &report, applied_from).await?;
 
     let message = format!("applied revision {}: {counts}", artifact.revision);
     record_applied(st, sync, artifact, &message);
@@ -342,15 +350,17 @@ fn engine_for(
 }
 
 /// Hands the applied objects to the drift watch.
+/// `applied_from`: the revision and the digest of its rendering.
 async fn register_drift(
     sync: &Sync,
     ctx: &Context,
-    ns: &str,
-    name: &str,
     client: kube::Client,
-    applied: &[Manifest],
-    rendered: String,
+    report: &plumb_kube::SyncReport,
+    applied_from: (String, String),
 ) -> Result<()> {
+    let ns = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let applied = &report.applied;
     let resolver = Resolver::new(client.clone()).await?;
     let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
     let mut objects = BTreeMap::new();
@@ -377,8 +387,14 @@ async fn register_drift(
             mode: sync.spec.drift,
             force: sync.spec.force,
             client,
-            rendered,
+            revision: applied_from.0,
+            rendered: applied_from.1,
         },
+        report
+            .live_meta
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_value(v.clone()).ok()?)))
+            .collect(),
     );
     Ok(())
 }
@@ -417,7 +433,8 @@ async fn detect_only(
             })
         })
         .collect();
-    register_drift(sync, ctx, ns, name, client, &report.applied, rendered).await?;
+    let applied_from = (artifact.revision.clone(), rendered);
+    register_drift(sync, ctx, client, &report, applied_from).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),

@@ -78,6 +78,9 @@ pub struct SyncReport {
     /// The desired objects as applied (namespaces filled in, ownership labels set), in apply
     /// order: what a health wait looks at.
     pub applied: Vec<Manifest>,
+    /// The `metadata` of each applied object as the sync last saw it (returned by its write,
+    /// or read before it when unchanged): what a watch compares later changes with.
+    pub live_meta: BTreeMap<ObjectKey, Value>,
 }
 
 /// One object's difference between the cluster and the desired state.
@@ -202,6 +205,7 @@ impl Engine {
                 changes,
                 inventory: inventory.clone(),
                 applied: prep.plan.manifests().cloned().collect(),
+                live_meta: BTreeMap::new(),
             });
         }
 
@@ -278,10 +282,16 @@ impl Engine {
             }
         }
 
+        let live_meta = prep
+            .targets
+            .iter()
+            .filter_map(|(key, t)| Some((key.clone(), t.live.as_ref()?.get("metadata")?.clone())))
+            .collect();
         Ok(SyncReport {
             changes,
             inventory: inventory_out,
             applied: prep.plan.manifests().cloned().collect(),
+            live_meta,
         })
     }
 
