@@ -225,6 +225,8 @@ fn create_export_prints_the_objects() {
         "Secret/policy/rules.yaml",
         "--ignore",
         "docs/",
+        "--receiver",
+        "github",
         "-n",
         "team-a",
         "--export",
@@ -233,7 +235,11 @@ fn create_export_prints_the_objects() {
     let expected = json!({
         "apiVersion": "plumb.dev/v1alpha1",
         "kind": "GitSource",
-        "metadata": { "name": "web", "namespace": "team-a" },
+        "metadata": {
+            "name": "web",
+            "namespace": "team-a",
+            "annotations": { "plumb.dev/receiver": "github" },
+        },
         "spec": {
             "url": "https://git.example.com/web.git",
             "ref": { "semver": ">=1.0.0 <2.0.0" },

@@ -73,6 +73,10 @@ pub struct SourceArgs {
     /// Paths to leave out, in .gitignore syntax (several: separate by newlines).
     #[arg(long, value_name = "PATTERNS")]
     pub ignore: Option<String>,
+    /// Fetch at once when this webhook receiver gets a push for the repository (the agent's
+    /// Secret `plumb-receiver-<NAME>` configures the receiver).
+    #[arg(long, value_name = "NAME", value_parser = receiver_name)]
+    pub receiver: Option<String>,
     #[command(flatten)]
     pub namespace: NamespaceArg,
     /// Print the GitSource as YAML instead of applying it.
@@ -208,6 +212,15 @@ pub fn git_source(args: &SourceArgs, namespace: &str) -> Result<GitSource> {
     };
     let mut obj = GitSource::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);
+    if let Some(receiver) = &args.receiver {
+        obj.metadata.annotations = Some(
+            [(
+                plumb_agent::webhook::RECEIVER_ANNOTATION.to_owned(),
+                receiver.clone(),
+            )]
+            .into(),
+        );
+    }
     Ok(obj)
 }
 
@@ -248,6 +261,28 @@ pub fn sync(args: &SyncArgs, namespace: &str) -> Result<Sync> {
     let mut obj = Sync::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);
     Ok(obj)
+}
+
+/// A receiver name: what may follow `plumb-receiver-` in a Secret's name.
+fn receiver_name(text: &str) -> Result<String, String> {
+    let max = 253 - plumb_agent::webhook::RECEIVER_SECRET_PREFIX.len();
+    let valid = !text.is_empty()
+        && text.len() <= max
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a receiver name: lowercase letters, digits, '-' and '.', \
+             starting and ending with a letter or digit (it names the Secret \
+             {}{text})",
+            plumb_agent::webhook::RECEIVER_SECRET_PREFIX
+        ))
+    }
 }
 
 fn meta(name: &str, namespace: &str) -> ObjectMeta {
