@@ -104,6 +104,17 @@ struct State {
     watchers: HashMap<(String, String, String), JoinHandle<()>>,
 }
 
+impl State {
+    /// What `sync` registered, if it has no drift outstanding.
+    fn clean(&self, sync: &SyncKey) -> Option<&Desired> {
+        let desired = self.syncs.get(sync)?;
+        self.drifted
+            .get(sync)
+            .is_none_or(|d| d.is_empty())
+            .then_some(desired)
+    }
+}
+
 /// Watches managed objects and heals (or reports) drift. Cheap to clone.
 #[derive(Clone)]
 pub struct DriftTracker {
@@ -204,8 +215,7 @@ impl DriftTracker {
     /// Whether `sync` is registered and has no drift outstanding: then a periodic reconcile of
     /// an unchanged revision can skip the apply.
     pub fn is_clean(&self, sync: &SyncKey) -> bool {
-        let state = self.lock();
-        state.syncs.contains_key(sync) && state.drifted.get(sync).is_none_or(|d| d.is_empty())
+        self.lock().clean(sync).is_some()
     }
 
     /// Whether `sync`'s applied objects are registered (after the agent's first apply or
@@ -217,30 +227,24 @@ impl DriftTracker {
     /// The revision and rendering digest `sync` was last applied from, if it is registered and
     /// has no drift outstanding.
     pub fn clean_rendering(&self, sync: &SyncKey) -> Option<(String, String)> {
-        let state = self.lock();
-        let desired = state.syncs.get(sync)?;
-        if state.drifted.get(sync).is_some_and(|d| !d.is_empty()) {
-            return None;
-        }
-        Some((desired.revision.clone(), desired.rendered.clone()))
+        self.lock()
+            .clean(sync)
+            .map(|d| (d.revision.clone(), d.rendered.clone()))
     }
 
     /// The applied manifests (compact JSON) of `sync` if it is registered and has no drift
     /// outstanding: what the watch has seen unchanged since they were applied (a change still
     /// being corrected is checked again when the next apply ends).
     pub fn vouched(&self, sync: &SyncKey) -> BTreeMap<ObjectKey, String> {
-        let state = self.lock();
-        let Some(desired) = state.syncs.get(sync) else {
-            return BTreeMap::new();
-        };
-        if state.drifted.get(sync).is_some_and(|d| !d.is_empty()) {
-            return BTreeMap::new();
-        }
-        desired
-            .objects
-            .iter()
-            .map(|(key, o)| (key.clone(), o.json.to_string()))
-            .collect()
+        self.lock()
+            .clean(sync)
+            .map(|d| {
+                d.objects
+                    .iter()
+                    .map(|(key, o)| (key.clone(), o.json.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Records drift found outside the watch (a comparison after a restart).

@@ -206,8 +206,9 @@ async fn apply(
     // the objects unchanged since: the cluster already holds this revision. Record it without
     // a request per object.
     let skey = (ns.to_owned(), name.to_owned());
+    let unrequested = requested_at(sync) == st.last_handled_reconcile_at;
     if st.observed_generation == sync.metadata.generation
-        && requested_at(sync) == st.last_handled_reconcile_at
+        && unrequested
         && status::is_true(&st.conditions, types::READY)
         && ctx
             .drift
@@ -222,19 +223,8 @@ async fn apply(
             unchanged: st.inventory.len(),
             ..Default::default()
         };
-        let message = format!(
-            "applied revision {}: {counts} (renders the objects already applied)",
-            artifact.revision
-        );
-        record_applied(st, sync, artifact, &message);
-        push_history(
-            st,
-            artifact,
-            "success",
-            counts.to_string(),
-            started.elapsed(),
-            None,
-        );
+        let note = " (renders the objects already applied)";
+        record_applied(st, sync, artifact, counts, note, started.elapsed());
         return Ok(());
     }
 
@@ -253,7 +243,7 @@ async fn apply(
     let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     // Objects the watch vouches for and whose manifest did not change need no dry-run; an
     // explicit reconcile request checks everything.
-    if requested_at(sync) == st.last_handled_reconcile_at {
+    if unrequested {
         opts.vouched = ctx.drift.vouched(&skey);
     }
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
@@ -277,16 +267,7 @@ async fn apply(
     let applied_from = (artifact.revision.clone(), rendered);
     register_drift(sync, ctx, client, &report, applied_from).await?;
 
-    let message = format!("applied revision {}: {counts}", artifact.revision);
-    record_applied(st, sync, artifact, &message);
-    push_history(
-        st,
-        artifact,
-        "success",
-        counts.to_string(),
-        started.elapsed(),
-        None,
-    );
+    let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
     if report.changes.has_changes() {
         ctx.event(sync, false, "ReconciliationSucceeded", message)
             .await;
@@ -294,8 +275,17 @@ async fn apply(
     Ok(())
 }
 
-/// Marks `artifact` applied: revision, generation, Ready with `message`.
-fn record_applied(st: &mut SyncStatus, sync: &Sync, artifact: &SourceArtifact, message: &str) {
+/// Marks `artifact` applied with `counts`: revision, generation, Ready, a history entry.
+/// Returns the Ready message (`note` is appended to it).
+fn record_applied(
+    st: &mut SyncStatus,
+    sync: &Sync,
+    artifact: &SourceArtifact,
+    counts: plumb_core::ChangeCounts,
+    note: &str,
+    took: Duration,
+) -> String {
+    let message = format!("applied revision {}: {counts}{note}", artifact.revision);
     st.observed_generation = sync.metadata.generation;
     st.last_applied_revision = Some(artifact.revision.clone());
     st.drift.clear();
@@ -304,11 +294,13 @@ fn record_applied(st: &mut SyncStatus, sync: &Sync, artifact: &SourceArtifact, m
         types::READY,
         true,
         "ReconciliationSucceeded",
-        message,
+        &message,
         st.observed_generation,
     );
     status::remove_condition(&mut st.conditions, types::RECONCILING);
     status::remove_condition(&mut st.conditions, types::STALLED);
+    push_history(st, artifact, "success", counts.to_string(), took, None);
+    message
 }
 
 /// A digest of rendered manifests: their JSON, in render order.

@@ -267,6 +267,21 @@ impl World {
         }
     }
 
+    /// Changes a ConfigMap's value the way `kubectl edit` does (another field manager).
+    async fn edit_by_hand(&self, name: &str, value: &str) -> Result<()> {
+        self.configmaps()
+            .patch(
+                name,
+                &PatchParams {
+                    field_manager: Some("kubectl-edit".into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(json!({ "data": { "value": value } })),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn wait_value(&self, name: &str, value: &str) -> Result<()> {
         let cms = self.configmaps();
         eventually(&format!("ConfigMap {name} to hold {value:?}"), WAIT, || {
@@ -321,16 +336,7 @@ async fn agent_applies_signed_commits_and_heals_drift() -> Result<()> {
     w.wait_value("settings", "v1").await?;
 
     // A manual edit of a managed field is undone.
-    w.configmaps()
-        .patch(
-            "settings",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "edited by hand" } })),
-        )
-        .await?;
+    w.edit_by_hand("settings", "edited by hand").await?;
     w.wait_value("settings", "v1").await?;
 
     // A deleted object comes back.
@@ -420,16 +426,7 @@ async fn detect_mode_reports_drift_and_changes_nothing() -> Result<()> {
     w.create_sync("watch", "detect").await?;
     w.wait_applied("watch", &first).await?;
 
-    w.configmaps()
-        .patch(
-            "watched",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "edited" } })),
-        )
-        .await?;
+    w.edit_by_hand("watched", "edited").await?;
     let syncs = w.syncs();
     let drift = eventually("the Sync to report the drift", WAIT, || {
         let syncs = syncs.clone();
@@ -551,16 +548,7 @@ async fn steady_state_makes_no_per_object_requests() -> Result<()> {
     );
 
     // And a manual change is still healed: the watch, not polling, does it.
-    w.configmaps()
-        .patch(
-            "quiet",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "noise" } })),
-        )
-        .await?;
+    w.edit_by_hand("quiet", "noise").await?;
     w.wait_value("quiet", "1").await?;
 
     w.stop().await;
@@ -636,16 +624,7 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     );
 
     // A manual change, then a commit outside the path: the drift is healed either way.
-    w.configmaps()
-        .patch(
-            "mine",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "edited" } })),
-        )
-        .await?;
+    w.edit_by_hand("mine", "edited").await?;
     let fourth = w.commit(&[("other/cm.yaml", &configmap("theirs", "4"))], &w.signing)?;
     w.poke_source().await?;
     w.wait_applied("app", &fourth).await?;
@@ -733,16 +712,7 @@ async fn an_edit_during_an_apply_is_healed_after_it() -> Result<()> {
         }
     })
     .await?;
-    w.configmaps()
-        .patch(
-            "steady",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "edited mid-apply" } })),
-        )
-        .await?;
+    w.edit_by_hand("steady", "edited mid-apply").await?;
     // Give the edit's watch event time to reach the agent while the apply is still open.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(w.client.clone());
@@ -928,16 +898,7 @@ async fn suspend_stops_everything_and_resume_catches_up() -> Result<()> {
     })
     .await?;
     // Neither the new revision nor drift correction happens while suspended.
-    w.configmaps()
-        .patch(
-            "paused",
-            &PatchParams {
-                field_manager: Some("kubectl-edit".into()),
-                ..Default::default()
-            },
-            &Patch::Merge(json!({ "data": { "value": "by hand" } })),
-        )
-        .await?;
+    w.edit_by_hand("paused", "by hand").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     w.wait_value("paused", "by hand").await?;
     let st = w.syncs().get("app").await?.status.unwrap();
