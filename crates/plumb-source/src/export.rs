@@ -1,11 +1,22 @@
-//! Exporting a commit's tree into a directory: path-safe, `.plumbignore`-filtered, with a
-//! stable digest of what was written.
+//! Exporting a commit's tree into a directory: path-safe, `.plumbignore`-filtered, size-limited,
+//! with a stable digest of what was written.
+//!
+//! Git content is hostile input. The tree is checked completely before anything is written:
+//! every name (no `.`/`..`, separators, NUL, or names a filesystem may treat as `.git`), no two
+//! entries of one tree with the same name (also after case folding), symlinks that stay inside
+//! the tree, and the [`ExportLimits`], taken from the objects' recorded sizes before any blob
+//! is read. Writing then never goes through a path component the export did not create itself
+//! as a real directory: every file, link and directory is created relative to an open handle
+//! of its parent (`openat`/`mkdirat`/`symlinkat`), exclusively, without following links.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::io::Write as _;
+use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use gix::ObjectId;
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
 /// The file at the root of the tree whose gitignore-style patterns exclude paths.
@@ -13,6 +24,33 @@ pub const IGNORE_FILE: &str = ".plumbignore";
 
 /// How many symlinks a path may pass through before it counts as a loop.
 const MAX_SYMLINK_HOPS: usize = 40;
+/// Longest symlink target (Linux's PATH_MAX).
+const MAX_LINK_TARGET: u64 = 4096;
+
+/// Limits of one export, enforced from the tree's recorded object sizes before a blob is read,
+/// so that a small pack that inflates to gigabytes is refused without using the memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportLimits {
+    /// Largest single file (default 10 MiB; the renderer reads manifests of up to 5 MiB).
+    pub max_file_size: u64,
+    /// Largest total of all exported files (default 256 MiB).
+    pub max_total_size: u64,
+    /// Most files and symlinks (default 50,000).
+    pub max_files: usize,
+    /// Deepest directory nesting (default 64).
+    pub max_depth: usize,
+}
+
+impl Default for ExportLimits {
+    fn default() -> Self {
+        Self {
+            max_file_size: 10 * 1024 * 1024,
+            max_total_size: 256 * 1024 * 1024,
+            max_files: 50_000,
+            max_depth: 64,
+        }
+    }
+}
 
 /// Errors of an export.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +65,20 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// A tree holds two entries of the same name (possible in git's object format, never made
+    /// by git itself): refused, since which one a reader sees would be arbitrary.
+    #[error(
+        "malformed tree in commit {commit}: {path:?} appears twice in one directory{folded}; \
+         such trees are not made by git and are refused"
+    )]
+    DuplicateEntry {
+        /// The commit.
+        commit: String,
+        /// The duplicated path.
+        path: String,
+        /// Empty, or a note that the names differ only in case or ignorable characters.
+        folded: &'static str,
+    },
     /// A symlink that resolves outside the tree (absolute, too many `..`, or a loop).
     #[error(
         "symlink {path} -> {target} in commit {commit} points outside the repository; \
@@ -39,6 +91,23 @@ pub enum Error {
         path: String,
         /// Its target.
         target: String,
+    },
+    /// An [`ExportLimits`] limit was exceeded.
+    #[error(
+        "{what} in commit {commit}{at} exceeds the limit of {limit} ({actual}); leave it out \
+         with .plumbignore or raise the agent's limit"
+    )]
+    TooLarge {
+        /// The commit.
+        commit: String,
+        /// Which limit (`file size`, `total size`, `file count`, `directory depth`).
+        what: &'static str,
+        /// ` at <path>` when one path is to blame, else empty.
+        at: String,
+        /// The limit.
+        limit: u64,
+        /// What was found (at least this much).
+        actual: u64,
     },
     /// `.plumbignore` or an extra pattern is invalid.
     #[error("invalid ignore pattern in {origin}: {reason}")]
@@ -53,6 +122,19 @@ pub enum Error {
     DestinationNotEmpty {
         /// The directory.
         path: String,
+    },
+    /// The exported directory no longer holds what was exported (changed or damaged on disk).
+    #[error(
+        "artifact {dir} does not match its recorded tree digest (expected {expected}, found \
+         {actual}); it was changed on disk and is not used"
+    )]
+    DigestMismatch {
+        /// The directory.
+        dir: String,
+        /// The recorded digest.
+        expected: String,
+        /// The digest of what is there now.
+        actual: String,
     },
     /// The repository or one of its objects cannot be read.
     #[error("cannot read {what} in {repo}: {detail}")]
@@ -88,9 +170,12 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::UnsafePath { .. } => "export_unsafe_path",
+            Error::DuplicateEntry { .. } => "export_duplicate_entry",
             Error::SymlinkEscapes { .. } => "export_symlink_escapes",
+            Error::TooLarge { .. } => "export_too_large",
             Error::IgnorePattern { .. } => "export_ignore_pattern",
             Error::DestinationNotEmpty { .. } => "export_destination_not_empty",
+            Error::DigestMismatch { .. } => "export_digest_mismatch",
             Error::Repository { .. } => "export_repository",
             Error::Io { .. } => "export_io",
         }
@@ -109,10 +194,20 @@ pub struct ExportedTree {
     pub ignored: usize,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     File { executable: bool },
     Link,
+}
+
+impl Kind {
+    fn mode(self) -> &'static str {
+        match self {
+            Kind::File { executable: false } => "100644",
+            Kind::File { executable: true } => "100755",
+            Kind::Link => "120000",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -124,13 +219,31 @@ struct Entry {
 
 /// Writes the tree of `commit` (full hex id) from the repository at `repo_path` into `dest`
 /// (created if missing; must be empty), leaving out what `.plumbignore` at the tree's root and
-/// `extra_ignore` (gitignore syntax) exclude. Unsafe names and symlinks leading outside the
-/// tree fail the whole export and name the path and commit. Submodules are skipped. Blocking.
+/// `extra_ignore` (gitignore syntax) exclude, within the default [`ExportLimits`]. Blocking.
 pub fn export_tree(
     repo_path: &Path,
     commit: &str,
     dest: &Path,
     extra_ignore: &[String],
+) -> Result<ExportedTree> {
+    export_tree_with(
+        repo_path,
+        commit,
+        dest,
+        extra_ignore,
+        &ExportLimits::default(),
+    )
+}
+
+/// [`export_tree`] with explicit limits. Unsafe or duplicate names, symlinks leading outside
+/// the tree and exceeded limits fail the whole export before anything is written, naming the
+/// path and commit. Submodules are skipped.
+pub fn export_tree_with(
+    repo_path: &Path,
+    commit: &str,
+    dest: &Path,
+    extra_ignore: &[String],
+    limits: &ExportLimits,
 ) -> Result<ExportedTree> {
     let repo_err = |what: String, detail: String| Error::Repository {
         repo: repo_path.display().to_string(),
@@ -153,47 +266,127 @@ pub fn export_tree(
         repo: &repo,
         repo_path,
         commit,
+        limits,
     };
     let ignore = build_ignore(&reader, tree, extra_ignore)?;
-    let mut entries = Vec::new();
-    let mut ignored = 0;
-    reader.walk(tree, "", &ignore, &mut entries, &mut ignored)?;
-    check_symlinks(&reader, &mut entries)?;
+    let mut walk = Walk {
+        entries: Vec::new(),
+        ignored: 0,
+        total: 0,
+    };
+    reader.walk(tree, "", 0, &ignore, &mut walk)?;
+    let mut entries = walk.entries;
+    check_symlinks(&reader, &entries)?;
 
-    prepare_dest(dest)?;
     entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut writer = Writer::open(dest)?;
     let mut hasher = Sha256::new();
     hasher.update(b"plumb-tree-v1\0");
     for entry in &entries {
         let content = reader.blob(entry.id, &entry.path)?;
-        let mode = match entry.kind {
-            Kind::File { executable: false } => "100644",
-            Kind::File { executable: true } => "100755",
-            Kind::Link => "120000",
-        };
-        hasher.update(mode.as_bytes());
-        hasher.update(b" ");
-        hasher.update(entry.path.as_bytes());
-        hasher.update(b"\0");
-        hasher.update((content.len() as u64).to_be_bytes());
-        hasher.update(&content);
-        write_entry(dest, entry, &content)?;
+        hash_entry(&mut hasher, entry.kind, &entry.path, &content);
+        writer.write(entry, &content)?;
     }
+    Ok(ExportedTree {
+        tree_digest: finish(hasher),
+        files: entries.len(),
+        ignored: walk.ignored,
+    })
+}
+
+fn hash_entry(hasher: &mut Sha256, kind: Kind, path: &str, content: &[u8]) {
+    hasher.update(kind.mode().as_bytes());
+    hasher.update(b" ");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\0");
+    hasher.update((content.len() as u64).to_be_bytes());
+    hasher.update(content);
+}
+
+fn finish(hasher: Sha256) -> String {
     let mut digest = String::from("sha256:");
     for byte in hasher.finalize() {
         let _ = write!(digest, "{byte:02x}");
     }
-    Ok(ExportedTree {
-        tree_digest: digest,
-        files: entries.len(),
-        ignored,
-    })
+    digest
+}
+
+/// The digest [`export_tree`] reports, computed from what is in `dir` now (files, executable
+/// bits and symlink targets; directories count only through their contents). Links are not
+/// followed. Blocking.
+pub fn digest_dir(dir: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    let mut found: Vec<(String, Kind, std::path::PathBuf)> = Vec::new();
+    let mut stack = vec![(dir.to_owned(), String::new())];
+    while let Some((full, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&full).map_err(io(&full))? {
+            let entry = entry.map_err(io(&full))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(entry.path()).map_err(io(&entry.path()))?;
+            if meta.file_type().is_symlink() {
+                found.push((path, Kind::Link, entry.path()));
+            } else if meta.is_dir() {
+                stack.push((entry.path(), path));
+            } else {
+                let executable = meta.permissions().mode() & 0o100 != 0;
+                found.push((path, Kind::File { executable }, entry.path()));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    hasher.update(b"plumb-tree-v1\0");
+    for (path, kind, full) in &found {
+        let content = match kind {
+            Kind::Link => {
+                use std::os::unix::ffi::OsStrExt as _;
+                std::fs::read_link(full)
+                    .map_err(io(full))?
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            }
+            Kind::File { .. } => std::fs::read(full).map_err(io(full))?,
+        };
+        hash_entry(&mut hasher, *kind, path, &content);
+    }
+    Ok(finish(hasher))
+}
+
+/// Checks that `dir` still holds exactly the export whose digest was `expected`.
+pub fn verify_dir(dir: &Path, expected: &str) -> Result<()> {
+    let actual = digest_dir(dir)?;
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(Error::DigestMismatch {
+            dir: dir.display().to_string(),
+            expected: expected.to_owned(),
+            actual,
+        })
+    }
 }
 
 struct Reader<'a> {
     repo: &'a gix::Repository,
     repo_path: &'a Path,
     commit: &'a str,
+    limits: &'a ExportLimits,
+}
+
+struct Walk {
+    entries: Vec<Entry>,
+    ignored: usize,
+    total: u64,
 }
 
 impl Reader<'_> {
@@ -213,7 +406,34 @@ impl Reader<'_> {
         }
     }
 
+    fn too_large(&self, what: &'static str, path: Option<&str>, limit: u64, actual: u64) -> Error {
+        Error::TooLarge {
+            commit: self.commit.to_owned(),
+            what,
+            at: path.map(|p| format!(" at {p}")).unwrap_or_default(),
+            limit,
+            actual,
+        }
+    }
+
+    /// The recorded size of a blob, read from its header (no inflation of its content).
+    fn blob_size(&self, id: ObjectId, path: &str) -> Result<u64> {
+        let header = self
+            .repo
+            .find_header(id)
+            .map_err(|e| self.err(format!("{path} ({id})"), e))?;
+        if header.kind() != gix::objs::Kind::Blob {
+            return Err(self.err(format!("{path} ({id})"), "not a blob"));
+        }
+        Ok(header.size())
+    }
+
+    /// A blob's content; its size is checked against the file limit first.
     fn blob(&self, id: ObjectId, path: &str) -> Result<Vec<u8>> {
+        let size = self.blob_size(id, path)?;
+        if size > self.limits.max_file_size {
+            return Err(self.too_large("file size", Some(path), self.limits.max_file_size, size));
+        }
         let object = self
             .repo
             .find_object(id)
@@ -228,16 +448,28 @@ impl Reader<'_> {
         &self,
         tree: ObjectId,
         prefix: &str,
+        depth: usize,
         ignore: &ignore::gitignore::Gitignore,
-        out: &mut Vec<Entry>,
-        ignored: &mut usize,
+        out: &mut Walk,
     ) -> Result<()> {
+        if depth > self.limits.max_depth {
+            return Err(self.too_large(
+                "directory depth",
+                Some(prefix),
+                self.limits.max_depth as u64,
+                depth as u64,
+            ));
+        }
         let object = self
             .repo
             .find_object(tree)
             .map_err(|e| self.err(format!("tree {prefix:?} ({tree})"), e))?;
         let parsed = gix::objs::TreeRef::from_bytes(&object.data, self.repo.object_hash())
             .map_err(|e| self.err(format!("tree {prefix:?} ({tree})"), e))?;
+        // Every name is checked, ignored or not: a duplicate must not hide behind an ignore
+        // pattern that another reader of the same tree does not apply.
+        let mut exact = HashSet::new();
+        let mut folded = HashSet::new();
         for entry in &parsed.entries {
             let Ok(name) = std::str::from_utf8(entry.filename) else {
                 let lossy = format!("{prefix}/{}", String::from_utf8_lossy(entry.filename));
@@ -249,18 +481,41 @@ impl Reader<'_> {
                 format!("{prefix}/{name}")
             };
             check_name(name).map_err(|reason| self.unsafe_path(&path, reason))?;
+            if !exact.insert(name) {
+                return Err(Error::DuplicateEntry {
+                    commit: self.commit.to_owned(),
+                    path,
+                    folded: "",
+                });
+            }
+            if !folded.insert(fold(name)) {
+                return Err(Error::DuplicateEntry {
+                    commit: self.commit.to_owned(),
+                    path,
+                    folded: " (names that differ only in case or ignorable characters)",
+                });
+            }
+        }
+        for entry in &parsed.entries {
+            // Checked above.
+            let name = String::from_utf8_lossy(entry.filename);
+            let path = if prefix.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{prefix}/{name}")
+            };
             let mode = entry.mode;
             let id = entry.oid.to_owned();
             if mode.is_tree() {
                 if ignore.matched(Path::new(&path), true).is_ignore() {
-                    *ignored += 1;
+                    out.ignored += 1;
                     continue;
                 }
-                self.walk(id, &path, ignore, out, ignored)?;
+                self.walk(id, &path, depth + 1, ignore, out)?;
                 continue;
             }
             if ignore.matched(Path::new(&path), false).is_ignore() {
-                *ignored += 1;
+                out.ignored += 1;
                 continue;
             }
             let kind = if mode.is_link() {
@@ -273,13 +528,54 @@ impl Reader<'_> {
                     executable: mode.is_executable(),
                 }
             };
-            out.push(Entry { path, kind, id });
+            let size = self.blob_size(id, &path)?;
+            let limit = match kind {
+                Kind::Link => MAX_LINK_TARGET,
+                Kind::File { .. } => self.limits.max_file_size,
+            };
+            if size > limit {
+                return Err(self.too_large("file size", Some(&path), limit, size));
+            }
+            out.total += size;
+            if out.total > self.limits.max_total_size {
+                return Err(self.too_large(
+                    "total size",
+                    None,
+                    self.limits.max_total_size,
+                    out.total,
+                ));
+            }
+            if out.entries.len() >= self.limits.max_files {
+                return Err(self.too_large(
+                    "file count",
+                    None,
+                    self.limits.max_files as u64,
+                    out.entries.len() as u64 + 1,
+                ));
+            }
+            out.entries.push(Entry { path, kind, id });
         }
         Ok(())
     }
 }
 
-/// Refuses names that could leave the destination or confuse git or the renderer.
+/// Code points that HFS+ ignores in names (so `.g\u{200c}it` is `.git` there).
+fn hfs_ignorable(c: char) -> bool {
+    matches!(c,
+        '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{206a}'..='\u{206f}' | '\u{feff}')
+}
+
+/// A name as a case-insensitive filesystem that drops ignorable code points sees it.
+fn fold(name: &str) -> String {
+    name.chars()
+        .filter(|c| !hfs_ignorable(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Refuses names that could leave the destination or that some filesystem or git itself
+/// treats as `.git` (any case, HFS+ ignorable code points, NTFS trailing dots and spaces,
+/// alternate data streams and the 8.3 short name `git~1`).
 fn check_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty name");
@@ -290,8 +586,14 @@ fn check_name(name: &str) -> std::result::Result<(), &'static str> {
     if name.contains(['/', '\0', '\\']) {
         return Err("a name contains '/', '\\' or NUL");
     }
-    if name.eq_ignore_ascii_case(".git") {
-        return Err("'.git' is not allowed");
+    let folded = fold(name);
+    let ntfs = folded
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(['.', ' ']);
+    if ntfs == ".git" || ntfs == "git~1" {
+        return Err("'.git' (in any spelling a filesystem may treat as .git) is not allowed");
     }
     Ok(())
 }
@@ -338,10 +640,10 @@ fn build_ignore(
 
 /// Resolves every symlink over the exported entries and refuses any that ends (or passes)
 /// outside the root.
-fn check_symlinks(reader: &Reader<'_>, entries: &mut [Entry]) -> Result<()> {
+fn check_symlinks(reader: &Reader<'_>, entries: &[Entry]) -> Result<()> {
     let mut links = HashMap::new();
-    for entry in entries.iter() {
-        if matches!(entry.kind, Kind::Link) {
+    for entry in entries {
+        if entry.kind == Kind::Link {
             let target = reader.blob(entry.id, &entry.path)?;
             links.insert(
                 entry.path.clone(),
@@ -401,43 +703,118 @@ fn resolve(
     Some(stack)
 }
 
-fn prepare_dest(dest: &Path) -> Result<()> {
-    let io = |source| Error::Io {
-        path: dest.display().to_string(),
-        source,
-    };
-    std::fs::create_dir_all(dest).map_err(io)?;
-    let mut listing = std::fs::read_dir(dest).map_err(io)?;
-    if listing.next().is_some() {
-        return Err(Error::DestinationNotEmpty {
-            path: dest.display().to_string(),
-        });
-    }
-    Ok(())
+/// Writes entries (sorted by path) below a destination directory through directory handles:
+/// each directory is created by the writer and opened without following links, and each file
+/// or link is created exclusively in its parent's handle. A path component the writer did not
+/// create (a symlink, or anything already there) can therefore never be written through.
+struct Writer {
+    dest: String,
+    root: OwnedFd,
+    /// The directories of the current path below the root, as (name, handle); entries sorted
+    /// by path visit each directory's contents contiguously, so one open chain suffices.
+    open: Vec<(String, OwnedFd)>,
+    /// Directories created so far, so that coming back to one is detected.
+    created: HashSet<String>,
 }
 
-fn write_entry(dest: &Path, entry: &Entry, content: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let full: PathBuf = dest.join(&entry.path);
-    let io = |source| Error::Io {
-        path: full.display().to_string(),
-        source,
-    };
-    if let Some(parent) = full.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    match entry.kind {
-        Kind::Link => {
-            let target = String::from_utf8_lossy(content).into_owned();
-            std::os::unix::fs::symlink(target, &full).map_err(io)?;
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::RDONLY)
+    .union(OFlags::CLOEXEC);
+
+impl Writer {
+    fn open(dest: &Path) -> Result<Self> {
+        let shown = dest.display().to_string();
+        let io = |source: std::io::Error| Error::Io {
+            path: shown.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dest).map_err(io)?;
+        let root = rustix::fs::openat(rustix::fs::CWD, dest, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io(e.into()))?;
+        let mut listing = std::fs::read_dir(dest).map_err(io)?;
+        if listing.next().is_some() {
+            return Err(Error::DestinationNotEmpty { path: shown });
         }
-        Kind::File { executable } => {
-            std::fs::write(&full, content).map_err(io)?;
-            let mode = if executable { 0o755 } else { 0o644 };
-            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        Ok(Self {
+            dest: shown,
+            root,
+            open: Vec::new(),
+            created: HashSet::new(),
+        })
+    }
+
+    fn io(&self, path: &str) -> impl Fn(rustix::io::Errno) -> Error + use<> {
+        let path = format!("{}/{path}", self.dest);
+        move |e| Error::Io {
+            path: path.clone(),
+            source: e.into(),
         }
     }
-    Ok(())
+
+    /// The handle of directory `dirs` (components below the root), creating what is missing.
+    fn dir(&mut self, dirs: &[&str]) -> Result<()> {
+        let common = self
+            .open
+            .iter()
+            .zip(dirs)
+            .take_while(|((open, _), want)| open == *want)
+            .count();
+        self.open.truncate(common);
+        for i in common..dirs.len() {
+            let rel = dirs[..=i].join("/");
+            if !self.created.insert(rel.clone()) {
+                // Sorted entries never return to a directory; if they did, the tree was not
+                // what the checks saw.
+                return Err(Error::Io {
+                    path: format!("{}/{rel}", self.dest),
+                    source: std::io::Error::other("directory visited twice"),
+                });
+            }
+            let parent = self.open.last().map_or(&self.root, |(_, fd)| fd);
+            rustix::fs::mkdirat(parent, dirs[i], Mode::from_raw_mode(0o755))
+                .map_err(self.io(&rel))?;
+            let fd = rustix::fs::openat(parent, dirs[i], DIR_FLAGS, Mode::empty())
+                .map_err(self.io(&rel))?;
+            self.open.push((dirs[i].to_owned(), fd));
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, entry: &Entry, content: &[u8]) -> Result<()> {
+        let mut parts: Vec<&str> = entry.path.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        self.dir(&parts)?;
+        let parent = self.open.last().map_or(&self.root, |(_, fd)| fd);
+        let io = self.io(&entry.path);
+        match entry.kind {
+            Kind::Link => {
+                let target = String::from_utf8_lossy(content).into_owned();
+                rustix::fs::symlinkat(target.as_str(), parent, name).map_err(io)?;
+            }
+            Kind::File { executable } => {
+                let fd = rustix::fs::openat(
+                    parent,
+                    name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(&io)?;
+                let mode = if executable { 0o755 } else { 0o644 };
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(&io)?;
+                let mut file = std::fs::File::from(fd);
+                file.write_all(content).map_err(|source| Error::Io {
+                    path: format!("{}/{}", self.dest, entry.path),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -480,10 +857,35 @@ mod tests {
     }
 
     #[test]
-    fn names_that_leave_the_tree_are_refused() {
-        for bad in ["", ".", "..", "a/b", ".git", ".GIT", "a\\b"] {
+    fn names_that_leave_the_tree_or_mean_git_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            ".git",
+            ".GIT",
+            "a\\b",
+            ".git.",
+            ".git ",
+            ".Git. .",
+            "git~1",
+            "GIT~1",
+            ".git::$INDEX_ALLOCATION",
+            ".g\u{200c}it",
+            "\u{feff}.git",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
-        assert!(check_name("..a").is_ok());
+        for good in ["..a", ".gitignore", ".github", "git", "a.git", "git~2"] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn folding_finds_names_a_case_insensitive_filesystem_merges() {
+        assert_eq!(fold("Prod"), fold("prod"));
+        assert_eq!(fold("pr\u{200d}od"), fold("prod"));
+        assert_ne!(fold("prod"), fold("prod2"));
     }
 }

@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::export::ExportLimits;
 use crate::git::Git;
 use crate::refs::GitRef;
 use crate::verify::{Verification, VerifyPolicy};
@@ -118,6 +119,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Plain http was asked for together with credentials, which it would send in clear text.
+    #[error(
+        "credentials are never sent over plain http ({url}); use https, or drop the \
+         credentials for a public internal server"
+    )]
+    InsecureWithCredentials {
+        /// The URL.
+        url: String,
+    },
+    /// The remote sent objects that fail git's object checks (e.g. a tree with duplicate
+    /// entries or a `.git` name): nothing is stored or exported.
+    #[error("git {action} of {url} refused malformed objects: {detail}")]
+    BadObjects {
+        /// What git was doing.
+        action: String,
+        /// The URL.
+        url: String,
+        /// git's fsck message.
+        detail: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed: {detail}")]
     Task {
@@ -158,6 +179,8 @@ impl Error {
             Error::LockTimeout { .. } => "fetch_lock_timeout",
             Error::Io { .. } => "fetch_io",
             Error::Task { .. } => "fetch_task",
+            Error::InsecureWithCredentials { .. } => "fetch_insecure_with_credentials",
+            Error::BadObjects { .. } => "fetch_bad_objects",
         }
     }
 
@@ -165,7 +188,15 @@ impl Error {
     pub(crate) fn classify(action: &str, url: &str, stderr: String) -> Self {
         let url = url.to_owned();
         let has = |needle: &str| stderr.contains(needle);
-        if has("Host key verification failed") || has("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        if has("fsck error") || has("duplicateEntries") || has("hasDotgit") {
+            Error::BadObjects {
+                action: action.to_owned(),
+                url,
+                detail: stderr,
+            }
+        } else if has("Host key verification failed")
+            || has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        {
             Error::HostKey {
                 url,
                 detail: stderr,
@@ -246,6 +277,9 @@ pub struct FetchOptions {
     pub ca_file: Option<PathBuf>,
     /// Limit for each git command; the process is killed after it.
     pub timeout: Duration,
+    /// Permit `http://` URLs (no transport security: anyone on the path can change what is
+    /// fetched, so use it with signature verification). Never together with credentials.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for FetchOptions {
@@ -254,6 +288,7 @@ impl Default for FetchOptions {
             credentials: Credentials::None,
             ca_file: None,
             timeout: Duration::from_secs(300),
+            allow_insecure_http: false,
         }
     }
 }
@@ -274,6 +309,8 @@ pub struct SourceRequest {
     pub verify: Option<VerifyPolicy>,
     /// The last verified (applied) commit, where range verification starts.
     pub last_verified: Option<String>,
+    /// Limits of the exported tree.
+    pub limits: ExportLimits,
 }
 
 impl SourceRequest {
@@ -286,6 +323,7 @@ impl SourceRequest {
             ignore: Vec::new(),
             verify: None,
             last_verified: None,
+            limits: ExportLimits::default(),
         }
     }
 }
@@ -357,7 +395,18 @@ impl Fetcher {
     /// exported when verification fails.
     pub async fn fetch(&self, request: &SourceRequest, dest: &Path) -> crate::Result<Artifact> {
         request.git_ref.validate()?;
-        check_url(&request.url)?;
+        check_url_with(&request.url, request.options.allow_insecure_http)?;
+        if is_http(&request.url)
+            && !matches!(
+                request.options.credentials,
+                Credentials::None | Credentials::Ssh { .. }
+            )
+        {
+            return Err(Error::InsecureWithCredentials {
+                url: request.url.trim().to_owned(),
+            }
+            .into());
+        }
         let url = request.url.trim().to_owned();
         let repo = self.repo_path(&url);
         let _lock = self.lock(&repo, request.options.timeout).await?;
@@ -403,13 +452,17 @@ impl Fetcher {
         };
 
         let exported = {
-            let (repo, commit, dest, ignore) = (
+            let (repo, commit, dest, ignore, limits) = (
                 repo.clone(),
                 commit.clone(),
                 dest.to_owned(),
                 request.ignore.clone(),
+                request.limits,
             );
-            blocking(move || crate::export::export_tree(&repo, &commit, &dest, &ignore)).await??
+            blocking(move || {
+                crate::export::export_tree_with(&repo, &commit, &dest, &ignore, &limits)
+            })
+            .await??
         };
         Ok(Artifact {
             url,
@@ -587,8 +640,20 @@ async fn resolve(
     }
 }
 
+/// Whether `url` is plain `http://`.
+fn is_http(url: &str) -> bool {
+    url.trim()
+        .split_once("://")
+        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"))
+}
+
 /// Refuses URLs that are not https, ssh, file or local paths, or that carry credentials.
 pub fn check_url(url: &str) -> Result<()> {
+    check_url_with(url, false)
+}
+
+/// [`check_url`], also accepting `http://` when `allow_http`.
+pub fn check_url_with(url: &str, allow_http: bool) -> Result<()> {
     let url = url.trim();
     let invalid = |reason| {
         Err(Error::InvalidUrl {
@@ -623,7 +688,17 @@ pub fn check_url(url: &str) -> Result<()> {
                 }
             }
             "file" => {}
-            "http" => return invalid("plain http is not allowed; use https"),
+            "http" if allow_http => {
+                if userinfo.is_some() {
+                    return Err(Error::UrlHasCredentials);
+                }
+            }
+            "http" => {
+                return invalid(
+                    "plain http is not allowed; use https (or opt in to insecure http for \
+                     this source)",
+                );
+            }
             _ => return invalid("only https://, ssh://, file:// and local paths are supported"),
         }
         return Ok(());

@@ -16,8 +16,36 @@ use crate::fetch::{Credentials, Error, FetchOptions};
 const REDACTED: &str = "[REDACTED]";
 
 /// Answers git's username and password prompts from the environment, so neither the
-/// command line nor the URL ever holds them.
-const ASKPASS: &str = "#!/bin/sh\ncase \"$1\" in\n  Username*) printf '%s\\n' \"$PLUMB_GIT_USERNAME\" ;;\n  *) printf '%s\\n' \"$PLUMB_GIT_PASSWORD\" ;;\nesac\n";
+/// command line nor the URL ever holds them, and only for the configured host: git names the
+/// URL in its prompt (`Password for 'https://user@host:port': `), so a prompt for any other
+/// authority (after a redirect, say) gets no answer.
+const ASKPASS: &str = r#"#!/bin/sh
+url=${1#*\'}
+url=${url%\'*}
+rest=${url#*://}
+authority=${rest%%/*}
+authority=${authority##*@}
+authority=$(printf '%s' "$authority" | tr '[:upper:]' '[:lower:]')
+if [ "$authority" != "$PLUMB_GIT_AUTHORITY" ]; then
+  echo "plumb: not answering a credential prompt for $authority" >&2
+  exit 1
+fi
+case "$1" in
+  Username*) printf '%s\n' "$PLUMB_GIT_USERNAME" ;;
+  Password*) printf '%s\n' "$PLUMB_GIT_PASSWORD" ;;
+  *) exit 1 ;;
+esac
+"#;
+
+/// The `host[:port]` of a URL as git writes it in credential prompts, lower-cased.
+pub(crate) fn authority(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    authority.to_ascii_lowercase()
+}
 
 /// A configured way to run git for one source: its own empty `HOME` (removed on drop).
 pub(crate) struct Git {
@@ -26,6 +54,8 @@ pub(crate) struct Git {
     secrets: Vec<String>,
     timeout: Duration,
     url: String,
+    /// `-c` settings on top of the fixed hardening.
+    settings: Vec<&'static str>,
 }
 
 /// Quotes `s` for the POSIX shell that runs `GIT_SSH_COMMAND`.
@@ -51,7 +81,14 @@ impl Git {
             ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
             ("GIT_CONFIG_GLOBAL".into(), "/dev/null".into()),
             ("GIT_TERMINAL_PROMPT".into(), "0".into()),
-            ("GIT_ALLOW_PROTOCOL".into(), "https:ssh:file".into()),
+            (
+                "GIT_ALLOW_PROTOCOL".into(),
+                if options.allow_insecure_http {
+                    "https:ssh:file:http".into()
+                } else {
+                    "https:ssh:file".into()
+                },
+            ),
             ("LC_ALL".into(), "C".into()),
         ];
         let mut secrets = Vec::new();
@@ -86,6 +123,7 @@ impl Git {
                 let script = home.path().join("askpass.sh");
                 write_executable(&script, ASKPASS)?;
                 env.push(("GIT_ASKPASS".into(), script.into()));
+                env.push(("PLUMB_GIT_AUTHORITY".into(), authority(url).into()));
                 env.push(("PLUMB_GIT_USERNAME".into(), username.into()));
                 env.push(("PLUMB_GIT_PASSWORD".into(), password.expose_secret().into()));
                 secrets.push(password.expose_secret().to_owned());
@@ -102,7 +140,20 @@ impl Git {
             Credentials::None | Credentials::Ssh { .. } => {}
         }
         secrets.retain(|s| !s.is_empty());
+        let mut settings = Vec::new();
+        if options.allow_insecure_http {
+            settings.push("protocol.http.allow=always");
+        }
+        // git follows redirects of the first request to any host; with credentials that would
+        // hand a token (sent as a header) to whoever the server redirects to.
+        if matches!(
+            options.credentials,
+            Credentials::Basic { .. } | Credentials::Bearer { .. }
+        ) {
+            settings.push("http.followRedirects=false");
+        }
         Ok(Self {
+            settings,
             home,
             env,
             secrets,
@@ -150,7 +201,19 @@ impl Git {
             "gc.auto=0",
             "maintenance.auto=false",
             "submodule.recurse=false",
-        ] {
+            // Check every received object; trees git itself would never write (duplicate
+            // entries, `.`, `..`, `.git` names, full paths) fail the fetch.
+            "transfer.fsckObjects=true",
+            "fetch.fsck.hasDot=error",
+            "fetch.fsck.hasDotdot=error",
+            "fetch.fsck.hasDotgit=error",
+            "fetch.fsck.fullPathname=error",
+            "fetch.fsck.emptyName=error",
+            "fetch.fsck.nullSha1=error",
+        ]
+        .iter()
+        .chain(&self.settings)
+        {
             cmd.arg("-c").arg(setting);
         }
         cmd.args(args);
@@ -187,4 +250,51 @@ fn write_executable(path: &Path, content: &str) -> Result<(), Error> {
     };
     std::fs::write(path, content).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn askpass(prompt: &str, authority: &str) -> (bool, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("askpass.sh");
+        write_executable(&script, ASKPASS).expect("script");
+        let out = std::process::Command::new(&script)
+            .arg(prompt)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PLUMB_GIT_AUTHORITY", authority)
+            .env("PLUMB_GIT_USERNAME", "git")
+            .env("PLUMB_GIT_PASSWORD", "s3cret")
+            .output()
+            .expect("askpass runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    #[test]
+    fn askpass_answers_only_for_the_configured_host() {
+        let here = authority("https://git.example.com:8443/org/repo.git");
+        assert_eq!(here, "git.example.com:8443");
+        assert_eq!(
+            askpass("Password for 'https://git@git.example.com:8443': ", &here),
+            (true, "s3cret\n".into())
+        );
+        assert_eq!(
+            askpass("Username for 'https://GIT.example.com:8443': ", &here),
+            (true, "git\n".into())
+        );
+        for elsewhere in [
+            "Password for 'https://git@evil.example:8443': ",
+            "Password for 'https://git@git.example.com': ",
+            "Password for 'https://git.example.com:8443@evil.example': ",
+            "Enter passphrase for key '/x': ",
+        ] {
+            let (ok, out) = askpass(elsewhere, &here);
+            assert!(!ok && out.is_empty(), "{elsewhere}: {out}");
+        }
+    }
 }

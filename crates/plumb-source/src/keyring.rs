@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
+use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey, SignedPublicSubKey};
+use pgp::packet::{Signature, SignatureType, SubpacketData};
 use pgp::types::KeyDetails;
 
 /// Errors reading a keyring.
@@ -49,6 +50,22 @@ impl Error {
 #[derive(Clone, Debug, Default)]
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
+}
+
+/// The outcome of checking a signature against a [`Keyring`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PgpVerdict {
+    /// No key of the ring made the signature.
+    UnknownKey,
+    /// A key of the ring made it, and that key may sign now.
+    Valid(PgpSigner),
+    /// A key of the ring made it, but it is revoked, expired or not a signing key.
+    NotValid {
+        /// The key.
+        signer: PgpSigner,
+        /// Why it may not sign.
+        reason: String,
+    },
 }
 
 /// The key that made a good OpenPGP signature.
@@ -142,14 +159,17 @@ impl Keyring {
             .collect()
     }
 
-    /// Verifies an armored detached signature over `payload` against every key and subkey.
-    /// `Ok(None)` when no key in the ring made it (unknown key); `Err(reason)` when the
-    /// signature does not parse.
+    /// Verifies an armored detached signature over `payload` against every key and subkey,
+    /// and whether the key that made it may sign at `now` (Unix seconds): neither it nor its
+    /// primary key revoked or expired, and a subkey carrying the signing flag. The time is
+    /// that of the check, not the signature's own creation time, which the signer chooses.
+    /// `Err(reason)` when the signature does not parse.
     pub fn verify(
         &self,
         armored_signature: &[u8],
         payload: &[u8],
-    ) -> std::result::Result<Option<PgpSigner>, String> {
+        now: i64,
+    ) -> std::result::Result<PgpVerdict, String> {
         let text = std::str::from_utf8(armored_signature)
             .map_err(|_| "signature is not ASCII armor".to_owned())?;
         let (signature, _) = DetachedSignature::from_string(text)
@@ -165,16 +185,120 @@ impl Keyring {
                     .map(|u| String::from_utf8_lossy(u.id.id()).into_owned())
                     .collect(),
             };
+            let judged = |signer: PgpSigner, problem: Option<String>| match problem {
+                None => PgpVerdict::Valid(signer),
+                Some(reason) => PgpVerdict::NotValid { signer, reason },
+            };
             if signature.verify(&key.primary_key, payload).is_ok() {
-                return Ok(Some(signer(format!("{:X}", key.primary_key.fingerprint()))));
+                let signer = signer(format!("{:X}", key.primary_key.fingerprint()));
+                return Ok(judged(signer, signing_problem(key, None, now)));
             }
             for sub in &key.public_subkeys {
                 if signature.verify(&sub.key, payload).is_ok() {
-                    return Ok(Some(signer(format!("{:X}", sub.key.fingerprint()))));
+                    let signer = signer(format!("{:X}", sub.key.fingerprint()));
+                    return Ok(judged(signer, signing_problem(key, Some(sub), now)));
                 }
             }
         }
-        Ok(None)
+        Ok(PgpVerdict::UnknownKey)
+    }
+}
+
+/// The newest of `sigs` of the given types (by creation time).
+fn newest<'a>(
+    sigs: impl Iterator<Item = &'a Signature>,
+    types: &[SignatureType],
+) -> Option<&'a Signature> {
+    sigs.filter(|s| s.typ().is_some_and(|t| types.contains(&t)))
+        .max_by_key(|s| s.created().map(|t| t.as_secs()).unwrap_or_default())
+}
+
+/// Whether `sig` carries a key flags subpacket at all (absent flags put no restriction on a
+/// primary key, as gpg reads them).
+fn has_key_flags(sig: &Signature) -> bool {
+    sig.config().is_some_and(|c| {
+        c.hashed_subpackets()
+            .any(|p| matches!(p.data, SubpacketData::KeyFlags(_)))
+    })
+}
+
+fn expired(created: u32, sig: &Signature, now: i64) -> Option<String> {
+    let lifetime = sig.key_expiration_time()?.as_secs();
+    if lifetime == 0 {
+        return None;
+    }
+    let expires = i64::from(created) + i64::from(lifetime);
+    (now >= expires).then(|| {
+        let when = jiff::Timestamp::from_second(expires)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| expires.to_string());
+        format!("expired at {when}")
+    })
+}
+
+/// Why the primary key of `key` (and `sub`, when it made the signature) may not sign at
+/// `now`, if anything.
+fn signing_problem(
+    key: &SignedPublicKey,
+    sub: Option<&SignedPublicSubKey>,
+    now: i64,
+) -> Option<String> {
+    let fingerprint = format!("{:X}", key.primary_key.fingerprint());
+    if !key.details.revocation_signatures.is_empty() {
+        return Some(format!("OpenPGP key {fingerprint} is revoked"));
+    }
+    let self_sigs = key
+        .details
+        .users
+        .iter()
+        .flat_map(|u| u.signatures.iter())
+        .chain(key.details.direct_signatures.iter());
+    let self_sig = newest(
+        self_sigs,
+        &[
+            SignatureType::CertGeneric,
+            SignatureType::CertPersona,
+            SignatureType::CertCasual,
+            SignatureType::CertPositive,
+            SignatureType::Key,
+        ],
+    );
+    if let Some(sig) = self_sig
+        && let Some(why) = expired(key.primary_key.created_at().as_secs(), sig, now)
+    {
+        return Some(format!("OpenPGP key {fingerprint} {why}"));
+    }
+    match sub {
+        None => {
+            if let Some(sig) = self_sig
+                && has_key_flags(sig)
+                && !sig.key_flags().sign()
+            {
+                return Some(format!(
+                    "OpenPGP key {fingerprint} is not marked for signing"
+                ));
+            }
+            None
+        }
+        Some(sub) => {
+            let sub_fp = format!("{:X}", sub.key.fingerprint());
+            if sub
+                .signatures
+                .iter()
+                .any(|s| s.typ() == Some(SignatureType::SubkeyRevocation))
+            {
+                return Some(format!("OpenPGP subkey {sub_fp} is revoked"));
+            }
+            let Some(binding) = newest(sub.signatures.iter(), &[SignatureType::SubkeyBinding])
+            else {
+                return Some(format!("OpenPGP subkey {sub_fp} has no binding signature"));
+            };
+            if !binding.key_flags().sign() {
+                return Some(format!("OpenPGP subkey {sub_fp} is not a signing subkey"));
+            }
+            expired(sub.key.created_at().as_secs(), binding, now)
+                .map(|why| format!("OpenPGP subkey {sub_fp} {why}"))
+        }
     }
 }
 

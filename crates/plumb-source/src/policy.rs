@@ -103,20 +103,16 @@ impl PathPolicy {
             origin: origin.to_owned(),
             reason,
         };
-        let policy: PathPolicy = serde_saphyr::from_str(text).map_err(|e| err(e.to_string()))?;
+        let policy: PathPolicy =
+            serde_saphyr::from_str(text).map_err(|e| err(without_content(&e.to_string())))?;
         for (i, rule) in policy.rules.iter().enumerate() {
             if rule.signers.is_empty() {
-                return Err(err(format!(
-                    "rule {} ({}) names no signers",
-                    i + 1,
-                    rule.path
-                )));
+                return Err(err(format!("rule {} names no signers", i + 1)));
             }
             if rule.path.split('/').any(|c| c == "..") || rule.path.starts_with('/') {
                 return Err(err(format!(
-                    "rule {} path {:?} must be relative without '..'",
-                    i + 1,
-                    rule.path
+                    "the path of rule {} must be relative without '..'",
+                    i + 1
                 )));
             }
         }
@@ -126,6 +122,23 @@ impl PathPolicy {
     /// The rules covering `changed`.
     pub fn rules_for<'a>(&'a self, changed: &'a str) -> impl Iterator<Item = &'a PathRule> + 'a {
         self.rules.iter().filter(move |r| r.covers(changed))
+    }
+}
+
+/// A parser message reduced to where the problem is: serde's messages quote the offending
+/// value, and the text may be a Secret that is not a policy at all.
+fn without_content(message: &str) -> String {
+    let location = message.find("line ").map(|i| {
+        message[i..]
+            .split(['\n', ':', ';'])
+            .next()
+            .unwrap_or_default()
+            .trim()
+    });
+    let expected = "expected `rules:` with a list of `{path, signers}`";
+    match location {
+        Some(at) if !at.is_empty() => format!("{at}: not a signing policy ({expected})"),
+        _ => format!("not a signing policy ({expected})"),
     }
 }
 
@@ -145,6 +158,22 @@ mod tests {
         assert!(!policy.rules[0].covers("production/app.yaml"));
         assert!(policy.rules[1].covers("a/b.yaml"));
         assert_eq!(policy.rules_for("prod/x").count(), 1);
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_text() {
+        for secret in [
+            "password: hunter2-s3cret\n",
+            "rules: hunter2-s3cret\n",
+            "hunter2-s3cret",
+            "rules:\n  - path: hunter2-s3cret\n    signers: hunter2-s3cret\n",
+            "rules:\n  - hunter2-s3cret: x\n",
+        ] {
+            let err = PathPolicy::parse_yaml(secret)
+                .expect_err(secret)
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -214,10 +214,17 @@ fn parse_line(text: &str, line: usize) -> std::result::Result<AllowedSigner, Str
     let key_type = field;
     let (blob, _comment) = next_field(rest)?;
     if blob.is_empty() {
-        return Err(format!("missing the base64 key after {key_type}"));
+        return Err("missing the base64 key after the key type".into());
     }
-    let key = ssh_key::PublicKey::from_openssh(&format!("{key_type} {blob}"))
-        .map_err(|e| format!("invalid {key_type} public key: {e}"))?;
+    // Messages never quote the line: a tenant may point the agent at a Secret that is not an
+    // allowed_signers file, and its content must not reach a status field.
+    let key = ssh_key::PublicKey::from_openssh(&format!("{key_type} {blob}")).map_err(|e| {
+        if looks_like_key_type(&key_type) {
+            format!("invalid {key_type} public key: {e}")
+        } else {
+            "expected `principals [options] key-type base64-key`".to_owned()
+        }
+    })?;
     let mut signer = AllowedSigner {
         principals,
         namespaces: None,
@@ -243,7 +250,11 @@ fn parse_line(text: &str, line: usize) -> std::result::Result<AllowedSigner, Str
                 }
                 ("valid-after", Some(v)) => signer.valid_after = Some(parse_time(&v)?),
                 ("valid-before", Some(v)) => signer.valid_before = Some(parse_time(&v)?),
-                (other, _) => return Err(format!("unsupported option {other:?}")),
+                _ => {
+                    return Err("unsupported option (supported: namespaces=, valid-after=, \
+                                valid-before=)"
+                        .into());
+                }
             }
         }
     }
@@ -277,7 +288,7 @@ fn split_options(options: &str) -> std::result::Result<Vec<String>, String> {
     }
     out.push(current);
     if out.iter().any(String::is_empty) {
-        return Err(format!("empty option in {options:?}"));
+        return Err("empty option in the options field".into());
     }
     Ok(out)
 }
@@ -286,7 +297,7 @@ fn split_options(options: &str) -> std::result::Result<Vec<String>, String> {
 /// time; Plumb reads them as UTC too, so a result never depends on the host's time zone.
 pub fn parse_time(value: &str) -> std::result::Result<i64, String> {
     let digits = value.strip_suffix(['Z', 'z']).unwrap_or(value);
-    let bad = || format!("invalid time {value:?}: expected YYYYMMDD[HHMM[SS]][Z]");
+    let bad = || "invalid time: expected YYYYMMDD[HHMM[SS]][Z]".to_owned();
     if !matches!(digits.len(), 8 | 12 | 14) || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -383,6 +394,27 @@ mod tests {
         assert!(a.check_time(1_735_689_601).is_err());
         assert_eq!(b.principals, ["bob@x.org"]);
         assert!(b.allows_namespace("anything"));
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_text() {
+        // What a tenant might point the agent at instead of an allowed_signers file.
+        for secret in [
+            "db-password: hunter2s3cret".to_owned(),
+            "user hunter2s3cret".to_owned(),
+            "user hunter2s3cret more".to_owned(),
+            "user ssh-ed25519 hunter2s3cret".to_owned(),
+            format!("user hunter2s3cret=1 {KEY}"),
+            format!("user valid-after=hunter2s3cret {KEY}"),
+            format!("user namespaces=\"git\",,hunter2s3cret {KEY}"),
+        ] {
+            let err = AllowedSigners::parse(&secret)
+                .expect_err(&secret)
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = crate::Keyring::from_armored("hunter2s3cret").expect_err("not a key");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

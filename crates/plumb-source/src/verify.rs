@@ -9,7 +9,7 @@ use gix::ObjectId;
 use gix::objs::{CommitRef, CommitRefIter, TagRef, TagRefIter};
 use serde::Serialize;
 
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, PgpVerdict};
 use crate::policy::PathPolicy;
 use crate::signers::AllowedSigners;
 
@@ -38,6 +38,20 @@ pub enum Error {
     )]
     SinceNotFound {
         /// The commit id.
+        since: String,
+    },
+    /// The new tip does not contain the last verified commit: the history was rolled back or
+    /// rewritten (a force push), so "every new commit is signed" cannot be established.
+    #[error(
+        "commit {tip} does not contain the last verified commit {since}: the history was \
+         rolled back or rewritten (force push), and nothing from it is applied. If the new \
+         history is intended, check it by hand, then trust it again: re-create the GitSource \
+         (the agent) or verify without --since (the CLI)"
+    )]
+    NotDescendant {
+        /// The new tip.
+        tip: String,
+        /// The last verified commit.
         since: String,
     },
     /// Neither allowed SSH signers nor OpenPGP keys were given, so nothing could pass.
@@ -70,6 +84,7 @@ impl Error {
         match self {
             Error::Rejected { reason, .. } => reason.metric_label(),
             Error::SinceNotFound { .. } => "verify_since_not_found",
+            Error::NotDescendant { .. } => "verify_not_descendant",
             Error::NoTrustedKeys => "verify_no_trusted_keys",
             Error::Repository { .. } => "verify_repository",
         }
@@ -108,6 +123,19 @@ pub enum FailureReason {
         /// `valid-before`/`valid-after`/namespace detail.
         detail: String,
     },
+    /// An annotated tag object names another tag than the ref that points at it (e.g. an old
+    /// signed release's tag object moved under a new tag name).
+    TagNameMismatch {
+        /// The name inside the signed tag object.
+        signed_name: String,
+        /// The ref's tag name.
+        ref_name: String,
+    },
+    /// A tree of the commit holds two entries of one name (git never writes such trees).
+    MalformedTree {
+        /// The duplicated path.
+        path: String,
+    },
     /// The signer is valid but a path rule names other signers for a path the commit touches.
     NotAllowedForPath {
         /// The changed path.
@@ -133,6 +161,8 @@ impl FailureReason {
             FailureReason::BadSignature { .. } => "verify_bad_signature",
             FailureReason::SignerNotValid { .. } => "verify_signer_not_valid",
             FailureReason::NotAllowedForPath { .. } => "verify_not_allowed_for_path",
+            FailureReason::TagNameMismatch { .. } => "verify_tag_name_mismatch",
+            FailureReason::MalformedTree { .. } => "verify_malformed_tree",
         }
     }
 }
@@ -165,8 +195,21 @@ impl fmt::Display for FailureReason {
                 "bad signature by key {key}: the signed content was changed or the signature is corrupt"
             ),
             FailureReason::SignerNotValid { principal, detail } => {
-                write!(f, "signer {principal} not valid: {detail} (expired signer)")
+                write!(f, "signer {principal} not valid: {detail}")
             }
+            FailureReason::TagNameMismatch {
+                signed_name,
+                ref_name,
+            } => write!(
+                f,
+                "the signed tag object is named {signed_name:?}, but the ref is tag \
+                 {ref_name:?}: a signed tag cannot be reused under another name"
+            ),
+            FailureReason::MalformedTree { path } => write!(
+                f,
+                "malformed tree: {path:?} appears twice in one directory (git never writes \
+                 such trees)"
+            ),
             FailureReason::NotAllowedForPath {
                 path,
                 rule,
@@ -422,7 +465,16 @@ pub fn check(
             let since_id = repo.commit_id(since).map_err(|_| Error::SinceNotFound {
                 since: since.to_owned(),
             })?;
-            repo.range(tip_id, since_id)?
+            let (ids, contains_since) = repo.range(tip_id, since_id)?;
+            if !contains_since {
+                return Err(Error::NotDescendant {
+                    tip: tip_id.to_string(),
+                    since: since_id.to_string(),
+                });
+            }
+            // The tip is always checked, also when nothing is new (tip == since): the policy
+            // may have changed since it was verified.
+            if ids.is_empty() { vec![tip_id] } else { ids }
         }
     };
     let mut commits = Vec::with_capacity(ids.len());
@@ -505,8 +557,10 @@ impl Repo {
         Ok(commit.parents().collect())
     }
 
-    /// Commits reachable from `tip` and not from `since`, newest first (breadth-first).
-    fn range(&self, tip: ObjectId, since: ObjectId) -> Result<Vec<ObjectId>> {
+    /// Commits reachable from `tip` and not from `since`, newest first (breadth-first), and
+    /// whether `since` is reachable from `tip` (the walk stops at ancestors of `since`, and on
+    /// any path from `tip` to `since` the first of them is `since` itself).
+    fn range(&self, tip: ObjectId, since: ObjectId) -> Result<(Vec<ObjectId>, bool)> {
         let mut excluded = HashSet::new();
         let mut queue = VecDeque::from([since]);
         while let Some(id) = queue.pop_front() {
@@ -516,99 +570,151 @@ impl Repo {
         }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let mut contains_since = false;
         let mut queue = VecDeque::from([tip]);
         while let Some(id) = queue.pop_front() {
+            if id == since {
+                contains_since = true;
+            }
             if excluded.contains(&id) || !seen.insert(id) {
                 continue;
             }
             out.push(id);
             queue.extend(self.parents(id)?);
         }
-        Ok(out)
+        Ok((out, contains_since))
     }
 
-    /// Entries of a tree: name -> (is tree, mode bits, id).
-    fn tree_entries(&self, id: ObjectId) -> Result<Vec<(String, bool, u32, ObjectId)>> {
+    /// Entries of a tree: (name, is tree, mode bits, id), names as stored. A tree with two
+    /// entries of one name (also after case folding) is malformed: `Err(path)`.
+    fn tree_entries(&self, id: ObjectId, prefix: &str) -> Result<Result<Vec<TreeEntry>, String>> {
         let (kind, data) = self.object(id)?;
         if kind != gix::objs::Kind::Tree {
             return Err(self.err(format!("tree {id}"), format!("it is a {kind}")));
         }
         let tree = gix::objs::TreeRef::from_bytes(&data, self.hash_kind())
             .map_err(|e| self.err(format!("tree {id}"), e))?;
-        Ok(tree
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    String::from_utf8_lossy(e.filename).into_owned(),
-                    e.mode.is_tree(),
-                    u32::from(e.mode.value()),
-                    e.oid.to_owned(),
-                )
-            })
-            .collect())
+        let mut names = HashSet::new();
+        let mut entries = Vec::with_capacity(tree.entries.len());
+        for e in &tree.entries {
+            let folded = String::from_utf8_lossy(e.filename).to_lowercase();
+            if !names.insert(folded) {
+                return Ok(Err(join(prefix, &String::from_utf8_lossy(e.filename))));
+            }
+            entries.push(TreeEntry {
+                name: e.filename.to_vec(),
+                tree: e.mode.is_tree(),
+                mode: u32::from(e.mode.value()),
+                id: e.oid.to_owned(),
+            });
+        }
+        Ok(Ok(entries))
     }
 
-    /// Adds to `out` every path that differs between trees `a` and `b` (either may be absent).
+    /// Adds to `out` every path that differs between trees `a` and `b` (either may be absent);
+    /// `Err(path)` when a tree on the way is malformed.
     fn diff_trees(
         &self,
         a: Option<ObjectId>,
         b: Option<ObjectId>,
         prefix: &str,
         out: &mut BTreeSet<String>,
-    ) -> Result<()> {
+    ) -> Result<Result<(), String>> {
         if a == b {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        let list = |t: Option<ObjectId>| -> Result<Vec<(String, bool, u32, ObjectId)>> {
-            t.map_or(Ok(Vec::new()), |t| self.tree_entries(t))
+        let list = |t: Option<ObjectId>| -> Result<Result<Vec<TreeEntry>, String>> {
+            t.map_or(Ok(Ok(Vec::new())), |t| self.tree_entries(t, prefix))
         };
-        let (left, right) = (list(a)?, list(b)?);
-        let names: BTreeSet<&String> = left.iter().chain(right.iter()).map(|e| &e.0).collect();
+        let left = match list(a)? {
+            Ok(l) => l,
+            Err(path) => return Ok(Err(path)),
+        };
+        let right = match list(b)? {
+            Ok(r) => r,
+            Err(path) => return Ok(Err(path)),
+        };
+        let names: BTreeSet<&[u8]> = left
+            .iter()
+            .chain(right.iter())
+            .map(|e| e.name.as_slice())
+            .collect();
         for name in names {
-            let l = left.iter().find(|e| &e.0 == name);
-            let r = right.iter().find(|e| &e.0 == name);
+            let l = left.iter().find(|e| e.name == name);
+            let r = right.iter().find(|e| e.name == name);
             if let (Some(l), Some(r)) = (l, r)
-                && l.1 == r.1
-                && l.2 == r.2
-                && l.3 == r.3
+                && l == r
             {
                 continue;
             }
-            let path = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let sub = |e: Option<&(String, bool, u32, ObjectId)>| e.filter(|e| e.1).map(|e| e.3);
+            let path = join(prefix, &String::from_utf8_lossy(name));
+            let sub = |e: Option<&TreeEntry>| e.filter(|e| e.tree).map(|e| e.id);
             let (lt, rt) = (sub(l), sub(r));
-            if lt.is_some() || rt.is_some() {
-                self.diff_trees(lt, rt, &path, out)?;
+            if (lt.is_some() || rt.is_some())
+                && let Err(bad) = self.diff_trees(lt, rt, &path, out)?
+            {
+                return Ok(Err(bad));
             }
-            if l.is_some_and(|e| !e.1) || r.is_some_and(|e| !e.1) {
+            if l.is_some_and(|e| !e.tree) || r.is_some_and(|e| !e.tree) {
                 out.insert(path);
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Paths a commit changes relative to any of its parents (all paths for a root commit):
-    /// a merge must satisfy the rules of everything it brings in.
-    fn changed_paths(&self, commit: &CommitRef<'_>) -> Result<BTreeSet<String>> {
+    /// a merge must satisfy the rules of everything it brings in. `Err(path)` names a
+    /// malformed tree.
+    fn changed_paths(&self, commit: &CommitRef<'_>) -> Result<Result<BTreeSet<String>, String>> {
         let mut out = BTreeSet::new();
         let tree = Some(commit.tree());
         let parents: Vec<ObjectId> = commit.parents().collect();
-        if parents.is_empty() {
-            self.diff_trees(None, tree, "", &mut out)?;
+        if parents.is_empty()
+            && let Err(bad) = self.diff_trees(None, tree, "", &mut out)?
+        {
+            return Ok(Err(bad));
         }
         for parent in parents {
             let data = self.commit_data(parent)?;
             let parent = CommitRef::from_bytes(&data, self.hash_kind())
                 .map_err(|e| self.err(format!("commit {parent}"), e))?;
-            self.diff_trees(Some(parent.tree()), tree, "", &mut out)?;
+            if let Err(bad) = self.diff_trees(Some(parent.tree()), tree, "", &mut out)? {
+                return Ok(Err(bad));
+            }
         }
-        Ok(out)
+        Ok(Ok(out))
     }
+}
+
+/// One entry of a tree, as [`Repo::diff_trees`] compares them.
+#[derive(PartialEq, Eq)]
+struct TreeEntry {
+    name: Vec<u8>,
+    tree: bool,
+    mode: u32,
+    id: ObjectId,
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+/// The author (`Name <email>`) of `commit` in the repository at `repo_path`, read as an
+/// object (no `git` process, so no repository configuration is consulted). Blocking.
+pub fn commit_author(repo_path: &Path, commit: &str) -> Result<String> {
+    let repo = Repo::open(repo_path)?;
+    let id = repo.commit_id(commit)?;
+    let data = repo.commit_data(id)?;
+    let parsed = CommitRef::from_bytes(&data, repo.hash_kind())
+        .map_err(|e| repo.err(format!("commit {id}"), e))?;
+    parsed
+        .author()
+        .map(|a| person(&a))
+        .map_err(|e| repo.err(format!("author of commit {id}"), e))
 }
 
 fn person(sig: &gix::actor::SignatureRef<'_>) -> String {
@@ -651,9 +757,13 @@ fn check_commit(repo: &Repo, id: ObjectId, policy: &VerifyPolicy) -> Result<Comm
     if let Verdict::Passed(signer) = &verdict
         && !policy.paths.rules.is_empty()
     {
-        let changed = repo.changed_paths(&commit)?;
-        if let Some(reason) = path_violation(&changed, signer, policy) {
-            verdict = Verdict::Rejected(reason);
+        match repo.changed_paths(&commit)? {
+            Err(path) => verdict = Verdict::Rejected(FailureReason::MalformedTree { path }),
+            Ok(changed) => {
+                if let Some(reason) = path_violation(&changed, signer, policy) {
+                    verdict = Verdict::Rejected(reason);
+                }
+            }
         }
     }
     Ok(CommitVerdict {
@@ -699,10 +809,16 @@ fn check_tag(repo: &Repo, name: &str, policy: &VerifyPolicy) -> Result<TagVerdic
         Some(t) => (person(&t), t.time().map(|t| t.seconds).unwrap_or_default()),
         None => (String::new(), 0),
     };
-    let verdict = match TagRefIter::signature(&data) {
+    let mut verdict = match TagRefIter::signature(&data) {
         None => Verdict::Rejected(FailureReason::Unsigned),
         Some((sig, signed)) => verify_signature(sig.data, &signed.to_bstring(), time, policy),
     };
+    if matches!(verdict, Verdict::Passed(_)) && tag.name != name.as_bytes() {
+        verdict = Verdict::Rejected(FailureReason::TagNameMismatch {
+            signed_name: tag.name.to_string(),
+            ref_name: name.to_owned(),
+        });
+    }
     Ok(TagVerdict {
         tag: name.to_owned(),
         object: direct.to_string(),
@@ -723,12 +839,18 @@ pub fn verify_signature(
     if trimmed.starts_with(b"-----BEGIN SSH SIGNATURE-----") {
         verify_ssh(trimmed, payload, time, &policy.allowed_signers)
     } else if trimmed.starts_with(b"-----BEGIN PGP SIGNATURE-----") {
-        match policy.keyring.verify(trimmed, payload) {
+        match policy.keyring.verify(trimmed, payload, now()) {
             Err(detail) => Verdict::Rejected(FailureReason::Malformed { detail }),
-            Ok(None) => Verdict::Rejected(FailureReason::UnknownKey {
+            Ok(PgpVerdict::UnknownKey) => Verdict::Rejected(FailureReason::UnknownKey {
                 key: "(OpenPGP signature by a key not in the keyring)".into(),
             }),
-            Ok(Some(signer)) => Verdict::Passed(Signer {
+            Ok(PgpVerdict::NotValid { signer, reason }) => {
+                Verdict::Rejected(FailureReason::SignerNotValid {
+                    principal: signer.principal(),
+                    detail: reason,
+                })
+            }
+            Ok(PgpVerdict::Valid(signer)) => Verdict::Passed(Signer {
                 principal: signer.principal(),
                 fingerprint: signer.fingerprint,
                 kind: SignatureKind::Pgp,
@@ -738,6 +860,11 @@ pub fn verify_signature(
     } else {
         Verdict::Rejected(FailureReason::UnsupportedFormat)
     }
+}
+
+/// The current time in Unix seconds.
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
 }
 
 fn verify_ssh(signature: &[u8], payload: &[u8], time: i64, allowed: &AllowedSigners) -> Verdict {
@@ -806,6 +933,24 @@ fn path_violation(
     signer: &Signer,
     policy: &VerifyPolicy,
 ) -> Option<FailureReason> {
+    // `.plumbignore` decides which files are exported at all: changing it may drop (and so
+    // prune) files under any rule's path, so it must satisfy every rule.
+    if changed.contains(crate::export::IGNORE_FILE) {
+        for rule in &policy.paths.rules {
+            if !rule.signers.iter().any(|name| signer_matches(signer, name)) {
+                return Some(FailureReason::NotAllowedForPath {
+                    path: format!(
+                        "{} (it can hide files under {})",
+                        crate::export::IGNORE_FILE,
+                        rule.path
+                    ),
+                    rule: rule.path.clone(),
+                    signer: signer.principal.clone(),
+                    allowed: rule.signers.clone(),
+                });
+            }
+        }
+    }
     for path in changed {
         for rule in policy.paths.rules_for(path) {
             if !rule.signers.iter().any(|name| signer_matches(signer, name)) {

@@ -665,9 +665,15 @@ async fn tree_entries_named_dotdot_are_refused() -> TestResult {
     let commit = git_stdin(&["commit-tree", &root, "-m", "escape"], "")?;
     git_in(repo.path(), &["update-ref", "refs/heads/main", &commit])?;
 
+    // git's object checks refuse it at the fetch already...
     let env = Env::new()?;
     let request = SourceRequest::new(repo.file_url(), GitRef::Branch("main".into()));
     let err = env.fetch(&request).await.expect_err("'..' refused");
+    assert_eq!(err.metric_label(), "fetch_bad_objects", "{err}");
+    // ...and the export refuses it on its own, wherever the objects come from.
+    let dest = env.dir.path().join("direct");
+    let err = plumb_source::export::export_tree(repo.path(), &commit, &dest, &[])
+        .expect_err("'..' refused");
     let msg = err.to_string();
     assert!(msg.contains("\"..\"") && msg.contains(&commit), "{msg}");
     assert_eq!(err.metric_label(), "export_unsafe_path");

@@ -9,7 +9,7 @@ use anyhow::{Context as _, ensure};
 use tempfile::TempDir;
 
 use super::Signing;
-use super::cmd::{create_dir, isolated_git, run, run_stdout};
+use super::cmd::{create_dir, isolated_git, run, run_stdout, run_with_stdin};
 
 /// The branch a new repository starts on.
 const DEFAULT_BRANCH: &str = "main";
@@ -319,6 +319,70 @@ impl WorkTree {
             self.git()
                 .args(["rev-parse", "--verify", &format!("refs/tags/{name}")]),
         )
+    }
+
+    /// Stores `content` as a blob (nothing is staged); returns its id. For crafting objects
+    /// that git's porcelain would never make, with [`WorkTree::make_tree`].
+    pub fn write_blob(&self, content: &str) -> anyhow::Result<String> {
+        run_with_stdin(self.git().args(["hash-object", "-w", "--stdin"]), content)
+    }
+
+    /// Stores a tree of exactly these entries, in this order, duplicates allowed (`git mktree
+    /// --missing`); returns its id. Entries are (mode, id, name) with mode `100644`,
+    /// `100755`, `120000` (symlink; the blob holds the target) or `040000` (tree).
+    pub fn make_tree(&self, entries: &[(&str, &str, &str)]) -> anyhow::Result<String> {
+        let mut input = String::new();
+        for (mode, id, name) in entries {
+            let kind = if *mode == "040000" { "tree" } else { "blob" };
+            input.push_str(&format!("{mode} {kind} {id}\t{name}\n"));
+        }
+        run_with_stdin(self.git().args(["mktree", "--missing"]), &input)
+    }
+
+    /// The tree id of `rev` (`HEAD`, a commit id).
+    pub fn tree_of(&self, rev: &str) -> anyhow::Result<String> {
+        run_stdout(
+            self.git()
+                .args(["rev-parse", "--verify", &format!("{rev}^{{tree}}")]),
+        )
+    }
+
+    /// The entries of tree `id` as (mode, id, name), for building a modified copy.
+    pub fn tree_entries(&self, id: &str) -> anyhow::Result<Vec<(String, String, String)>> {
+        let listing = run_stdout(self.git().args(["ls-tree", "--full-tree", id]))?;
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                let (meta, name) = line.split_once('\t')?;
+                let mut meta = meta.split(' ');
+                let mode = meta.next()?.to_owned();
+                let _kind = meta.next()?;
+                let id = meta.next()?.to_owned();
+                Some((mode, id, name.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Commits tree `tree` on top of `HEAD` (if any), signed as `signing` says, and moves the
+    /// branch there without touching the index or the files; returns the commit id. Use it
+    /// for crafted trees; [`WorkTree::commit`] afterwards would commit the files' state.
+    pub fn commit_tree(
+        &self,
+        tree: &str,
+        message: &str,
+        signing: &Signing,
+    ) -> anyhow::Result<String> {
+        let mut commit = self.signing_git(signing);
+        commit.args(["commit-tree", tree, "-m", message]);
+        if let Ok(head) = self.head() {
+            commit.args(["-p", &head]);
+        }
+        if signing.is_signed() {
+            commit.arg("-S");
+        }
+        let id = run_stdout(&mut commit).context("cannot commit the tree")?;
+        run(self.git().args(["update-ref", "HEAD", &id]))?;
+        Ok(id)
     }
 
     /// Pushes the current branch and all tags to `origin`.

@@ -52,6 +52,7 @@ pub struct GitServers {
     dir: TempDir,
     repos_root: PathBuf,
     https_port: u16,
+    http_port: u16,
     ssh_port: u16,
     ssh_user: String,
     username: String,
@@ -118,6 +119,7 @@ impl GitServers {
         let ssh = generate_ssh_keys(&root.join("ssh"))?;
 
         let https_port = free_port()?;
+        let http_port = free_port()?;
         let ssh_port = free_port()?;
 
         let mut processes = Vec::new();
@@ -142,6 +144,7 @@ impl GitServers {
             nginx_config(&NginxConfig {
                 root,
                 port: https_port,
+                http_port,
                 cert: &tls.server_cert,
                 key: &tls.server_key,
                 htpasswd: &htpasswd,
@@ -187,7 +190,7 @@ impl GitServers {
         wait_until(&mut processes, deadline, "fcgiwrap's socket", || {
             fcgi_socket.exists()
         })?;
-        for port in [https_port, ssh_port] {
+        for port in [https_port, http_port, ssh_port] {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             wait_until(&mut processes, deadline, &format!("port {port}"), || {
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -202,6 +205,7 @@ impl GitServers {
             processes,
             repos_root,
             https_port,
+            http_port,
             ssh_port,
             ssh_user,
             username,
@@ -242,6 +246,21 @@ impl GitServers {
     /// `https://127.0.0.1:PORT/<name>.git`, without credentials.
     pub fn https_url(&self, name: &str) -> String {
         format!("https://127.0.0.1:{}/{name}.git", self.https_port)
+    }
+
+    /// `http://127.0.0.1:PORT/<name>.git`: the same repository over plain http, without
+    /// authentication (an internal server without TLS).
+    pub fn http_url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}.git", self.http_port)
+    }
+
+    /// An https URL of `<name>.git` that the server answers with a redirect to
+    /// `https://127.0.0.1:<port>/<name>.git` (another host, as far as credentials go).
+    pub fn https_redirect_url(&self, name: &str, port: u16) -> String {
+        format!(
+            "https://127.0.0.1:{}/redirect/{port}/{name}.git",
+            self.https_port
+        )
     }
 
     /// `https://USER:PASSWORD@127.0.0.1:PORT/<name>.git` with the given credentials
@@ -618,6 +637,7 @@ fn sshd_config(keys: &SshKeys, port: u16, pid_file: &Path) -> String {
 struct NginxConfig<'a> {
     root: &'a Path,
     port: u16,
+    http_port: u16,
     cert: &'a Path,
     key: &'a Path,
     htpasswd: &'a Path,
@@ -629,6 +649,30 @@ struct NginxConfig<'a> {
 /// Single-process nginx in the foreground with every path in the temporary directory.
 fn nginx_config(c: &NginxConfig<'_>) -> String {
     let root = c.root.display();
+    let backend_params = format!(
+        r#"            fastcgi_pass unix:{socket};
+            fastcgi_buffering off;
+            fastcgi_request_buffering off;
+            fastcgi_read_timeout 300s;
+            fastcgi_param SCRIPT_FILENAME {backend};
+            fastcgi_param GIT_PROJECT_ROOT {repos};
+            fastcgi_param GIT_HTTP_EXPORT_ALL "";
+            fastcgi_param GIT_CONFIG_NOSYSTEM 1;
+            fastcgi_param HOME {root}/run;
+            fastcgi_param PATH /usr/local/bin:/usr/bin:/bin;
+            fastcgi_param REMOTE_USER $remote_user;
+            fastcgi_param REMOTE_ADDR $remote_addr;
+            fastcgi_param PATH_INFO $uri;
+            fastcgi_param QUERY_STRING $query_string;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param CONTENT_TYPE $content_type;
+            fastcgi_param CONTENT_LENGTH $content_length;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;"#,
+        socket = c.fcgi_socket.display(),
+        backend = GIT_HTTP_BACKEND,
+        repos = c.repos_root.display(),
+    );
     format!(
         r#"daemon off;
 master_process off;
@@ -649,40 +693,33 @@ http {{
         server_name localhost 127.0.0.1;
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        # Redirects to another port, for tests of what a client sends after a redirect.
+        location ~ ^/redirect/(?<rport>[0-9]+)/(?<rest>.*)$ {{
+            return 302 https://127.0.0.1:$rport/$rest$is_args$args;
+        }}
         location / {{
             auth_basic "Plumb test Git";
             auth_basic_user_file {htpasswd};
-            fastcgi_pass unix:{socket};
-            fastcgi_buffering off;
-            fastcgi_request_buffering off;
-            fastcgi_read_timeout 300s;
-            fastcgi_param SCRIPT_FILENAME {backend};
-            fastcgi_param GIT_PROJECT_ROOT {repos};
-            fastcgi_param GIT_HTTP_EXPORT_ALL "";
-            fastcgi_param GIT_CONFIG_NOSYSTEM 1;
-            fastcgi_param HOME {root}/run;
-            fastcgi_param PATH /usr/local/bin:/usr/bin:/bin;
-            fastcgi_param REMOTE_USER $remote_user;
-            fastcgi_param REMOTE_ADDR $remote_addr;
-            fastcgi_param PATH_INFO $uri;
-            fastcgi_param QUERY_STRING $query_string;
-            fastcgi_param REQUEST_METHOD $request_method;
-            fastcgi_param CONTENT_TYPE $content_type;
-            fastcgi_param CONTENT_LENGTH $content_length;
-            fastcgi_param SERVER_PROTOCOL $server_protocol;
-            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
             fastcgi_param HTTPS on;
+{backend_params}
+        }}
+    }}
+    # The same repositories over plain http without authentication.
+    server {{
+        listen 127.0.0.1:{http_port};
+        server_name localhost 127.0.0.1;
+        location / {{
+{backend_params}
         }}
     }}
 }}
 "#,
         error_log = c.error_log.display(),
         port = c.port,
+        http_port = c.http_port,
+        backend_params = backend_params,
         cert = c.cert.display(),
         key = c.key.display(),
         htpasswd = c.htpasswd.display(),
-        socket = c.fcgi_socket.display(),
-        backend = GIT_HTTP_BACKEND,
-        repos = c.repos_root.display(),
     )
 }
