@@ -28,6 +28,19 @@ pub struct AgentConfig {
     pub identity: String,
 }
 
+/// An artifact this agent exported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    /// The commit id.
+    pub commit: String,
+    /// Where it was exported.
+    pub dir: PathBuf,
+    /// The digest of the exported tree, checked again before every render.
+    pub tree_digest: String,
+    /// Whether its signatures were verified (the GitSource had `spec.verify`).
+    pub verified: bool,
+}
+
 /// The shared state of the reconcilers.
 pub struct Context {
     /// The agent's own client.
@@ -38,8 +51,10 @@ pub struct Context {
     pub config: AgentConfig,
     /// Fetches Git repositories into the cache.
     pub fetcher: Fetcher,
-    /// The latest exported artifact of each GitSource: (namespace, name) -> (commit, directory).
-    pub artifacts: Mutex<HashMap<(String, String), (String, PathBuf)>>,
+    /// The latest artifact this agent fetched (and verified) for each GitSource, by
+    /// (namespace, name). Syncs render only these: a source's status is written by whoever
+    /// may patch `gitsources/status` and is never trusted to name what to apply.
+    pub artifacts: Mutex<HashMap<(String, String), ArtifactRecord>>,
     /// Watches managed objects and heals drift.
     pub drift: DriftTracker,
     /// Publishes Kubernetes Events.

@@ -13,7 +13,7 @@ use plumb_source::{
 };
 
 use crate::api::{GitSource, KeyReference, SourceArtifact};
-use crate::context::Context;
+use crate::context::{ArtifactRecord, Context};
 use crate::error::{Error, Result};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::status::{self, types};
@@ -128,7 +128,21 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
     let (mut request, _secrets) = request_for(gs, ctx, None).await?;
     request.verify = verify_policy(gs, ctx, ns).await?;
     if request.verify.is_some() {
-        request.last_verified = previous.map(|a| a.commit.clone());
+        // Range verification starts at the last commit this agent verified; only after a
+        // restart does it fall back to the status (which whoever may patch the status can
+        // set: the tip is checked anyway, and only a descendant of that commit passes).
+        let own = ctx
+            .artifacts
+            .lock()
+            .expect("artifacts lock poisoned")
+            .get(&(ns.to_owned(), name.to_owned()))
+            .filter(|r| r.verified)
+            .map(|r| r.commit.clone());
+        request.last_verified = own.or_else(|| {
+            previous
+                .map(|a| a.commit.clone())
+                .filter(|c| is_commit_id(c))
+        });
     }
     let git_ref = request.git_ref.clone();
     let dir = artifacts_dir(ctx, ns, name);
@@ -143,9 +157,21 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
         }
     };
     let final_dir = dir.join(&artifact.commit);
-    if final_dir.exists() {
+    // An existing directory of the same commit is kept only while it still holds exactly
+    // this export (Syncs may be rendering it); otherwise the fresh export replaces it.
+    let intact = {
+        let (dir, digest) = (final_dir.clone(), artifact.tree_digest.clone());
+        final_dir.exists()
+            && tokio::task::spawn_blocking(move || {
+                plumb_source::export::verify_dir(&dir, &digest).is_ok()
+            })
+            .await
+            .unwrap_or(false)
+    };
+    if intact {
         let _ = std::fs::remove_dir_all(&staging);
     } else {
+        let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&staging, &final_dir).map_err(|e| Error::Io {
             context: format!("storing the artifact in {}", final_dir.display()),
             source: e,
@@ -164,7 +190,12 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
         .expect("artifacts lock poisoned")
         .insert(
             (ns.to_owned(), name.to_owned()),
-            (artifact.commit.clone(), final_dir),
+            ArtifactRecord {
+                commit: artifact.commit.clone(),
+                dir: final_dir,
+                tree_digest: artifact.tree_digest.clone(),
+                verified: request.verify.is_some(),
+            },
         );
 
     let tip = artifact
@@ -173,7 +204,16 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
         .and_then(|v| v.commits.iter().find(|c| c.commit == artifact.commit));
     let author = match tip {
         Some(c) => Some(c.author.clone()),
-        None => commit_author(&ctx.fetcher.repo_path(&request.url), &artifact.commit).await,
+        None => {
+            // Read as an object: a `git` process would honour the cache repository's config.
+            let (repo, commit) = (ctx.fetcher.repo_path(&request.url), artifact.commit.clone());
+            tokio::task::spawn_blocking(move || {
+                plumb_source::verify::commit_author(&repo, &commit).ok()
+            })
+            .await
+            .ok()
+            .flatten()
+        }
     };
     Ok(SourceArtifact {
         revision: format!("{git_ref}@sha1:{}", artifact.commit),
@@ -189,53 +229,67 @@ pub fn artifacts_dir(ctx: &Context, ns: &str, name: &str) -> PathBuf {
     ctx.config.cache_dir.join("artifacts").join(ns).join(name)
 }
 
-/// The artifact directory of the GitSource's current commit, fetching that exact commit again
-/// if this agent has not exported it (e.g. after a restart or a change of leader). The commit
-/// was verified when the GitSource recorded it; a commit id names its content.
-pub async fn artifact_dir(gs: &GitSource, ctx: &Context, commit: &str) -> Result<PathBuf> {
-    let ns = gs.namespace().unwrap_or_default();
-    let name = gs.name_any();
-    if let Some((c, dir)) = ctx
+/// Whether `text` is a full commit id (SHA-1 or SHA-256, lower-case hex).
+pub fn is_commit_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The artifact a Sync may render for the GitSource whose status names `artifact`: only one
+/// this agent fetched (and, with `spec.verify`, verified) itself, of exactly that commit.
+/// Anything else is not ready yet: the GitSource reconciler (which runs for every source when
+/// the agent starts) produces it.
+pub fn own_artifact(
+    ctx: &Context,
+    source: &GitSource,
+    artifact: &SourceArtifact,
+) -> Result<ArtifactRecord> {
+    let ns = source.namespace().unwrap_or_default();
+    let name = source.name_any();
+    if !is_commit_id(&artifact.commit) {
+        return Err(Error::NotReady(format!(
+            "GitSource {ns}/{name} reports an artifact whose commit is not a commit id; \
+             waiting for this agent to fetch it"
+        )));
+    }
+    let record = ctx
         .artifacts
         .lock()
         .expect("artifacts lock poisoned")
         .get(&(ns.clone(), name.clone()))
-        && c == commit
-        && dir.exists()
-    {
-        return Ok(dir.clone());
+        .cloned();
+    let Some(record) = record else {
+        return Err(Error::NotReady(format!(
+            "GitSource {ns}/{name} has not been fetched by this agent yet"
+        )));
+    };
+    if record.commit != artifact.commit {
+        return Err(Error::NotReady(format!(
+            "GitSource {ns}/{name} reports commit {}, but this agent fetched {}; waiting for \
+             the GitSource to be reconciled",
+            artifact.commit, record.commit
+        )));
     }
-    let dir = artifacts_dir(ctx, &ns, &name).join(commit);
-    if dir.exists() {
-        return Ok(dir);
+    if source.spec.verify.is_some() && !record.verified {
+        return Err(Error::NotReady(format!(
+            "GitSource {ns}/{name} requires verification and commit {} was fetched before \
+             it did; waiting for it to be verified",
+            record.commit
+        )));
     }
-    let (request, _secrets) = request_for(gs, ctx, Some(GitRef::Commit(commit.to_owned()))).await?;
-    let staging = artifacts_dir(ctx, &ns, &name).join(format!(".pin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let artifact = ctx.fetcher.fetch(&request, &staging).await?;
-    std::fs::rename(&staging, &dir).map_err(|e| Error::Io {
-        context: format!("storing the artifact in {}", dir.display()),
-        source: e,
-    })?;
-    ctx.artifacts
-        .lock()
-        .expect("artifacts lock poisoned")
-        .insert((ns, name), (artifact.commit, dir.clone()));
-    Ok(dir)
+    Ok(record)
 }
 
-async fn commit_author(repo: &Path, commit: &str) -> Option<String> {
-    let out = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(["log", "-1", "--format=%an <%ae>", commit, "--"])
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
+/// Checks that the artifact's directory still holds what was exported (its tree digest),
+/// right before it is rendered.
+pub async fn check_artifact(record: &ArtifactRecord) -> Result<()> {
+    let (dir, digest) = (record.dir.clone(), record.tree_digest.clone());
+    tokio::task::spawn_blocking(move || plumb_source::export::verify_dir(&dir, &digest))
         .await
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .map_err(|e| Error::Io {
+            context: "checking the artifact's digest".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|e| Error::Source(plumb_source::Error::Export(e)))
 }
 
 /// A fetch request for the GitSource (credentials from its Secret). The returned directory

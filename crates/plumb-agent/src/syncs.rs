@@ -16,7 +16,7 @@ use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncS
 use crate::context::Context;
 use crate::drift::{AppliedObject, Desired};
 use crate::error::{Error, Result};
-use crate::gitsource::{artifact_dir, requested_at};
+use crate::gitsource::{check_artifact, own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::status::{self, types};
 
@@ -182,6 +182,9 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
                 src.name
             ))
         })?;
+    // Only what this agent fetched and verified itself is applied (the status may have been
+    // written by anyone allowed to patch it).
+    own_artifact(ctx, &source, &artifact)?;
     Ok(Prepared { source, artifact })
 }
 
@@ -197,7 +200,9 @@ async fn apply(
 ) -> Result<()> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
-    let dir = artifact_dir(source, ctx, &artifact.commit).await?;
+    let record = own_artifact(ctx, source, artifact)?;
+    check_artifact(&record).await?;
+    let dir = record.dir;
     let desired = render(&dir, sync.spec.path.as_deref())?;
     let rendered = digest(&desired);
 
@@ -402,7 +407,9 @@ async fn detect_only(
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
 ) -> Result<()> {
-    let dir = artifact_dir(source, ctx, &artifact.commit).await?;
+    let record = own_artifact(ctx, source, artifact)?;
+    check_artifact(&record).await?;
+    let dir = record.dir;
     let desired = render(&dir, sync.spec.path.as_deref())?;
     let rendered = digest(&desired);
     let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;

@@ -1143,3 +1143,94 @@ async fn an_agent_killed_mid_apply_converges_after_restart_and_restores_a_wiped_
     w.stop().await;
     Ok(())
 }
+
+/// Whoever may patch `gitsources/status` (a tenant, say) cannot make a Sync apply a commit the
+/// agent did not verify, nor read another directory through the commit field.
+#[tokio::test]
+async fn a_tampered_source_status_is_never_applied() -> Result<()> {
+    let w = World::new("tamper").await?;
+    let signed = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "signed"))],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &signed).await?;
+
+    // The agent will not fetch again; an unsigned commit appears in the repository.
+    w.sources()
+        .patch(
+            "repo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": true } })),
+        )
+        .await?;
+    let unsigned = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "unsigned"))],
+        &Signing::None,
+    )?;
+    for (commit, expected) in [
+        (unsigned.as_str(), "this agent fetched"),
+        ("../../other-namespace/repo", "not a commit id"),
+    ] {
+        let patch = json!({ "status": { "artifact": {
+            "revision": format!("main@sha1:{commit}"), "commit": commit
+        } } });
+        let patched = w
+            .sources()
+            .patch_status("repo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        if let Err(kube::Error::Api(e)) = &patched {
+            // The CRD's validation refused the value outright: as good.
+            assert_eq!(e.code, 422, "{e}");
+            continue;
+        }
+        patched?;
+        let syncs = w.syncs();
+        eventually(&format!("the Sync to refuse {commit}"), WAIT, || {
+            let syncs = syncs.clone();
+            async move {
+                let st = syncs.get("app").await?.status.unwrap_or_default();
+                Ok(plumb_agent::status::ready(&st.conditions)
+                    .is_some_and(|c| c.status == "False" && c.message.contains(expected))
+                    .then_some(()))
+            }
+        })
+        .await?;
+        let st = syncs.get("app").await?.status.unwrap_or_default();
+        assert!(
+            st.last_applied_revision
+                .as_deref()
+                .is_some_and(|r| r.ends_with(&signed)),
+            "{:?}",
+            st.last_applied_revision
+        );
+        let cm = w.configmaps().get("settings").await?;
+        assert_eq!(cm.data.unwrap_or_default()["value"], "signed");
+    }
+
+    // Resumed, the agent fetches and verifies the tip itself, and refuses it.
+    w.sources()
+        .patch(
+            "repo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "suspend": false } })),
+        )
+        .await?;
+    let sources = w.sources();
+    eventually("the GitSource to reject the unsigned tip", WAIT, || {
+        let sources = sources.clone();
+        let unsigned = unsigned.clone();
+        async move {
+            let st = sources.get("repo").await?.status.unwrap_or_default();
+            Ok(plumb_agent::status::ready(&st.conditions)
+                .is_some_and(|c| c.status == "False" && c.message.contains(&unsigned))
+                .then_some(()))
+        }
+    })
+    .await?;
+    let cm = w.configmaps().get("settings").await?;
+    assert_eq!(cm.data.unwrap_or_default()["value"], "signed");
+    w.stop().await;
+    Ok(())
+}
