@@ -883,6 +883,35 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_never_writes_through_what_it_did_not_create() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dest = tmp.path().join("dest");
+        let mut writer = Writer::open(&dest).expect("writer");
+        let entry = |path: &str, kind| Entry {
+            path: path.to_owned(),
+            kind,
+            id: ObjectId::null(gix::hash::Kind::Sha1),
+        };
+        // What a tree with `s -> ..` beside a tree `s` would make a path-joining writer do.
+        writer
+            .write(&entry("s", Kind::Link), b"..")
+            .expect("a link is written");
+        let err = writer
+            .write(&entry("s/x", Kind::File { executable: false }), b"pwned")
+            .expect_err("writing below a link is refused");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(!tmp.path().join("x").exists());
+        // A second entry of the same name is refused too, never overwritten.
+        writer
+            .write(&entry("f", Kind::File { executable: false }), b"one")
+            .expect("a file is written");
+        writer
+            .write(&entry("f", Kind::File { executable: false }), b"two")
+            .expect_err("no overwrite");
+        assert_eq!(std::fs::read(dest.join("f")).expect("f"), b"one");
+    }
+
+    #[test]
     fn folding_finds_names_a_case_insensitive_filesystem_merges() {
         assert_eq!(fold("Prod"), fold("prod"));
         assert_eq!(fold("pr\u{200d}od"), fold("prod"));

@@ -331,3 +331,42 @@ async fn revert_rolls_the_cluster_back_through_git() {
     );
     assert!(cms.get_opt("base").await.unwrap().is_some());
 }
+
+#[test]
+fn verify_refuses_a_rollback_to_an_unsigned_ancestor() {
+    let repo = Repo::local("rollback").unwrap();
+    let wt = repo.work_tree().unwrap();
+    let alice = SshSigner::generate(KeyType::Ed25519, "alice@example.com").unwrap();
+    wt.write("a", "1").unwrap();
+    let unsigned = wt.commit("unsigned", &Signing::None).unwrap();
+    wt.write("a", "2").unwrap();
+    let signed = wt.commit("signed", &Signing::Ssh(alice.clone())).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let signers = write_file(
+        files.path(),
+        "allowed_signers",
+        &format!("{}\n", alice.allowed_signers_line()),
+    );
+    let out = plumb(
+        &[
+            "verify",
+            wt.path().to_str().unwrap(),
+            "--ref",
+            &unsigned,
+            "--since",
+            &signed,
+            "--verify-mode",
+            "range",
+            "--allowed-signers",
+            &signers,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not contain the last verified commit") && stderr.contains(&signed),
+        "{}",
+        text(&out)
+    );
+}
