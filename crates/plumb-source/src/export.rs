@@ -15,7 +15,7 @@ use std::io::Write as _;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use gix::ObjectId;
+pub use gix::ObjectId;
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest as _, Sha256};
 
@@ -261,20 +261,36 @@ pub fn export_tree_with(
         .tree_id()
         .map_err(|e| repo_err(format!("tree of commit {commit}"), e.to_string()))?
         .detach();
-
-    let reader = Reader {
+    let source = GixSource {
         repo: &repo,
-        repo_path,
+        path: repo_path,
+    };
+    export_from(&source, tree, commit, dest, extra_ignore, limits)
+}
+
+/// Exports the tree `root` of `source` (`commit` names it in errors) into `dest` with every
+/// check of [`export_tree_with`]: the one place the rules are enforced, whatever the objects
+/// come from.
+pub fn export_from(
+    source: &dyn ObjectSource,
+    root: ObjectId,
+    commit: &str,
+    dest: &Path,
+    extra_ignore: &[String],
+    limits: &ExportLimits,
+) -> Result<ExportedTree> {
+    let reader = Reader {
+        source,
         commit,
         limits,
     };
-    let ignore = build_ignore(&reader, tree, extra_ignore)?;
+    let ignore = build_ignore(&reader, root, extra_ignore)?;
     let mut walk = Walk {
         entries: Vec::new(),
         ignored: 0,
         total: 0,
     };
-    reader.walk(tree, "", 0, &ignore, &mut walk)?;
+    reader.walk(root, "", 0, &ignore, &mut walk)?;
     let mut entries = walk.entries;
     check_symlinks(&reader, &entries)?;
 
@@ -292,6 +308,159 @@ pub fn export_tree_with(
         files: entries.len(),
         ignored: walk.ignored,
     })
+}
+
+/// The mode of a tree entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemMode {
+    /// A directory.
+    Tree,
+    /// A regular file.
+    File,
+    /// An executable file.
+    Executable,
+    /// A symlink; the blob holds its target.
+    Link,
+    /// A submodule (skipped).
+    Commit,
+}
+
+/// One entry of a tree, as stored (names are raw bytes: git allows anything but `/` and NUL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeItem {
+    /// The name.
+    pub name: Vec<u8>,
+    /// The mode.
+    pub mode: ItemMode,
+    /// The object.
+    pub id: ObjectId,
+}
+
+/// Where an export reads trees and blobs from: a repository ([`export_tree`]) or, for tests
+/// and fuzzing, memory ([`MemSource`]). Errors are messages; the export adds the path.
+pub trait ObjectSource {
+    /// The entries of a tree, in stored order.
+    fn tree(&self, id: ObjectId) -> std::result::Result<Vec<TreeItem>, String>;
+    /// The size of a blob, without reading its content.
+    fn blob_size(&self, id: ObjectId) -> std::result::Result<u64, String>;
+    /// A blob's content.
+    fn blob(&self, id: ObjectId) -> std::result::Result<Vec<u8>, String>;
+    /// Where the objects are, for messages.
+    fn location(&self) -> String;
+}
+
+struct GixSource<'a> {
+    repo: &'a gix::Repository,
+    path: &'a Path,
+}
+
+impl ObjectSource for GixSource<'_> {
+    fn tree(&self, id: ObjectId) -> std::result::Result<Vec<TreeItem>, String> {
+        let object = self.repo.find_object(id).map_err(|e| e.to_string())?;
+        if object.kind != gix::objs::Kind::Tree {
+            return Err(format!("{id} is a {}, not a tree", object.kind));
+        }
+        let parsed = gix::objs::TreeRef::from_bytes(&object.data, self.repo.object_hash())
+            .map_err(|e| e.to_string())?;
+        Ok(parsed
+            .entries
+            .iter()
+            .map(|e| TreeItem {
+                name: e.filename.to_vec(),
+                mode: if e.mode.is_tree() {
+                    ItemMode::Tree
+                } else if e.mode.is_link() {
+                    ItemMode::Link
+                } else if e.mode.is_commit() {
+                    ItemMode::Commit
+                } else if e.mode.is_executable() {
+                    ItemMode::Executable
+                } else {
+                    ItemMode::File
+                },
+                id: e.oid.to_owned(),
+            })
+            .collect())
+    }
+
+    fn blob_size(&self, id: ObjectId) -> std::result::Result<u64, String> {
+        let header = self.repo.find_header(id).map_err(|e| e.to_string())?;
+        if header.kind() != gix::objs::Kind::Blob {
+            return Err(format!("{id} is a {}, not a blob", header.kind()));
+        }
+        Ok(header.size())
+    }
+
+    fn blob(&self, id: ObjectId) -> std::result::Result<Vec<u8>, String> {
+        let object = self.repo.find_object(id).map_err(|e| e.to_string())?;
+        if object.kind != gix::objs::Kind::Blob {
+            return Err(format!("{id} is a {}, not a blob", object.kind));
+        }
+        Ok(object.data.clone())
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Trees and blobs held in memory, keyed by made-up ids: for tests and fuzzing of the export's
+/// checks without a repository.
+#[derive(Clone, Debug, Default)]
+pub struct MemSource {
+    trees: HashMap<ObjectId, Vec<TreeItem>>,
+    blobs: HashMap<ObjectId, Vec<u8>>,
+    next: u64,
+}
+
+impl MemSource {
+    fn fresh_id(&mut self) -> ObjectId {
+        self.next += 1;
+        let mut bytes = [0u8; 20];
+        bytes[..8].copy_from_slice(&self.next.to_be_bytes());
+        ObjectId::from_bytes_or_panic(&bytes)
+    }
+
+    /// Stores a blob; returns its id.
+    pub fn add_blob(&mut self, content: impl Into<Vec<u8>>) -> ObjectId {
+        let id = self.fresh_id();
+        self.blobs.insert(id, content.into());
+        id
+    }
+
+    /// Stores a tree of exactly these entries (duplicates and any names allowed).
+    pub fn add_tree(&mut self, entries: Vec<TreeItem>) -> ObjectId {
+        let id = self.fresh_id();
+        self.trees.insert(id, entries);
+        id
+    }
+}
+
+impl ObjectSource for MemSource {
+    fn tree(&self, id: ObjectId) -> std::result::Result<Vec<TreeItem>, String> {
+        self.trees
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no tree {id}"))
+    }
+
+    fn blob_size(&self, id: ObjectId) -> std::result::Result<u64, String> {
+        self.blobs
+            .get(&id)
+            .map(|b| b.len() as u64)
+            .ok_or_else(|| format!("no blob {id}"))
+    }
+
+    fn blob(&self, id: ObjectId) -> std::result::Result<Vec<u8>, String> {
+        self.blobs
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no blob {id}"))
+    }
+
+    fn location(&self) -> String {
+        "memory".into()
+    }
 }
 
 fn hash_entry(hasher: &mut Sha256, kind: Kind, path: &str, content: &[u8]) {
@@ -377,8 +546,7 @@ pub fn verify_dir(dir: &Path, expected: &str) -> Result<()> {
 }
 
 struct Reader<'a> {
-    repo: &'a gix::Repository,
-    repo_path: &'a Path,
+    source: &'a dyn ObjectSource,
     commit: &'a str,
     limits: &'a ExportLimits,
 }
@@ -392,7 +560,7 @@ struct Walk {
 impl Reader<'_> {
     fn err(&self, what: String, detail: impl std::fmt::Display) -> Error {
         Error::Repository {
-            repo: self.repo_path.display().to_string(),
+            repo: self.source.location(),
             what,
             detail: detail.to_string(),
         }
@@ -418,14 +586,9 @@ impl Reader<'_> {
 
     /// The recorded size of a blob, read from its header (no inflation of its content).
     fn blob_size(&self, id: ObjectId, path: &str) -> Result<u64> {
-        let header = self
-            .repo
-            .find_header(id)
-            .map_err(|e| self.err(format!("{path} ({id})"), e))?;
-        if header.kind() != gix::objs::Kind::Blob {
-            return Err(self.err(format!("{path} ({id})"), "not a blob"));
-        }
-        Ok(header.size())
+        self.source
+            .blob_size(id)
+            .map_err(|e| self.err(format!("{path} ({id})"), e))
     }
 
     /// A blob's content; its size is checked against the file limit first.
@@ -434,14 +597,15 @@ impl Reader<'_> {
         if size > self.limits.max_file_size {
             return Err(self.too_large("file size", Some(path), self.limits.max_file_size, size));
         }
-        let object = self
-            .repo
-            .find_object(id)
-            .map_err(|e| self.err(format!("{path} ({id})"), e))?;
-        if object.kind != gix::objs::Kind::Blob {
-            return Err(self.err(format!("{path} ({id})"), "not a blob"));
-        }
-        Ok(object.data.clone())
+        self.source
+            .blob(id)
+            .map_err(|e| self.err(format!("{path} ({id})"), e))
+    }
+
+    fn tree(&self, id: ObjectId, path: &str) -> Result<Vec<TreeItem>> {
+        self.source
+            .tree(id)
+            .map_err(|e| self.err(format!("tree {path:?} ({id})"), e))
     }
 
     fn walk(
@@ -460,19 +624,14 @@ impl Reader<'_> {
                 depth as u64,
             ));
         }
-        let object = self
-            .repo
-            .find_object(tree)
-            .map_err(|e| self.err(format!("tree {prefix:?} ({tree})"), e))?;
-        let parsed = gix::objs::TreeRef::from_bytes(&object.data, self.repo.object_hash())
-            .map_err(|e| self.err(format!("tree {prefix:?} ({tree})"), e))?;
+        let items = self.tree(tree, prefix)?;
         // Every name is checked, ignored or not: a duplicate must not hide behind an ignore
         // pattern that another reader of the same tree does not apply.
         let mut exact = HashSet::new();
         let mut folded = HashSet::new();
-        for entry in &parsed.entries {
-            let Ok(name) = std::str::from_utf8(entry.filename) else {
-                let lossy = format!("{prefix}/{}", String::from_utf8_lossy(entry.filename));
+        for entry in &items {
+            let Ok(name) = std::str::from_utf8(&entry.name) else {
+                let lossy = format!("{prefix}/{}", String::from_utf8_lossy(&entry.name));
                 return Err(self.unsafe_path(&lossy, "the name is not UTF-8"));
             };
             let path = if prefix.is_empty() {
@@ -496,17 +655,16 @@ impl Reader<'_> {
                 });
             }
         }
-        for entry in &parsed.entries {
+        for entry in &items {
             // Checked above.
-            let name = String::from_utf8_lossy(entry.filename);
+            let name = String::from_utf8_lossy(&entry.name);
             let path = if prefix.is_empty() {
                 name.into_owned()
             } else {
                 format!("{prefix}/{name}")
             };
-            let mode = entry.mode;
-            let id = entry.oid.to_owned();
-            if mode.is_tree() {
+            let id = entry.id;
+            if entry.mode == ItemMode::Tree {
                 if ignore.matched(Path::new(&path), true).is_ignore() {
                     out.ignored += 1;
                     continue;
@@ -518,15 +676,14 @@ impl Reader<'_> {
                 out.ignored += 1;
                 continue;
             }
-            let kind = if mode.is_link() {
-                Kind::Link
-            } else if mode.is_commit() {
-                tracing::warn!(path, commit = self.commit, "skipping submodule");
-                continue;
-            } else {
-                Kind::File {
-                    executable: mode.is_executable(),
+            let kind = match entry.mode {
+                ItemMode::Link => Kind::Link,
+                ItemMode::Commit => {
+                    tracing::warn!(path, commit = self.commit, "skipping submodule");
+                    continue;
                 }
+                ItemMode::Executable => Kind::File { executable: true },
+                ItemMode::File | ItemMode::Tree => Kind::File { executable: false },
             };
             let size = self.blob_size(id, &path)?;
             let limit = match kind {
@@ -604,16 +761,10 @@ fn build_ignore(
     extra: &[String],
 ) -> Result<ignore::gitignore::Gitignore> {
     let mut builder = ignore::gitignore::GitignoreBuilder::new("");
-    let object = reader
-        .repo
-        .find_object(tree)
-        .map_err(|e| reader.err(format!("tree {tree}"), e))?;
-    let parsed = gix::objs::TreeRef::from_bytes(&object.data, reader.repo.object_hash())
-        .map_err(|e| reader.err(format!("tree {tree}"), e))?;
-    let file = parsed
-        .entries
-        .iter()
-        .find(|e| e.filename == IGNORE_FILE.as_bytes() && e.mode.is_blob());
+    let items = reader.tree(tree, "")?;
+    let file = items.iter().find(|e| {
+        e.name == IGNORE_FILE.as_bytes() && matches!(e.mode, ItemMode::File | ItemMode::Executable)
+    });
     let mut add = |origin: &str, line: &str| {
         builder
             .add_line(None, line)
@@ -624,7 +775,7 @@ fn build_ignore(
             })
     };
     if let Some(file) = file {
-        let content = reader.blob(file.oid.to_owned(), IGNORE_FILE)?;
+        let content = reader.blob(file.id, IGNORE_FILE)?;
         for (n, line) in String::from_utf8_lossy(&content).lines().enumerate() {
             add(&format!("{IGNORE_FILE}:{}", n + 1), line)?;
         }
@@ -909,6 +1060,41 @@ mod tests {
             .write(&entry("f", Kind::File { executable: false }), b"two")
             .expect_err("no overwrite");
         assert_eq!(std::fs::read(dest.join("f")).expect("f"), b"one");
+    }
+
+    #[test]
+    fn the_escape_attack_is_refused_from_any_object_source() {
+        let mut mem = MemSource::default();
+        let dot = mem.add_blob(".");
+        let up = mem.add_blob("../../../..");
+        let evil = mem.add_blob("pwned");
+        let item = |name: &str, mode, id| TreeItem {
+            name: name.as_bytes().to_vec(),
+            mode,
+            id,
+        };
+        let t5 = mem.add_tree(vec![item("evil", ItemMode::File, evil)]);
+        let t4 = mem.add_tree(vec![
+            item("up", ItemMode::Link, up),
+            item("up", ItemMode::Tree, t5),
+        ]);
+        let mut t = t4;
+        for _ in 0..3 {
+            t = mem.add_tree(vec![item("s", ItemMode::Tree, t)]);
+        }
+        let root = mem.add_tree(vec![
+            item("s", ItemMode::Link, dot),
+            item("s", ItemMode::Tree, t),
+        ]);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dest = tmp.path().join("a/b/c/d/dest");
+        let err = export_from(&mem, root, "c0ffee", &dest, &[], &ExportLimits::default())
+            .expect_err("refused");
+        assert!(
+            matches!(err, Error::DuplicateEntry { ref path, .. } if path == "s"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("a").exists());
     }
 
     #[test]
