@@ -324,3 +324,73 @@ fn armored_blocks(text: &str) -> Vec<String> {
     }
     blocks
 }
+
+#[cfg(test)]
+mod tests {
+    use pgp::composed::{KeyType, SecretKeyParamsBuilder, SignedSecretKey, SubkeyParamsBuilder};
+    use pgp::crypto::hash::HashAlgorithm;
+    use pgp::types::Password;
+    use rand08::SeedableRng as _;
+
+    use super::*;
+
+    fn generate(rng: &mut rand08::rngs::StdRng) -> SignedSecretKey {
+        SecretKeyParamsBuilder::default()
+            .key_type(KeyType::Ed25519Legacy)
+            .can_certify(true)
+            .can_sign(false)
+            .primary_user_id("Cert Only <cert@plumb.test>".into())
+            .subkey(
+                SubkeyParamsBuilder::default()
+                    .key_type(KeyType::Ed25519Legacy)
+                    .can_sign(false)
+                    .can_authenticate(true)
+                    .build()
+                    .expect("subkey parameters"),
+            )
+            .build()
+            .expect("key parameters")
+            .generate(rng)
+            .expect("key generation")
+    }
+
+    #[test]
+    fn keys_without_the_signing_flag_cannot_sign() {
+        let mut rng = rand08::rngs::StdRng::seed_from_u64(7);
+        let secret = generate(&mut rng);
+        let public = SignedPublicKey::from(secret.clone());
+        let armored = public
+            .to_armored_string(Default::default())
+            .expect("armored key");
+        let keyring = Keyring::from_armored(&armored).expect("keyring");
+        let payload = b"tree 0123\n";
+        let by_primary = DetachedSignature::sign_binary_data(
+            &mut rng,
+            &secret.primary_key,
+            &Password::empty(),
+            HashAlgorithm::Sha256,
+            &payload[..],
+        )
+        .expect("signature");
+        let by_auth_subkey = DetachedSignature::sign_binary_data(
+            &mut rng,
+            &secret.secret_subkeys[0].key,
+            &Password::empty(),
+            HashAlgorithm::Sha256,
+            &payload[..],
+        )
+        .expect("signature");
+        for (sig, expected) in [
+            (by_primary, "not marked for signing"),
+            (by_auth_subkey, "not a signing subkey"),
+        ] {
+            let text = sig.to_armored_string(Default::default()).expect("armor");
+            match keyring.verify(text.as_bytes(), payload, 1_900_000_000) {
+                Ok(PgpVerdict::NotValid { reason, .. }) => {
+                    assert!(reason.contains(expected), "{reason}")
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    }
+}

@@ -47,6 +47,10 @@ pub struct GitArgs {
     /// Cache of fetched repositories (default: ~/.cache/plumb/git).
     #[arg(long, value_name = "DIR", requires = "git")]
     pub cache_dir: Option<PathBuf>,
+    /// Allow a plain `http://` URL: no transport security, so anyone on the path can change
+    /// what is fetched (verify signatures). Never together with credentials.
+    #[arg(long, requires = "git")]
+    pub insecure_http: bool,
 }
 
 /// Credentials, always by file or environment variable, never on the command line.
@@ -236,6 +240,7 @@ pub async fn fetch(args: &GitArgs, url: &str, last_verified: Option<String>) -> 
     let mut request = SourceRequest::new(url, args.git_ref());
     request.options.credentials = args.credentials.credentials()?;
     request.options.ca_file = args.credentials.ca_file.clone();
+    request.options.allow_insecure_http = args.insecure_http;
     request.verify = args.verify.policy()?;
     request.last_verified = last_verified;
     let dir = tempfile::tempdir().context("creating a temporary directory for the checkout")?;
