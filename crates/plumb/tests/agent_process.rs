@@ -315,7 +315,9 @@ impl World {
                 .args(["--identity", &spec.identity])
                 .arg("--cache-dir")
                 .arg(&cache)
-                .args(["--concurrency", "4"]);
+                .args(["--concurrency", "4"])
+                // The test repositories are local.
+                .arg("--allow-local-sources");
             if let Some(addr) = webhook {
                 cmd.args(["--webhook-addr", &addr.to_string()]);
             }
