@@ -168,6 +168,33 @@ mod validation {
                 .expect_err(&format!("accepted {spec}"));
             assert!(message.contains(expected), "{spec}: {message}");
         }
+        // The status is validated too (a tenant may be able to write it).
+        sources
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+                    "metadata": { "name": "status" }, "spec": { "url": url },
+                }))?,
+            )
+            .await?;
+        let status = |commit: &str| {
+            kube::api::Patch::Merge(json!({ "status": { "artifact": {
+                "revision": format!("main@sha1:{commit}"), "commit": commit,
+            } } }))
+        };
+        let params = kube::api::PatchParams::default();
+        sources
+            .patch_status("status", &params, &status(commit))
+            .await?;
+        let refused = sources
+            .patch_status("status", &params, &status("not-a-commit"))
+            .await
+            .expect_err("a status with a bad commit id was accepted");
+        assert!(
+            refused.to_string().contains("status.artifact.commit"),
+            "{refused}"
+        );
         Ok(())
     }
 }
