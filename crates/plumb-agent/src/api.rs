@@ -4,7 +4,7 @@
 //! --crds-only`); a test fails when the committed file is stale.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,21 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "plumb.dev";
 /// Annotation that asks for an immediate reconcile; its value is any new token (e.g. a time).
 pub const RECONCILE_REQUEST_ANNOTATION: &str = "plumb.dev/reconcile-requested-at";
+
+// What the API server checks before anything reaches the agent (the agent checks again: an
+// older CRD may be installed).
+
+/// A Git URL: no whitespace, no leading `-` (which git would read as an option).
+pub const URL_PATTERN: &str = r"^[^\s-][^\s]*$";
+/// A duration as `plumb_core::parse_duration` reads it: `90` (seconds), `90s`, `5m`, `1h30m`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+|([0-9]+[smh])+)$";
+/// A full commit id: SHA-1 (40 hex digits) or SHA-256 (64), lowercase.
+pub const COMMIT_PATTERN: &str = r"^[0-9a-f]{40}([0-9a-f]{24})?$";
+/// A DNS subdomain (RFC 1123), as object names are: at most 253 characters.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A DNS label (RFC 1123), as namespace names are: at most 63 characters.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// A Git repository to fetch, at a ref, with the commit signatures it must carry.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
@@ -30,17 +45,22 @@ pub const RECONCILE_REQUEST_ANNOTATION: &str = "plumb.dev/reconcile-requested-at
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GitSourceSpec {
-    /// Repository URL: `https://...`, `ssh://user@host[:port]/path`, `file:///path`.
+    /// Repository URL: `https://...`, `ssh://user@host[:port]/path`, `user@host:path`;
+    /// `file:///path` or a local path only where the agent runs with `--allow-local-sources`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = URL_PATTERN))]
     pub url: String,
     /// What to check out; default: branch `main`.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<GitRefSpec>,
     /// How often to fetch, e.g. `1m`, `5m`, `1h` (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
     /// Secret with credentials in the source's namespace: `username` + `password` (or
     /// `bearerToken`) and optionally `caFile` for https; `identity` (private key) and
-    /// `known_hosts` for ssh.
+    /// `known_hosts` for ssh. The Secret must carry the annotation
+    /// `plumb.dev/credential-hosts` naming the URL's host (comma-separated `host` or
+    /// `host:port`): credentials are sent to no other host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
     /// Commit signature verification; when set, nothing unverified is ever applied.
@@ -54,9 +74,12 @@ pub struct GitSourceSpec {
     pub suspend: bool,
 }
 
-/// The ref to check out: exactly one of the fields.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// The ref to check out: one of the fields (none: branch `main`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "[has(self.branch), has(self.tag), has(self.semver), has(self.commit)].filter(x, x).size() <= 1"
+).message("ref: set at most one of branch, tag, semver and commit"))]
 pub struct GitRefSpec {
     /// A branch name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,8 +90,9 @@ pub struct GitRefSpec {
     /// A semver range over tags, e.g. `>=1.2.0 <2.0.0`: the highest matching tag wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semver: Option<String>,
-    /// A full commit id.
+    /// A full commit id (40 or 64 lowercase hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = COMMIT_PATTERN))]
     pub commit: Option<String>,
 }
 
@@ -76,6 +100,7 @@ pub struct GitRefSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct LocalObjectReference {
     /// Its name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }
 
@@ -85,10 +110,13 @@ pub struct LocalObjectReference {
 pub struct KeyReference {
     /// `Secret` or `ConfigMap` (default `ConfigMap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Secret", "ConfigMap"]))]
     pub kind: Option<String>,
     /// Its name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// The data key.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -150,6 +178,7 @@ pub struct SourceArtifact {
     /// `<ref>@sha1:<commit>`.
     pub revision: String,
     /// The commit id.
+    #[schemars(regex(pattern = COMMIT_PATTERN))]
     pub commit: String,
     /// Digest of the exported tree (`sha256:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,6 +215,7 @@ pub struct SyncSpec {
     pub path: Option<String>,
     /// How often to re-apply even without changes, e.g. `10m` (default `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub interval: Option<String>,
     /// Delete objects that left Git (only those this Sync applied).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -198,6 +228,7 @@ pub struct SyncSpec {
     pub wait: bool,
     /// Timeout of apply and health waits, e.g. `5m` (default `5m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
     /// Syncs that must be Ready first (`name` or `namespace/name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -206,11 +237,14 @@ pub struct SyncSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
     /// Apply as this ServiceAccount of the Sync's namespace (impersonation): the Sync can do
-    /// only what the account may.
+    /// only what the account may. Default: the agent's `--default-service-account`, else the
+    /// agent itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub service_account_name: Option<String>,
     /// Namespace for namespaced objects that name none (default: the Sync's namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub target_namespace: Option<String>,
     /// What to do when the cluster drifts from Git: `correct` (default) re-applies, `detect`
     /// only reports.
@@ -227,11 +261,14 @@ pub struct SyncSpec {
 pub struct SourceReference {
     /// `GitSource` (the default and only kind today).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["GitSource"]))]
     pub kind: Option<String>,
     /// Its name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Its namespace (default: the Sync's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
 }
 
@@ -239,9 +276,11 @@ pub struct SourceReference {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct DependencyReference {
     /// Its name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Its namespace (default: the Sync's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
 }
 

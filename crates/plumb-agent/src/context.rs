@@ -24,6 +24,13 @@ pub struct AgentConfig {
     pub concurrency: u16,
     /// Whether a Sync may refer to GitSources and dependencies in other namespaces.
     pub cross_namespace_refs: bool,
+    /// Whether a GitSource may name a local path or a `file://` URL (`--allow-local-sources`).
+    /// Off for multi-tenant agents: such a URL reads the agent's own disk, including the
+    /// repositories it caches for other tenants.
+    pub allow_local_sources: bool,
+    /// The ServiceAccount (of the Sync's namespace) that Syncs naming no `serviceAccountName`
+    /// are applied as (`--default-service-account`); `None` applies them as the agent itself.
+    pub default_service_account: Option<String>,
     /// The agent's identity in events and leases.
     pub identity: String,
 }
@@ -171,13 +178,18 @@ impl Context {
             .remove(key);
     }
 
-    /// The client to apply a Sync with: the agent's own, or one impersonating
-    /// `system:serviceaccount:<namespace>:<name>`.
+    /// The client to apply a Sync with: one impersonating
+    /// `system:serviceaccount:<namespace>:<name>` for the Sync's `service_account` or else the
+    /// agent's default one ([`AgentConfig::default_service_account`]); the agent's own client
+    /// when neither is set.
     pub fn client_for(
         &self,
         namespace: &str,
         service_account: Option<&str>,
     ) -> Result<Client, kube::Error> {
+        let service_account = service_account
+            .filter(|sa| !sa.is_empty())
+            .or(self.config.default_service_account.as_deref());
         let Some(sa) = service_account else {
             return Ok(self.client.clone());
         };

@@ -16,6 +16,7 @@ use crate::api::{GitSource, KeyReference, SourceArtifact};
 use crate::context::{ArtifactRecord, Context};
 use crate::error::{Error, Result};
 use crate::metrics::{Outcome, ReconcileKind};
+use crate::policy;
 use crate::status::{self, types};
 
 /// Default fetch interval.
@@ -313,6 +314,8 @@ async fn request_for(
             }
         }
     };
+    // Refused before any fetch: nothing reaches the disk or the network.
+    check_local(gs, ctx, &ns)?;
     let mut request = SourceRequest::new(gs.spec.url.clone(), git_ref);
     if let Some(ignore) = &gs.spec.ignore {
         request.ignore = ignore.lines().map(str::to_owned).collect();
@@ -333,6 +336,7 @@ async fn request_for(
                 secret_ref.name
             ))
         })?;
+    check_credential_hosts(&gs.spec.url, &secret, &ns, &secret_ref.name)?;
     let data = secret.data.unwrap_or_default();
     let get = |k: &str| {
         data.get(k)
@@ -382,6 +386,48 @@ async fn request_for(
         Credentials::None
     };
     Ok((request, Some(files)))
+}
+
+/// Refuses a local path or `file://` URL unless the agent allows local sources.
+fn check_local(gs: &GitSource, ctx: &Context, ns: &str) -> Result<()> {
+    if ctx.config.allow_local_sources || !policy::is_local_url(&gs.spec.url) {
+        return Ok(());
+    }
+    Err(Error::Spec(format!(
+        "GitSource {ns}/{}: url {:?} is a local path or file:// URL, which this agent refuses \
+         (it would read the agent's own disk); use an https:// or ssh:// URL, or start the \
+         agent with {} (single-tenant setups only)",
+        gs.name_any(),
+        gs.spec.url,
+        policy::ALLOW_LOCAL_SOURCES_FLAG
+    )))
+}
+
+/// Refuses to send the credentials of Secret `ns/name` to a host its
+/// [`policy::CREDENTIAL_HOSTS_ANNOTATION`] does not name (a tenant could otherwise name any
+/// Secret of its namespace and send it to a server of its choosing).
+fn check_credential_hosts(url: &str, secret: &Secret, ns: &str, name: &str) -> Result<()> {
+    let annotation = policy::CREDENTIAL_HOSTS_ANNOTATION;
+    let Some(target) = policy::url_host(url) else {
+        return Err(Error::Spec(format!(
+            "Secret {ns}/{name} (secretRef) cannot be used with {url:?}: the URL names no host \
+             to bind the credentials to (annotation {annotation})"
+        )));
+    };
+    let allowed = secret.annotations().get(annotation);
+    if allowed.is_some_and(|a| policy::credential_hosts_allow(a, &target)) {
+        return Ok(());
+    }
+    let host = &target.host;
+    let hint = match allowed {
+        None => format!("it has no annotation {annotation}"),
+        Some(a) => format!("its annotation {annotation} ({a:?}) does not name {host}"),
+    };
+    Err(Error::Spec(format!(
+        "Secret {ns}/{name} (secretRef) may not be sent to host {target}: {hint}; if the \
+         credentials are meant for that host, annotate the Secret: kubectl -n {ns} annotate \
+         secret {name} {annotation}={host}"
+    )))
 }
 
 fn set_private(path: &Path) {

@@ -1,5 +1,7 @@
-//! The agent's HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/readyz`, and the webhook
-//! receiver's `/hook/<receiver>` when it is enabled.
+//! The agent's HTTP servers: the metrics port with `/metrics` (OpenMetrics), `/healthz`,
+//! `/readyz`; and, when enabled, the webhook port with the receiver's `POST /hook/<receiver>`
+//! only ([`serve_webhook_on`]), so that what faces the Git hosts (often the Internet) exposes
+//! neither metrics nor health.
 //!
 //! Use [`bind`] then [`serve_on`] to learn the bound address (port 0 in tests), or [`serve`] to
 //! do both.
@@ -49,8 +51,6 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     /// The flag `/readyz` reports.
     pub readiness: Readiness,
-    /// The webhook receiver's routes (see [`crate::webhook::router`]), merged in when set.
-    pub webhook: Option<Router>,
 }
 
 impl HttpState {
@@ -59,14 +59,7 @@ impl HttpState {
         Self {
             registry,
             readiness,
-            webhook: None,
         }
-    }
-
-    /// Adds the webhook receiver's routes.
-    pub fn with_webhook(mut self, webhook: Router) -> Self {
-        self.webhook = Some(webhook);
-        self
     }
 }
 
@@ -76,22 +69,18 @@ struct Shared {
     readiness: Readiness,
 }
 
-/// The router for `state`: `GET /metrics`, `GET /healthz`, `GET /readyz`, plus the webhook
-/// routes when enabled. Anything else is 404.
+/// The router for `state`: `GET /metrics`, `GET /healthz`, `GET /readyz`. Anything else is
+/// 404.
 pub fn router(state: HttpState) -> Router {
     let shared = Shared {
         registry: state.registry,
         readiness: state.readiness,
     };
-    let router = Router::new()
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(shared);
-    match state.webhook {
-        Some(webhook) => router.merge(webhook),
-        None => router,
-    }
+        .with_state(shared)
 }
 
 /// Binds a listener on `addr` (port 0 picks a free port; `local_addr()` tells which).
@@ -110,6 +99,21 @@ pub async fn serve_on(
         tracing::info!(%addr, "HTTP server listening");
     }
     axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the webhook receiver's routes alone (see [`crate::webhook::router`]) on `listener`
+/// until `shutdown` completes: anything but `POST /hook/<receiver>` is 404.
+pub async fn serve_webhook_on(
+    listener: TcpListener,
+    webhook: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "webhook receiver listening");
+    }
+    axum::serve(listener, webhook)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -9,6 +9,7 @@ pub mod gitsource;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod runner;
 pub mod status;
 pub mod syncs;

@@ -40,7 +40,8 @@ pub struct AgentOptions {
     pub config: AgentConfig,
     /// Address of `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: Option<SocketAddr>,
-    /// Address of the webhook receiver (`POST /hook/<receiver>`).
+    /// Address of the webhook receiver (`POST /hook/<receiver>` only; metrics and health stay
+    /// on `metrics_addr`).
     pub webhook_addr: Option<SocketAddr>,
     /// Namespace of the receivers' Secrets (`plumb-receiver-<name>`).
     pub webhook_namespace: String,
@@ -99,14 +100,14 @@ pub async fn run(
             context: format!("listening on {addr} for webhooks"),
             source: e,
         })?;
+        // Receivers come from a watch of the namespace's Secrets: requests cost no API calls.
         let webhook = crate::webhook::router(
             crate::webhook::WebhookConfig::new(client.clone(), options.webhook_namespace.clone())
                 .with_metrics(metrics.clone()),
         );
-        let state = HttpState::new(registry.clone(), readiness.clone()).with_webhook(webhook);
-        servers.push(tokio::spawn(crate::http::serve_on(
+        servers.push(tokio::spawn(crate::http::serve_webhook_on(
             listener,
-            state,
+            webhook,
             stopped(),
         )));
     }

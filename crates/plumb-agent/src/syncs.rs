@@ -125,7 +125,8 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
         let dep_ns = dep.namespace.as_deref().unwrap_or(ns);
         if dep_ns != ns && !ctx.config.cross_namespace_refs {
             return Err(Error::Spec(format!(
-                "dependency {dep_ns}/{} is in another namespace, which this agent does not allow",
+                "dependsOn names Sync {dep_ns}/{}, in another namespace than {ns}; this agent \
+                 refuses cross-namespace references (--no-cross-namespace-refs)",
                 dep.name
             )));
         }
@@ -158,7 +159,9 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
     let src_ns = src.namespace.as_deref().unwrap_or(ns);
     if src_ns != ns && !ctx.config.cross_namespace_refs {
         return Err(Error::Spec(format!(
-            "source {src_ns}/{} is in another namespace, which this agent does not allow",
+            "sourceRef names GitSource {src_ns}/{}, in another namespace than {ns}; this agent \
+             refuses cross-namespace references (--no-cross-namespace-refs): create the \
+             GitSource in namespace {ns}",
             src.name
         )));
     }

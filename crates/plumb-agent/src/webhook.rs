@@ -7,7 +7,11 @@
 //! - `type`: `github`, `gitlab` or `generic`;
 //! - `token`: the shared secret (leading and trailing whitespace is ignored).
 //!
-//! The Secret is read on every request, so creating, rotating or deleting it takes effect at once.
+//! The receivers are read from a watch of the Secrets in that namespace (a namespaced list and
+//! watch, nothing cluster-wide), so creating, rotating or deleting a receiver Secret takes effect
+//! as soon as the watch delivers the change (well under a second), and a request costs no API
+//! call until it is authenticated: outside traffic cannot become API server load. Requests that
+//! arrive before the watch has listed the Secrets wait for it (up to [`SYNC_WAIT`], then 503).
 //!
 //! # Authentication (constant-time comparisons; anything else is 401 and triggers nothing)
 //! - `github`: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body, token)>`. Only `X-GitHub-Event:
@@ -32,10 +36,13 @@
 //! on that change. The answer is 202 with `{"triggered": ["namespace/name", ...]}`.
 //!
 //! # RBAC
-//! `get` on `secrets` in the agent's namespace; `list` and `patch` on `gitsources.plumb.dev` in
-//! every namespace whose sources may be triggered.
+//! `list` and `watch` on `secrets` in the agent's namespace; `list` and `patch` on
+//! `gitsources.plumb.dev` in every namespace whose sources may be triggered (used only for
+//! authenticated pushes).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -44,9 +51,11 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use secrecy::{ExposeSecret, SecretSlice};
 use serde_json::{Value, json};
@@ -63,6 +72,8 @@ pub const RECEIVER_SECRET_PREFIX: &str = "plumb-receiver-";
 /// Largest accepted request body: 1 MiB (GitHub caps payloads at 25 MB, but push payloads of
 /// that size are not needed: only the repository URLs are read).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// How long a request waits for the first list of receiver Secrets before it answers 503.
+pub const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// How the receiver finds its Secrets and the GitSources to trigger.
 #[derive(Clone)]
@@ -101,14 +112,125 @@ impl WebhookConfig {
     }
 }
 
-/// The receiver's routes (`POST /hook/{receiver}`), to merge into the HTTP server
-/// (see [`crate::http::HttpState::with_webhook`]).
+/// The receiver's routes (`POST /hook/{receiver}`), to serve on a port of their own (see
+/// [`crate::http::serve_webhook_on`]). Starts the watch of the receiver Secrets, which runs
+/// until the router (and every clone of it) is dropped; call it inside a Tokio runtime.
 pub fn router(config: WebhookConfig) -> Router {
     let limit = config.body_limit;
+    let receivers = Receivers::watch(config.client.clone(), &config.namespace);
     Router::new()
         .route("/hook/{receiver}", post(hook))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(config)
+        .with_state(HookState { config, receivers })
+}
+
+#[derive(Clone)]
+struct HookState {
+    config: WebhookConfig,
+    receivers: Receivers,
+}
+
+/// The configured receivers, kept up to date by a watch of the Secrets in one namespace.
+#[derive(Clone)]
+struct Receivers {
+    by_name: Arc<RwLock<HashMap<String, Arc<Receiver>>>>,
+    synced: tokio::sync::watch::Receiver<bool>,
+    _task: Arc<AbortOnDrop>,
+}
+
+/// Stops the watch when the last handle to the receivers goes away.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Receivers {
+    /// Starts watching the Secrets of `namespace`.
+    fn watch(client: Client, namespace: &str) -> Self {
+        let by_name = Arc::new(RwLock::new(HashMap::new()));
+        let (synced_tx, synced) = tokio::sync::watch::channel(false);
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        let map = by_name.clone();
+        let namespace = namespace.to_owned();
+        let task = tokio::spawn(async move {
+            let stream = watcher(api, watcher::Config::default()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            // A (re)list builds a new map; the old one serves until it is complete.
+            let mut listing: Option<HashMap<String, Arc<Receiver>>> = None;
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(namespace = %namespace, error = %e, "watching webhook receiver Secrets");
+                        continue;
+                    }
+                };
+                match event {
+                    watcher::Event::Init => listing = Some(HashMap::new()),
+                    watcher::Event::InitApply(secret) => {
+                        if let (Some(listing), Some((name, receiver))) =
+                            (listing.as_mut(), parse_receiver(&secret, &namespace))
+                        {
+                            listing.insert(name, Arc::new(receiver));
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(listing) = listing.take() {
+                            *map.write().expect("receivers lock poisoned") = listing;
+                        }
+                        synced_tx.send_replace(true);
+                    }
+                    watcher::Event::Apply(secret) => {
+                        let Some(name) = receiver_name(&secret) else {
+                            continue;
+                        };
+                        let mut map = map.write().expect("receivers lock poisoned");
+                        match parse_receiver(&secret, &namespace) {
+                            Some((_, receiver)) => map.insert(name, Arc::new(receiver)),
+                            None => map.remove(&name),
+                        };
+                    }
+                    watcher::Event::Delete(secret) => {
+                        if let Some(name) = receiver_name(&secret) {
+                            map.write().expect("receivers lock poisoned").remove(&name);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            by_name,
+            synced,
+            _task: Arc::new(AbortOnDrop(task.abort_handle())),
+        }
+    }
+
+    /// The receiver `name`, once the first list is in (`Err` when it is not after `wait`).
+    async fn get(&self, name: &str, wait: Duration) -> Result<Option<Arc<Receiver>>, ()> {
+        let mut synced = self.synced.clone();
+        match tokio::time::timeout(wait, synced.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => {}
+            _ => return Err(()),
+        }
+        Ok(self
+            .by_name
+            .read()
+            .expect("receivers lock poisoned")
+            .get(name)
+            .cloned())
+    }
+}
+
+/// The receiver a Secret configures, by its name: `plumb-receiver-<receiver>`.
+fn receiver_name(secret: &Secret) -> Option<String> {
+    secret
+        .name_any()
+        .strip_prefix(RECEIVER_SECRET_PREFIX)
+        .filter(|r| valid_receiver_name(r))
+        .map(str::to_owned)
 }
 
 /// The kind of Git host a receiver speaks for.
@@ -133,13 +255,14 @@ enum Reply {
 }
 
 async fn hook(
-    State(config): State<WebhookConfig>,
+    State(state): State<HookState>,
     Path(receiver): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut known = false;
-    let reply = handle(&config, &receiver, &headers, body, &mut known).await;
+    let config = &state.config;
+    let reply = handle(&state, &receiver, &headers, body, &mut known).await;
     let (result, response) = match reply {
         Reply::Unauthorized(why) => {
             tracing::warn!(receiver = %receiver, reason = why, "webhook request refused");
@@ -184,7 +307,7 @@ async fn hook(
 }
 
 async fn handle(
-    config: &WebhookConfig,
+    state: &HookState,
     receiver: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -197,13 +320,20 @@ async fn handle(
     if !valid_receiver_name(receiver) {
         return Reply::Unauthorized("invalid receiver name");
     }
-    let receiver_config = match load_receiver(config, receiver).await {
+    let receiver_config = match state.receivers.get(receiver, SYNC_WAIT).await {
         Ok(Some(r)) => {
             *known = true;
             r
         }
         Ok(None) => return Reply::Unauthorized("unknown receiver"),
-        Err(reply) => return reply,
+        Err(()) => {
+            tracing::error!(namespace = %state.config.namespace,
+                "the webhook receiver Secrets are not listed yet (check the agent's RBAC: list and watch on secrets)");
+            return Reply::Rejected(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot read the receiver configuration; retry later\n".into(),
+            );
+        }
     };
     if let Err(why) = authenticate(&receiver_config, headers, &body) {
         return Reply::Unauthorized(why);
@@ -249,7 +379,7 @@ async fn handle(
             .collect(),
     };
 
-    match trigger(config, receiver, &urls).await {
+    match trigger(&state.config, receiver, &urls).await {
         Ok(triggered) => Reply::Triggered(triggered),
         Err(reply) => reply,
     }
@@ -266,21 +396,12 @@ fn valid_receiver_name(name: &str) -> bool {
         && !name.ends_with(['-', '.'])
 }
 
-async fn load_receiver(config: &WebhookConfig, receiver: &str) -> Result<Option<Receiver>, Reply> {
-    let name = format!("{RECEIVER_SECRET_PREFIX}{receiver}");
-    let secrets: Api<Secret> = Api::namespaced(config.client.clone(), &config.namespace);
-    let secret = match secrets.get_opt(&name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            tracing::error!(secret = %name, namespace = %config.namespace, error = %e, "reading webhook receiver Secret");
-            return Err(Reply::Rejected(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot read the receiver configuration; retry later\n".into(),
-            ));
-        }
-    };
-    let data = secret.data.unwrap_or_default();
+/// The receiver configured by `secret`, if it is a receiver Secret (`plumb-receiver-<name>`)
+/// with a valid `type` and a `token`; invalid ones are logged (once per change) and ignored.
+fn parse_receiver(secret: &Secret, namespace: &str) -> Option<(String, Receiver)> {
+    let receiver = receiver_name(secret)?;
+    let name = secret.name_any();
+    let data = secret.data.clone().unwrap_or_default();
     let kind = match data
         .get("type")
         .map(|v| String::from_utf8_lossy(&v.0).trim().to_owned())
@@ -289,19 +410,19 @@ async fn load_receiver(config: &WebhookConfig, receiver: &str) -> Result<Option<
         Some(t) if t == "gitlab" => ReceiverType::GitLab,
         Some(t) if t == "generic" => ReceiverType::Generic,
         other => {
-            tracing::warn!(secret = %name, namespace = %config.namespace, r#type = ?other,
+            tracing::warn!(secret = %name, namespace = %namespace, r#type = ?other,
                 "receiver Secret has no valid `type` (github | gitlab | generic)");
-            return Ok(None);
+            return None;
         }
     };
     let token = match data.get("token") {
         Some(v) if !v.0.trim_ascii().is_empty() => SecretSlice::from(v.0.trim_ascii().to_vec()),
         _ => {
-            tracing::warn!(secret = %name, namespace = %config.namespace, "receiver Secret has no `token`");
-            return Ok(None);
+            tracing::warn!(secret = %name, namespace = %namespace, "receiver Secret has no `token`");
+            return None;
         }
     };
-    Ok(Some(Receiver { kind, token }))
+    Some((receiver, Receiver { kind, token }))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

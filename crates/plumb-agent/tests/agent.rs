@@ -103,6 +103,8 @@ impl World {
                 namespace: Some(ns.name().to_owned()),
                 concurrency: 4,
                 cross_namespace_refs: true,
+                allow_local_sources: true,
+                default_service_account: None,
                 identity: format!("test-{prefix}"),
             },
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -200,15 +202,29 @@ impl World {
         &self,
         identity: &str,
     ) -> Result<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)> {
+        self.start_agent(identity, |_| {}).await
+    }
+
+    /// Starts an agent for this world's namespace with its cache in `cache_dir(identity)`,
+    /// configured by `configure` (the defaults allow local sources).
+    async fn start_agent(
+        &self,
+        identity: &str,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> Result<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)> {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let mut config = AgentConfig {
+            cache_dir: self.cache_dir(identity),
+            namespace: Some(self.ns.name().to_owned()),
+            concurrency: 4,
+            cross_namespace_refs: true,
+            allow_local_sources: true,
+            default_service_account: None,
+            identity: identity.to_owned(),
+        };
+        configure(&mut config);
         let options = AgentOptions {
-            config: AgentConfig {
-                cache_dir: self._cache.path().join(identity),
-                namespace: Some(self.ns.name().to_owned()),
-                concurrency: 4,
-                cross_namespace_refs: true,
-                identity: identity.to_owned(),
-            },
+            config,
             metrics_addr: None,
             webhook_addr: None,
             webhook_namespace: self.ns.name().to_owned(),
@@ -224,6 +240,11 @@ impl World {
             .await;
         });
         Ok((task, stop_tx))
+    }
+
+    /// The cache directory of the agent started as `identity` by [`World::start_agent`].
+    fn cache_dir(&self, identity: &str) -> std::path::PathBuf {
+        self._cache.path().join(identity)
     }
 
     /// Asks the GitSource to fetch now (what a webhook does).
@@ -792,6 +813,8 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
                     namespace: Some(ns.clone()),
                     concurrency: 2,
                     cross_namespace_refs: true,
+                    allow_local_sources: true,
+                    default_service_account: None,
                     identity: identity.to_owned(),
                 },
                 metrics_addr: None,
@@ -1232,5 +1255,299 @@ async fn a_tampered_source_status_is_never_applied() -> Result<()> {
     let cm = w.configmaps().get("settings").await?;
     assert_eq!(cm.data.unwrap_or_default()["value"], "signed");
     w.stop().await;
+    Ok(())
+}
+
+/// The `type_` condition of GitSource `name`: (status, reason, message).
+async fn source_condition(
+    sources: &Api<GitSource>,
+    name: &str,
+    type_: &str,
+) -> Result<Option<(String, String, String)>> {
+    let st = sources.get(name).await?.status.unwrap_or_default();
+    Ok(st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone())))
+}
+
+/// Waits until GitSource `name` is Ready=False and returns the condition's reason and message.
+async fn wait_source_refused(sources: &Api<GitSource>, name: &str) -> Result<(String, String)> {
+    eventually(&format!("GitSource {name} to be refused"), WAIT, || {
+        let sources = sources.clone();
+        async move {
+            Ok(source_condition(&sources, name, "Ready")
+                .await?
+                .filter(|(s, _, _)| s == "False")
+                .map(|(_, r, m)| (r, m)))
+        }
+    })
+    .await
+}
+
+/// Every file under `dir` (recursively), relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[tokio::test]
+async fn local_sources_are_refused_unless_allowed() -> Result<()> {
+    let w = World::without_agent("local").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("local", "1"))], &w.signing)?;
+    let (task, stop) = w
+        .start_agent("strict", |c| c.allow_local_sources = false)
+        .await?;
+    w.create_source("range").await?;
+    let sources = w.sources();
+    let (reason, message) = wait_source_refused(&sources, "repo").await?;
+    assert_eq!(reason, "InvalidSpec", "{message}");
+    assert!(
+        message.contains("--allow-local-sources") && message.contains(&w.url),
+        "{message}"
+    );
+    let stalled = source_condition(&sources, "repo", "Stalled").await?;
+    assert_eq!(stalled.map(|(s, _, _)| s).as_deref(), Some("True"));
+    // Refused before any fetch: nothing of the repository reached the agent's cache.
+    let cache = w.cache_dir("strict");
+    let fetcher = plumb_source::Fetcher::new(cache.join("git"));
+    assert!(!fetcher.repo_path(&w.url).exists());
+    let files = files_under(&cache);
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with("HEAD") || f.ends_with("cm.yaml")),
+        "the refused source was fetched: {files:?}"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+
+    // The same source with the flag: fetched.
+    let (task, stop) = w
+        .start_agent("allowed", |c| c.allow_local_sources = true)
+        .await?;
+    w.poke_source().await?;
+    eventually("the local source to be fetched", WAIT, || {
+        let sources = sources.clone();
+        let first = first.clone();
+        async move {
+            let gs = sources.get("repo").await?;
+            Ok(gs
+                .status
+                .and_then(|s| s.artifact)
+                .filter(|a| a.commit == first)
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_default_service_account_without_rights_applies_nothing() -> Result<()> {
+    let w = World::without_agent("defsa").await?;
+    w.commit(&[("app/cm.yaml", &configmap("guarded", "1"))], &w.signing)?;
+    // No RoleBinding names this account: it may do nothing.
+    let (task, stop) = w
+        .start_agent("defsa", |c| {
+            c.default_service_account = Some("tenant".to_owned());
+        })
+        .await?;
+    w.create_source("range").await?;
+    // No serviceAccountName: applied as the default account, not as the agent.
+    w.create_sync("app", "correct").await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to fail on permissions", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "app")
+                .await?
+                .filter(|(s, _, _)| s == "False")
+                .filter(|(_, r, _)| r != "DependencyNotReady")
+                .map(|(_, _, m)| m))
+        }
+    })
+    .await?;
+    assert!(message.contains("forbidden"), "{message}");
+    assert!(
+        message.contains(&format!("system:serviceaccount:{}:tenant", w.ns.name())),
+        "{message}"
+    );
+    assert!(w.configmaps().get_opt("guarded").await?.is_none());
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn cross_namespace_refs_are_refused_when_disabled() -> Result<()> {
+    let w = World::without_agent("xns").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("xns", "1"))], &w.signing)?;
+    let (task, stop) = w
+        .start_agent("xns", |c| c.cross_namespace_refs = false)
+        .await?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "other-source",
+        json!({ "sourceRef": { "name": "repo", "namespace": "kube-system" }, "path": "app", "interval": "1h" }),
+    )
+    .await?;
+    w.create_sync_spec(
+        "other-dependency",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+                "dependsOn": [{ "name": "base", "namespace": "kube-system" }] }),
+    )
+    .await?;
+    // Its own namespace, spelled out: allowed.
+    w.create_sync_spec(
+        "same",
+        json!({ "sourceRef": { "name": "repo", "namespace": w.ns.name() }, "path": "app", "interval": "1h" }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    for (name, what) in [
+        ("other-source", "GitSource kube-system/repo"),
+        ("other-dependency", "Sync kube-system/base"),
+    ] {
+        let (reason, message) = eventually(&format!("Sync {name} to be refused"), WAIT, || {
+            let syncs = syncs.clone();
+            async move {
+                Ok(ready_condition(&syncs, name)
+                    .await?
+                    .filter(|(s, _, _)| s == "False")
+                    .map(|(_, r, m)| (r, m)))
+            }
+        })
+        .await?;
+        assert_eq!(reason, "InvalidSpec", "{name}: {message}");
+        assert!(
+            message.contains(what) && message.contains("--no-cross-namespace-refs"),
+            "{name}: {message}"
+        );
+    }
+    w.wait_applied("same", &first).await?;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn credentials_go_only_to_the_hosts_their_secret_names() -> Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use plumb_testsupport::git::GitServers;
+
+    let servers = GitServers::start()?;
+    let repo = servers.create_repo("creds")?;
+    let wt = repo.work_tree()?;
+    wt.write("app/cm.yaml", configmap("creds", "1"))?;
+    let first = wt.commit("first", &Signing::None)?;
+    wt.push()?;
+    let url = servers.https_url("creds");
+    let access_log = servers.dir().join("logs/nginx-access.log");
+    let requests = || {
+        std::fs::read_to_string(&access_log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let before = requests();
+
+    let w = World::without_agent("creds").await?;
+    // A strict agent: https sources are remote, so they are allowed.
+    let (task, stop) = w
+        .start_agent("creds", |c| c.allow_local_sources = false)
+        .await?;
+    let password = servers.password().to_owned();
+    let ca = std::fs::read_to_string(servers.ca_cert_path())?;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), w.ns.name());
+    for (name, hosts) in [
+        ("unbound", None),
+        ("elsewhere", Some("git.example.com, 127.0.0.1:1")),
+    ] {
+        let annotations = hosts
+            .map(|h| json!({ plumb_agent::policy::CREDENTIAL_HOSTS_ANNOTATION: h }))
+            .unwrap_or_else(|| json!({}));
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": name, "annotations": annotations },
+            "stringData": { "username": servers.username(), "password": password, "caFile": ca },
+        }))?;
+        secrets.create(&PostParams::default(), &secret).await?;
+        let gs: GitSource = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+            "metadata": { "name": name },
+            "spec": { "url": url, "interval": "1h", "secretRef": { "name": name } }
+        }))?;
+        w.sources().create(&PostParams::default(), &gs).await?;
+    }
+    let sources = w.sources();
+    for name in ["unbound", "elsewhere"] {
+        let (reason, message) = wait_source_refused(&sources, name).await?;
+        assert_eq!(reason, "InvalidSpec", "{message}");
+        assert!(
+            message.contains(&format!("Secret {}/{name}", w.ns.name()))
+                && message.contains("127.0.0.1")
+                && message.contains("plumb.dev/credential-hosts"),
+            "{name}: {message}"
+        );
+        assert!(!message.contains(&password), "{message}");
+    }
+    assert_eq!(requests(), before, "the Git server saw a request");
+
+    // Bound to the server's host: fetched with the credentials.
+    secrets
+        .patch(
+            "unbound",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                plumb_agent::policy::CREDENTIAL_HOSTS_ANNOTATION: format!("127.0.0.1:{}", servers.https_port())
+            } } })),
+        )
+        .await?;
+    sources
+        .patch(
+            "unbound",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": {
+                RECONCILE_REQUEST_ANNOTATION: plumb_agent::status::now_rfc3339()
+            } } })),
+        )
+        .await?;
+    eventually("the bound source to be fetched", WAIT, || {
+        let sources = sources.clone();
+        let first = first.clone();
+        async move {
+            let gs = sources.get("unbound").await?;
+            Ok(gs
+                .status
+                .and_then(|s| s.artifact)
+                .filter(|a| a.commit == first)
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    assert!(requests() > before, "the access log counts requests");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     Ok(())
 }

@@ -1,13 +1,10 @@
-//! The HTTP server over a real TCP socket: metrics, health, readiness, merged webhook routes,
+//! The HTTP server over a real TCP socket: metrics, health, readiness, no webhook routes,
 //! graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::post;
 use plumb_agent::http::{self, HttpState, Readiness};
 use plumb_agent::metrics::{Metrics, Outcome, ReconcileKind};
 use prometheus_client::registry::Registry;
@@ -165,13 +162,15 @@ async fn metrics_health_and_readiness() {
 }
 
 #[tokio::test]
-async fn webhook_routes_are_merged_when_enabled() {
-    let hook = Router::new().route("/hook/{receiver}", post(|| async { StatusCode::ACCEPTED }));
-    let state = HttpState::new(Arc::new(Registry::default()), Readiness::new()).with_webhook(hook);
-    let server = start(state).await;
+async fn the_metrics_port_serves_no_webhooks() {
+    let server = start(HttpState::new(
+        Arc::new(Registry::default()),
+        Readiness::new(),
+    ))
+    .await;
     assert_eq!(
         request(server.addr, "POST", "/hook/x", b"{}").await.status,
-        202
+        404
     );
     assert_eq!(
         request(server.addr, "GET", "/healthz", b"").await.status,

@@ -11,10 +11,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 use plumb_agent::api::{GitSource, RECONCILE_REQUEST_ANNOTATION};
-use plumb_agent::http::{self, HttpState, Readiness};
+use plumb_agent::http;
 use plumb_agent::metrics::{self, Metrics};
 use plumb_agent::webhook::{self, RECEIVER_ANNOTATION, WebhookConfig};
-use plumb_testsupport::kube::{TestNamespace, client};
+use plumb_testsupport::kube::{TestNamespace, client, eventually};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -35,9 +35,23 @@ impl Reply {
 }
 
 async fn post(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    send(addr, "POST", path, headers, body).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, "GET", path, &[], b"").await
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
@@ -86,7 +100,8 @@ async fn apply_crds(client: &Client) -> Result<()> {
     plumb_testsupport::kube::apply_crds(client, &path).await
 }
 
-/// A test's world: a namespace with a receiver Secret, the HTTP server with the webhook routes.
+/// A test's world: a namespace with a receiver Secret, the webhook routes on a port of their
+/// own, served with a client whose every API request is counted in `registry`.
 struct Fixture {
     client: Client,
     ns: TestNamespace,
@@ -115,12 +130,15 @@ impl Fixture {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let registry = Arc::new(registry);
-        let hooks =
-            webhook::router(WebhookConfig::new(client.clone(), ns.name()).with_metrics(metrics));
+        let counted = metrics.client(kube::Config::infer().await?)?;
+        let hooks = webhook::router(WebhookConfig::new(counted, ns.name()).with_metrics(metrics));
         let listener = http::bind("127.0.0.1:0".parse()?).await?;
         let addr = listener.local_addr()?;
-        let state = HttpState::new(registry.clone(), Readiness::new()).with_webhook(hooks);
-        tokio::spawn(http::serve_on(listener, state, std::future::pending()));
+        tokio::spawn(http::serve_webhook_on(
+            listener,
+            hooks,
+            std::future::pending(),
+        ));
         Ok(Self {
             client,
             ns,
@@ -167,7 +185,42 @@ impl Fixture {
     fn key(&self, name: &str) -> String {
         format!("{}/{name}", self.ns.name())
     }
+
+    /// `plumb_api_requests_total` of the receiver's client, summed over series matching
+    /// `filter` (a substring of the labels).
+    fn api_requests(&self, filter: &str) -> f64 {
+        metrics::encode(&self.registry)
+            .lines()
+            .filter(|l| l.starts_with("plumb_api_requests_total{") && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the receiver's watch of Secrets is established (its list is in and the
+    /// watch request sent), so that counting requests from here on sees only what requests
+    /// cause.
+    async fn wait_watching(&self) -> Result<()> {
+        // A request waits for the list; the watch follows it.
+        post(self.addr, "/hook/nobody", &[], b"{}").await;
+        eventually("the receiver Secrets to be watched", WAIT, || async {
+            Ok((self.api_requests(r#"verb="watch",resource="secrets""#) >= 1.0).then_some(()))
+        })
+        .await
+    }
+
+    async fn create_receiver_secret(&self, receiver: &str, kind: &str, token: &str) -> Result<()> {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": format!("plumb-receiver-{receiver}") },
+            "stringData": { "type": kind, "token": token },
+        }))?;
+        Api::<Secret>::namespaced(self.client.clone(), self.ns.name())
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
+    }
 }
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn sign(token: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("any key length");
@@ -476,5 +529,156 @@ async fn generic_hmac() -> Result<()> {
     assert_eq!(reply.json()["triggered"], json!([fx.key("app")]));
     assert!(fx.requested("app").await?.is_some());
     assert_eq!(fx.requested("other").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_requests_cost_no_api_requests() -> Result<()> {
+    let fx = Fixture::new("quiet", "github", TOKEN).await?;
+    fx.source("app", "https://github.com/acme/app.git", true)
+        .await?;
+    fx.wait_watching().await?;
+    let before = fx.api_requests("");
+    let body = github_push("app");
+    let wrong = sign("not the token", &body);
+    for _ in 0..20 {
+        // Unknown receivers (plausible names), invalid names, bad and missing signatures.
+        for (path, headers) in [
+            (
+                "/hook/no-such-receiver".to_owned(),
+                vec![
+                    ("X-GitHub-Event", "push"),
+                    ("X-Hub-Signature-256", wrong.as_str()),
+                ],
+            ),
+            ("/hook/UPPER".to_owned(), vec![("X-GitHub-Event", "push")]),
+            (
+                fx.path(),
+                vec![
+                    ("X-GitHub-Event", "push"),
+                    ("X-Hub-Signature-256", wrong.as_str()),
+                ],
+            ),
+            (fx.path(), vec![("X-GitHub-Event", "push")]),
+        ] {
+            let reply = post(fx.addr, &path, &headers, &body).await;
+            assert_eq!(reply.status, 401, "{path} {headers:?}: {}", reply.body);
+        }
+    }
+    assert_eq!(
+        fx.api_requests(""),
+        before,
+        "refused webhook requests reached the API server"
+    );
+    assert_eq!(fx.requested("app").await?, None);
+
+    // An authenticated push does the work (lists and patches GitSources).
+    let reply = post(
+        fx.addr,
+        &fx.path(),
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(TOKEN, &body)),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    assert!(fx.api_requests("") > before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn receivers_created_or_rotated_after_start_take_effect() -> Result<()> {
+    let fx = Fixture::new("late", "generic", TOKEN).await?;
+    fx.source("app", "https://git.example.com/acme/app.git", true)
+        .await?;
+    fx.wait_watching().await?;
+    let body = br#"{"url":"https://git.example.com/acme/app"}"#;
+
+    // A receiver that did not exist when the receiver started.
+    let late = format!("{}-2", fx.receiver);
+    let path = format!("/hook/{late}");
+    let reply = post(
+        fx.addr,
+        &path,
+        &[("X-Signature", &sign("first", body))],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, 401, "unknown yet: {}", reply.body);
+    fx.create_receiver_secret(&late, "generic", "first").await?;
+    eventually("the new receiver to be served", WAIT, || async {
+        let reply = post(
+            fx.addr,
+            &path,
+            &[("X-Signature", &sign("first", body))],
+            body,
+        )
+        .await;
+        Ok((reply.status != 401).then_some(reply.status))
+    })
+    .await
+    .and_then(|status| {
+        anyhow::ensure!(status == 200 || status == 202, "answered {status}");
+        Ok(())
+    })?;
+
+    // Rotating its token: the new one works, the old one stops working.
+    let secrets = Api::<Secret>::namespaced(fx.client.clone(), fx.ns.name());
+    secrets
+        .patch(
+            &format!("plumb-receiver-{late}"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "stringData": { "token": "second" } })),
+        )
+        .await?;
+    eventually("the rotated token to be in force", WAIT, || async {
+        let old = post(
+            fx.addr,
+            &path,
+            &[("X-Signature", &sign("first", body))],
+            body,
+        )
+        .await;
+        Ok((old.status == 401).then_some(()))
+    })
+    .await?;
+    let reply = post(
+        fx.addr,
+        &path,
+        &[("X-Signature", &sign("second", body))],
+        body,
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+
+    // Deleting it: refused again.
+    secrets
+        .delete(&format!("plumb-receiver-{late}"), &Default::default())
+        .await?;
+    eventually("the deleted receiver to be refused", WAIT, || async {
+        let reply = post(
+            fx.addr,
+            &path,
+            &[("X-Signature", &sign("second", body))],
+            body,
+        )
+        .await;
+        Ok((reply.status == 401).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_webhook_port_serves_nothing_but_hooks() -> Result<()> {
+    let fx = Fixture::new("only", "github", TOKEN).await?;
+    for path in ["/metrics", "/healthz", "/readyz", "/"] {
+        let reply = get(fx.addr, path).await;
+        assert_eq!(reply.status, 404, "GET {path}: {}", reply.body);
+    }
+    let reply = get(fx.addr, &fx.path()).await;
+    assert_eq!(reply.status, 405, "GET on a hook");
     Ok(())
 }

@@ -47,9 +47,20 @@ pub struct AgentArgs {
     /// How many GitSources and how many Syncs are reconciled at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: u16,
-    /// Refuse Syncs that refer to GitSources or dependencies in other namespaces.
+    /// Refuse Syncs that refer to GitSources or dependencies in other namespaces
+    /// (`sourceRef.namespace`, `dependsOn[].namespace`). For multi-tenant clusters.
     #[arg(long)]
     pub no_cross_namespace_refs: bool,
+    /// Apply Syncs that name no `serviceAccountName` as this ServiceAccount of the Sync's
+    /// namespace (impersonation) instead of as the agent itself. For multi-tenant clusters,
+    /// e.g. `default`: a tenant's Sync can then do only what that account may.
+    #[arg(long, value_name = "NAME")]
+    pub default_service_account: Option<String>,
+    /// Permit GitSources whose url is a local path or a `file://` URL. They read the agent's
+    /// own disk (including the repositories it caches for every namespace): only for
+    /// single-tenant setups such as a laptop or the quickstart.
+    #[arg(long)]
+    pub allow_local_sources: bool,
 }
 
 /// `:8080` is `0.0.0.0:8080`, as Go programs write it.
@@ -93,6 +104,11 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
             namespace: args.watch_namespace.clone(),
             concurrency: args.concurrency.max(1),
             cross_namespace_refs: !args.no_cross_namespace_refs,
+            allow_local_sources: args.allow_local_sources,
+            default_service_account: args
+                .default_service_account
+                .clone()
+                .filter(|sa| !sa.is_empty()),
             identity,
         },
         metrics_addr: Some(args.metrics_addr),

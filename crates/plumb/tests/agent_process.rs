@@ -315,7 +315,9 @@ impl World {
                 .args(["--identity", &spec.identity])
                 .arg("--cache-dir")
                 .arg(&cache)
-                .args(["--concurrency", "4"]);
+                .args(["--concurrency", "4"])
+                // The test repositories are local.
+                .arg("--allow-local-sources");
             if let Some(addr) = webhook {
                 cmd.args(["--webhook-addr", &addr.to_string()]);
             }
@@ -721,6 +723,11 @@ async fn webhook_process_rejects_bad_hmac_and_triggers_on_good() -> Result<()> {
         })
         .await?;
     let hook = agent.webhook.context("the webhook address")?;
+    // The webhook port (the one Git hosts reach) serves hooks only: no metrics, no health.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let reply = get(hook, path).await?;
+        assert_eq!(reply.status, 404, "GET {path} on the webhook port");
+    }
 
     let first = w.commit(&[("app/cm.yaml", &configmap("hooked", "1"))])?;
     w.create_source(Some(&receiver)).await?;

@@ -130,6 +130,38 @@ fn install_export_prints_crds_and_agent() {
 }
 
 #[test]
+fn install_multi_tenant_locks_the_agent_down() {
+    let agent_args = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment", "plumb-agent")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let plain = agent_args(&documents(&ok(&["install", "--export"])));
+    let locked = agent_args(&documents(&ok(&["install", "--export", "--multi-tenant"])));
+    for args in [&plain, &locked] {
+        assert!(
+            !args.iter().any(|a| a == "--allow-local-sources"),
+            "{args:?}"
+        );
+    }
+    assert!(!plain.iter().any(|a| a == "--no-cross-namespace-refs"));
+    assert!(!plain.iter().any(|a| a == "--default-service-account"));
+    let at = locked
+        .iter()
+        .position(|a| a == "--default-service-account")
+        .unwrap_or_else(|| panic!("{locked:?}"));
+    assert_eq!(locked[at + 1], "default");
+    assert!(locked.iter().any(|a| a == "--no-cross-namespace-refs"));
+    // The image runs this binary: its `agent` command must accept those flags.
+    let mut check: Vec<&str> = locked.iter().map(String::as_str).collect();
+    check.push("--help");
+    ok(&check);
+}
+
+#[test]
 fn agent_rbac_grants_what_the_agent_needs() {
     let docs = documents(&ok(&["install", "--export"]));
     let role = find(&docs, "ClusterRole", "plumb-agent");
@@ -153,8 +185,16 @@ fn agent_rbac_grants_what_the_agent_needs() {
         assert!(grants("plumb.dev", "gitsources", verb), "gitsources {verb}");
     }
     assert!(grants("plumb.dev", "syncs/status", "patch"));
-    assert!(grants("", "secrets", "watch"));
+    // Secrets and ConfigMaps of tenants: read by name only, never listed or watched.
+    assert!(grants("", "secrets", "get"));
     assert!(grants("", "configmaps", "get"));
+    for verb in ["list", "watch"] {
+        assert!(!grants("", "secrets", verb), "cluster-wide secrets {verb}");
+        assert!(
+            !grants("", "configmaps", verb),
+            "cluster-wide configmaps {verb}"
+        );
+    }
     assert!(grants("", "events", "create"));
     assert!(grants("events.k8s.io", "events", "create"));
     assert!(grants("", "serviceaccounts", "impersonate"));
@@ -164,6 +204,20 @@ fn agent_rbac_grants_what_the_agent_needs() {
     );
     let leases = find(&docs, "Role", "plumb-agent-leader-election");
     assert_eq!(leases["metadata"]["namespace"], "plumb-system");
+    // The webhook receivers' Secrets: watched in the agent's namespace only.
+    let receivers = find(&docs, "Role", "plumb-agent-receivers");
+    assert_eq!(receivers["metadata"]["namespace"], "plumb-system");
+    assert_eq!(
+        receivers["rules"],
+        json!([{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"] }])
+    );
+    let binding = find(&docs, "RoleBinding", "plumb-agent-receivers");
+    assert_eq!(binding["roleRef"]["name"], "plumb-agent-receivers");
+    assert_eq!(binding["subjects"][0]["name"], "plumb-agent");
+    let moved = documents(&ok(&["install", "--export", "--namespace", "gitops"]));
+    let binding = find(&moved, "RoleBinding", "plumb-agent-receivers");
+    assert_eq!(binding["metadata"]["namespace"], "gitops");
+    assert_eq!(binding["subjects"][0]["namespace"], "gitops");
     assert_eq!(
         find(&docs, "ClusterRoleBinding", "plumb-agent-cluster-admin")["roleRef"]["name"],
         "cluster-admin"

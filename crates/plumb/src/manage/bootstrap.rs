@@ -37,7 +37,8 @@ pub struct BootstrapArgs {
     /// Full commit id to pin.
     #[arg(long)]
     pub commit: Option<String>,
-    /// Secret with the Git credentials in the agent's namespace (create it first).
+    /// Secret with the Git credentials in the agent's namespace (create it first, annotated
+    /// `plumb.dev/credential-hosts=<the URL's host>`).
     #[arg(long, value_name = "NAME")]
     pub secret_ref: Option<String>,
     /// Verify the fetched commit only (head) or every new commit (range, the default).
@@ -123,6 +124,9 @@ pub async fn run(global: &Global, args: &BootstrapArgs) -> Result<ExitCode> {
         crds_only: false,
         namespace: args.namespace.clone(),
         image: args.image.clone(),
+        // The bootstrap Sync applies the cluster's own configuration from the agent's
+        // namespace: it needs the agent's rights.
+        multi_tenant: false,
         dry_run: false,
         timeout: args.timeout,
     };

@@ -54,6 +54,9 @@ pub struct SourceArgs {
     pub interval: Option<String>,
     /// Secret with the credentials (https: username + password or bearerToken; ssh: identity
     /// + known_hosts), in the GitSource's namespace.
+    ///
+    /// It must be annotated `plumb.dev/credential-hosts=<the URL's host>`: the agent sends it
+    /// to no other host.
     #[arg(long, value_name = "NAME")]
     pub secret_ref: Option<String>,
     /// Verify the fetched commit only (head) or every new commit (range; default when any

@@ -22,6 +22,9 @@ const AGENT_YAML: &str = include_str!("../../../../deploy/agent.yaml");
 const DEFAULT_NAMESPACE: &str = "plumb-system";
 /// The agent image, without tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/plumb-dev/plumb";
+/// The ServiceAccount `--multi-tenant` applies Syncs as when they name none: every namespace
+/// has one, and it has no rights until an admin grants them.
+pub const MULTI_TENANT_SERVICE_ACCOUNT: &str = "default";
 
 /// Arguments of `plumb install`.
 #[derive(Debug, Args)]
@@ -38,6 +41,12 @@ pub struct InstallArgs {
     /// Agent image (default: ghcr.io/plumb-dev/plumb at this plumb's version).
     #[arg(long)]
     pub image: Option<String>,
+    /// Lock the agent down for tenants: Syncs that name no serviceAccountName are applied as the
+    /// `default` ServiceAccount of their namespace (`--default-service-account default`), and
+    /// Syncs may not refer to GitSources or Syncs of other namespaces
+    /// (`--no-cross-namespace-refs`). See README.md, "Multi-tenant install".
+    #[arg(long)]
+    pub multi_tenant: bool,
     /// Validate everything with a server-side dry-run; write nothing. The namespace must exist
     /// (the API server checks namespaced objects against it).
     #[arg(long, conflicts_with = "export")]
@@ -62,7 +71,7 @@ pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Re
             .image
             .clone()
             .unwrap_or_else(|| format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION")));
-        agent_manifests(&args.namespace, &image)?
+        agent_manifests(&args.namespace, &image, args.multi_tenant)?
     };
     if args.export {
         write_stdout(&yaml_documents(crds.iter().chain(&agent).chain(extra)))?;
@@ -98,8 +107,9 @@ fn parse_documents(text: &str) -> Result<Vec<Value>> {
     Ok(docs.into_iter().filter(Value::is_object).collect())
 }
 
-/// The agent's manifests, moved into `namespace` and running `image`.
-fn agent_manifests(namespace: &str, image: &str) -> Result<Vec<Value>> {
+/// The agent's manifests, moved into `namespace` and running `image`; with the lockdown flags
+/// when `multi_tenant`.
+fn agent_manifests(namespace: &str, image: &str, multi_tenant: bool) -> Result<Vec<Value>> {
     let mut docs = parse_documents(AGENT_YAML).context("parsing the built-in agent manifests")?;
     for doc in &mut docs {
         relocate(doc, namespace);
@@ -110,6 +120,20 @@ fn agent_manifests(namespace: &str, image: &str) -> Result<Vec<Value>> {
                 .context("the built-in Deployment has no containers")?;
             for c in containers {
                 c["image"] = Value::from(image);
+                if multi_tenant {
+                    let args = c
+                        .get_mut("args")
+                        .and_then(Value::as_array_mut)
+                        .context("the built-in agent container has no args")?;
+                    args.extend(
+                        [
+                            "--default-service-account",
+                            MULTI_TENANT_SERVICE_ACCOUNT,
+                            "--no-cross-namespace-refs",
+                        ]
+                        .map(Value::from),
+                    );
+                }
             }
         }
     }
@@ -226,7 +250,7 @@ mod tests {
 
     #[test]
     fn relocation_moves_every_namespaced_reference() {
-        let docs = agent_manifests("elsewhere", "example/plumb:dev").unwrap();
+        let docs = agent_manifests("elsewhere", "example/plumb:dev", false).unwrap();
         let text = serde_json::to_string(&docs).unwrap();
         assert!(!text.contains(DEFAULT_NAMESPACE), "{text}");
         assert!(text.contains("example/plumb:dev"));
