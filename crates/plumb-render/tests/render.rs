@@ -345,7 +345,11 @@ fn kustomize_base_outside_root_refused() {
     );
     write(t.path(), "elsewhere/kustomization.yaml", "resources: []\n");
     let e = render(&t.path().join("repo"), &RenderOptions::default()).unwrap_err();
-    assert!(matches!(e, RenderError::OutsideRoot { .. }), "{e}");
+    assert!(
+        matches!(&e, RenderError::ReferenceOutsideRoot { path, field, entry, .. }
+            if path == Path::new("app/kustomization.yaml") && field == "resources[0]" && entry == "../../elsewhere"),
+        "{e}"
+    );
 }
 
 #[cfg(unix)]
