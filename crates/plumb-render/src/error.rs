@@ -84,13 +84,46 @@ pub enum RenderError {
     /// A document is not a valid Kubernetes object (missing apiVersion, kind or metadata.name).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// A kustomization references a remote resource; only local files are allowed.
-    #[error("{}: remote resource {entry:?} is not allowed; vendor it into the repository", path.display())]
+    /// A kustomization (or a plugin config it lists) names a URL or remote repository in a
+    /// field Kustomize reads from; only files inside the source root may be read.
+    #[error("{}: `{field}` names the remote location {entry:?}; Plumb lets Kustomize read only files in the repository, so vendor it into the repository and name it by a relative path", at(path, *line))]
     RemoteResource {
-        /// The kustomization file.
+        /// The kustomization (or plugin config) file, relative to the source root.
         path: PathBuf,
+        /// 1-based line of the first occurrence of the entry, 0 if unknown.
+        line: u64,
+        /// The field, e.g. `patches[0].path`.
+        field: String,
         /// The offending entry.
         entry: String,
+    },
+    /// A kustomization (or a plugin config it lists) names an absolute path or a relative path
+    /// that, resolved lexically, leaves the source root.
+    #[error("{}: `{field}` names {entry:?}, which leaves the source root; use a relative path to a file inside the repository", at(path, *line))]
+    ReferenceOutsideRoot {
+        /// The kustomization (or plugin config) file, relative to the source root.
+        path: PathBuf,
+        /// 1-based line of the first occurrence of the entry, 0 if unknown.
+        line: u64,
+        /// The field, e.g. `generators[0]`.
+        field: String,
+        /// The offending entry.
+        entry: String,
+    },
+    /// A kustomization uses a field, plugin or value the pre-build check refuses (see
+    /// [`Refusal`]); Kustomize is not run.
+    #[error("{}: `{field}`{}: {reason}", at(path, *line), shown_entry(entry))]
+    KustomizeRefused {
+        /// The kustomization (or plugin config) file, relative to the source root.
+        path: PathBuf,
+        /// 1-based line of the first occurrence of the field or entry, 0 if unknown.
+        line: u64,
+        /// The field, e.g. `helmCharts` or `transformers[1] (PatchTransformer)`.
+        field: String,
+        /// The offending value (shortened), empty when the field itself is refused.
+        entry: String,
+        /// Why, and what to do.
+        reason: Refusal,
     },
     /// Neither `kustomize` nor `kubectl` is on PATH.
     #[error("{}: a kustomization was found but neither `kustomize` nor `kubectl` is on PATH", path.display())]
@@ -133,6 +166,8 @@ impl RenderError {
             RenderError::Parse { .. } => "render_parse",
             RenderError::Manifest(_) => "render_invalid_manifest",
             RenderError::RemoteResource { .. } => "render_remote_resource",
+            RenderError::ReferenceOutsideRoot { .. } => "render_outside_root",
+            RenderError::KustomizeRefused { reason, .. } => reason.metric_label(),
             RenderError::KustomizeNotFound { .. } => "render_kustomize_not_found",
             RenderError::KustomizeFailed { .. } => "render_kustomize_failed",
             RenderError::KustomizeTimeout { .. } => "render_kustomize_timeout",
@@ -146,6 +181,86 @@ impl RenderError {
             self,
             RenderError::Io { .. } | RenderError::KustomizeTimeout { .. }
         )
+    }
+}
+
+/// Why [`RenderError::KustomizeRefused`] refused a kustomization. Each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Helm chart inflation (`helmCharts`, `helmChartInflationGenerator`, a
+    /// `HelmChartInflationGenerator` config): Plumb never runs Kustomize with `--enable-helm`.
+    Helm,
+    /// A plugin config that is not a Kustomize builtin (`apiVersion: builtin`), or that asks
+    /// for a KRM function (exec or container): Plumb runs Kustomize without plugins.
+    NotBuiltinPlugin,
+    /// A builtin plugin kind whose fields the check does not know.
+    UnknownBuiltin,
+    /// A field the check does not know, so it cannot tell whether Kustomize reads a file or
+    /// URL from it. Kustomize itself rejects unknown kustomization fields.
+    UnknownField,
+    /// A field of a kustomization listed under `generators`/`transformers`/`validators` (or
+    /// reached from one) that could rewrite the plugin configs after they were checked.
+    RewritesPluginConfig,
+    /// A value of the wrong type where a path, list of paths or config was expected.
+    Malformed(&'static str),
+    /// Inline plugin config text that does not parse as YAML.
+    InlineUnparsable(String),
+}
+
+impl Refusal {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Refusal::Helm => "render_kustomize_helm",
+            Refusal::NotBuiltinPlugin | Refusal::UnknownBuiltin => "render_kustomize_plugin",
+            Refusal::UnknownField => "render_kustomize_unknown_field",
+            Refusal::RewritesPluginConfig => "render_kustomize_plugin_rewrite",
+            Refusal::Malformed(_) | Refusal::InlineUnparsable(_) => "render_kustomize_malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Helm => f.write_str(
+                "Plumb never enables Helm in Kustomize; render the chart (helm template) and commit the output as resources",
+            ),
+            Refusal::NotBuiltinPlugin => f.write_str(
+                "only Kustomize builtin plugin configs (apiVersion: builtin, no function annotation) are allowed, because Plumb runs Kustomize without plugins; use a builtin transformer or commit the generated output",
+            ),
+            Refusal::UnknownBuiltin => f.write_str(
+                "Plumb does not know which files this builtin plugin reads; use one of the documented builtin kinds, or the equivalent kustomization field",
+            ),
+            Refusal::UnknownField => f.write_str(
+                "Plumb does not know this field (as spelled) and so cannot check what Kustomize reads through it; use the field names of Kustomize v5 exactly as documented",
+            ),
+            Refusal::RewritesPluginConfig => f.write_str(
+                "not allowed in a kustomization used as generators, transformers or validators, because it could change the plugin configs after Plumb checked them; list the plugin config files directly",
+            ),
+            Refusal::Malformed(expected) => write!(f, "expected {expected}"),
+            Refusal::InlineUnparsable(message) => write!(
+                f,
+                "inline plugin config does not parse ({message}); fix the YAML or move it to a file"
+            ),
+        }
+    }
+}
+
+/// `path:line`, or just `path` when the line is unknown.
+fn at(path: &std::path::Path, line: u64) -> String {
+    if line == 0 {
+        path.display().to_string()
+    } else {
+        format!("{}:{line}", path.display())
+    }
+}
+
+fn shown_entry(entry: &str) -> String {
+    if entry.is_empty() {
+        String::new()
+    } else {
+        format!(" {entry:?}")
     }
 }
 

@@ -1,36 +1,99 @@
 //! Kustomize builds, run as a locked-down subprocess.
 //!
-//! Before running, every kustomization reachable through `resources`/`components`/`bases` is
-//! checked: no remote URLs, no paths out of the source root, no symlinks in the trees Kustomize
-//! may read. Then `kustomize build` (or `kubectl kustomize`) runs with
-//! `--load-restrictor LoadRestrictionsRootOnly`, no plugin or exec flags, a proxy that goes
-//! nowhere, git limited to local files, a timeout and an output cap.
+//! # The pre-build check
+//!
+//! Before anything runs, the kustomization and everything it reaches is checked; on the first
+//! refusal the build does not run and nothing is returned. Kustomize's own loader fetches
+//! `http(s)://` URLs in any field it reads a file from (the proxy variables set below do not
+//! cover loopback), and loads directories named by `resources`, `components`, `generators`,
+//! `transformers` and `validators` from anywhere, whatever the load restrictor says. So the
+//! check ([`check_kustomization_text`], a pure function, and a filesystem walker around it)
+//! refuses:
+//!
+//! - **Remote locations** ([`RenderError::RemoteResource`]) and **paths leaving the source
+//!   root** ([`RenderError::ReferenceOutsideRoot`]: absolute, or `..` past the root after
+//!   lexical resolution) in every field that names a file, directory or kustomization:
+//!   `resources`, `bases`, `components`, `crds`, `configurations`, `generators`,
+//!   `transformers`, `validators`, `patches[].path`, `patchesJson6902[].path`,
+//!   `patchesStrategicMerge[]` (entries that are paths, see below), `replacements[].path`,
+//!   `openapi.path`, `configMapGenerator[]`/`secretGenerator[]` `.files[]` (also the
+//!   `key=path` form), `.envs[]` and `.env`, and `helmGlobals.chartHome`/`.configHome`.
+//!   Remote means URL-like: any `scheme:` with a scheme of two or more characters (`http:`,
+//!   `https://`, `file://`, `ssh://`, `gh:` ...), `//host`, `git::`, `git@`, `user@host:`,
+//!   `github.com/`, `gitlab.com/`, `bitbucket.org/`, `_git/`, `.git/`, `.git?`, a trailing
+//!   `.git`, or a `?ref=`/`?version=`/`?submodules=`/`?timeout=`/`?cache=` query.
+//! - **Helm** ([`Refusal::Helm`]): non-empty `helmCharts` or `helmChartInflationGenerator`,
+//!   and `HelmChartInflationGenerator` plugin configs. Plumb never passes `--enable-helm`.
+//! - **Plugins other than builtins** ([`Refusal::NotBuiltinPlugin`],
+//!   [`Refusal::UnknownBuiltin`]). Entries of `generators`/`transformers`/`validators` are
+//!   inline YAML (text with a control character such as a newline, or starting with `{` or
+//!   `[`) or paths. Inline text, files named there, and the manifests of a kustomization
+//!   directory named there, are plugin configs: each must have `apiVersion: builtin`, no
+//!   annotation naming a `function`, and a builtin kind of Kustomize v5. The file fields of
+//!   builtins are checked like the kustomization fields they mirror: `ConfigMapGenerator`/
+//!   `SecretGenerator` `files`/`envs`/`env`, `PatchTransformer.path`,
+//!   `PatchJson6902Transformer.path`, `PatchStrategicMergeTransformer.paths`,
+//!   `ReplacementTransformer.replacements[].path`, `ValueAddTransformer.targetFilePath`,
+//!   with unknown keys refused; builtins without file fields may not carry keys that look
+//!   like one (`*path*`, `*file*`, `*dir*`, `*url*`, `*uri*`, `*repo*`, `*home*`,
+//!   `*chart*`). Relative paths in plugin configs resolve, as in Kustomize, against the
+//!   directory of the kustomization that lists them. Inline entries are also refused if
+//!   their first token is URL-like, if they contain `_git/`, or if they would leave the root
+//!   as a path, in case Kustomize fails to parse them and falls back to a path.
+//! - **Rewriting plugin configs** ([`Refusal::RewritesPluginConfig`]): a kustomization used
+//!   as a plugin directory (and anything it reaches) may only gather configs and set names,
+//!   namespaces, labels and annotations (`resources`, `bases`, `components`, `namespace`,
+//!   `namePrefix`, `nameSuffix`, `commonLabels`, `commonAnnotations`, `labels`,
+//!   `buildMetadata`); patches, replacements, vars and the like could turn a checked config
+//!   into one that reads a URL.
+//! - **Unknown fields** ([`Refusal::UnknownField`]): any top-level field not in Kustomize
+//!   v5's `Kustomization` type as spelled (Kustomize matches names case-insensitively, and a
+//!   later version may add fields that read files), and unknown keys in the entries of the
+//!   fields above that name files. Values of the wrong type there are refused too
+//!   ([`Refusal::Malformed`]).
+//! - **Symlinks** ([`RenderError::Symlink`]) anywhere in the tree of each kustomization
+//!   directory (except `.git`) and on the way to every path named.
+//!
+//! Not paths, so not checked as such: `patches[].patch`, `patchesJson6902[].patch` and
+//! inline `patchesStrategicMerge` entries (YAML text as defined above: Kustomize tries the
+//! text as a patch first, and text with a newline or starting with `{`/`[` cannot be fetched
+//! as a URL if that fails, only loaded as a local file under the root-only restrictor), and
+//! `literals`. A single-line `patchesStrategicMerge` entry is always checked as a path.
+//!
+//! # The build
+//!
+//! Then `kustomize build` (or `kubectl kustomize`) runs with
+//! `--load-restrictor LoadRestrictionsRootOnly`, no plugin, exec or Helm flags, a proxy that
+//! goes nowhere, git limited to local files, a timeout and an output cap.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use plumb_core::Manifest;
-use serde_json::Value;
 
+#[cfg(doc)]
+use crate::error::Refusal;
 use crate::error::{RenderError, Result};
 use crate::parse::parse_manifests;
 use crate::{RenderOptions, display_path};
 
+mod check;
+
+pub use check::{
+    KustomizationRole, Reference, ReferenceKind, check_kustomization_text,
+    check_kustomization_text_as, check_plugin_config_text,
+};
+
 /// File names that make a directory a Kustomize root.
 pub const KUSTOMIZATION_FILES: [&str; 3] =
     ["kustomization.yaml", "kustomization.yml", "Kustomization"];
-
-/// Fields of a kustomization that name other kustomizations or resources.
-const REFERENCE_FIELDS: [&str; 3] = ["resources", "components", "bases"];
-/// Fields that may name remote targets but are not followed here.
-const OTHER_URL_FIELDS: [&str; 4] = ["generators", "transformers", "validators", "crds"];
 
 /// Largest stderr kept for error messages.
 const MAX_STDERR: u64 = 16 * 1024;
@@ -41,41 +104,16 @@ pub(crate) fn find_kustomization(dir: &Path) -> Option<&'static str> {
         .find(|name| fs::symlink_metadata(dir.join(name)).is_ok())
 }
 
-fn is_remote(entry: &str) -> bool {
-    let e = entry.trim();
-    e.contains("://")
-        || e.starts_with("github.com/")
-        || e.starts_with("gitlab.com/")
-        || e.starts_with("bitbucket.org/")
-        || e.starts_with("git::")
-        || e.starts_with("git@")
-        || e.contains("?ref=")
-        || e.contains(".git//")
-}
-
-/// Resolves `entry` (relative to `base`, both relative to the root) lexically; `None` if it
-/// would leave the root.
-fn resolve(base: &Path, entry: &str) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in base.join(entry).components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return None;
-                }
-            }
-            Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
 struct Checker<'a> {
     root: &'a Path,
     opts: &'a RenderOptions,
-    visited: BTreeSet<PathBuf>,
+    /// Kustomizations checked: directory, role, and for the plugin role the directory the
+    /// plugin configs resolve against (one directory may be checked in several ways).
+    visited: BTreeSet<(PathBuf, KustomizationRole, PathBuf)>,
+    /// Directories whose tree was scanned for symlinks.
+    scanned: BTreeSet<PathBuf>,
+    /// Plugin config files checked, with the directory their paths resolve against.
+    configs: BTreeSet<(PathBuf, PathBuf)>,
 }
 
 impl Checker<'_> {
@@ -86,9 +124,43 @@ impl Checker<'_> {
         }
     }
 
+    /// Reads a file to check, with the per-file size limit.
+    fn read_text(&self, file: &Path) -> Result<String> {
+        let mut bytes = Vec::new();
+        fs::File::open(self.root.join(file))
+            .and_then(|f| f.take(self.opts.max_file_size + 1).read_to_end(&mut bytes))
+            .map_err(Self::io(file))?;
+        if bytes.len() as u64 > self.opts.max_file_size {
+            return Err(RenderError::FileTooLarge {
+                path: file.to_owned(),
+                size: bytes.len() as u64,
+                limit: self.opts.max_file_size,
+            });
+        }
+        String::from_utf8(bytes).map_err(|e| RenderError::NotUtf8 {
+            path: file.to_owned(),
+            valid_up_to: e.utf8_error().valid_up_to(),
+        })
+    }
+
     /// Checks the kustomization in `rel_dir` and everything it references, recursively.
-    fn kustomization(&mut self, rel_dir: &Path) -> Result<()> {
-        if !self.visited.insert(rel_dir.to_owned()) {
+    /// `config_base` is where plugin configs resolve: Kustomize configures them with the
+    /// loader of the kustomization that lists them under `generators`/`transformers`/
+    /// `validators`, also when they come out of a plugin directory's build.
+    fn kustomization(
+        &mut self,
+        rel_dir: &Path,
+        role: KustomizationRole,
+        config_base: &Path,
+    ) -> Result<()> {
+        let config_base = match role {
+            KustomizationRole::Manifests => rel_dir,
+            KustomizationRole::PluginConfigs => config_base,
+        };
+        if !self
+            .visited
+            .insert((rel_dir.to_owned(), role, config_base.to_owned()))
+        {
             return Ok(());
         }
         self.no_symlinks(rel_dir)?;
@@ -96,68 +168,71 @@ impl Checker<'_> {
             return Ok(());
         };
         let file = rel_dir.join(name);
-        let mut bytes = Vec::new();
-        fs::File::open(self.root.join(&file))
-            .and_then(|f| f.take(self.opts.max_file_size + 1).read_to_end(&mut bytes))
-            .map_err(Self::io(&file))?;
-        if bytes.len() as u64 > self.opts.max_file_size {
-            return Err(RenderError::FileTooLarge {
-                path: file,
-                size: bytes.len() as u64,
-                limit: self.opts.max_file_size,
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|e| RenderError::NotUtf8 {
-            path: file.clone(),
-            valid_up_to: e.utf8_error().valid_up_to(),
-        })?;
-        let doc: Value = crate::parse::parse_value(&text, &file)?;
-        let entries = |field: &str| -> Vec<String> {
-            doc.get(field)
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .or_else(|| v.get("path")?.as_str().map(str::to_owned))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for field in OTHER_URL_FIELDS {
-            if let Some(entry) = entries(field).into_iter().find(|e| is_remote(e)) {
-                return Err(RenderError::RemoteResource { path: file, entry });
-            }
-        }
-        for field in REFERENCE_FIELDS {
-            for entry in entries(field) {
-                if is_remote(&entry) {
-                    return Err(RenderError::RemoteResource { path: file, entry });
-                }
-                let Some(target) = resolve(rel_dir, &entry) else {
-                    return Err(RenderError::OutsideRoot {
-                        path: file.join(entry),
-                    });
-                };
-                let full = self.root.join(&target);
-                match fs::symlink_metadata(&full) {
-                    Ok(meta) if meta.file_type().is_symlink() => {
-                        return Err(RenderError::Symlink { path: target });
-                    }
-                    Ok(meta) if meta.is_dir() => self.kustomization(&target)?,
-                    // Files are inside an already-checked tree; missing targets are reported
-                    // by Kustomize itself.
-                    _ => {}
-                }
-            }
+        let text = self.read_text(&file)?;
+        for reference in check::check_kustomization_text_as(&file, &text, role)? {
+            self.follow(&reference, config_base)?;
         }
         Ok(())
     }
 
+    /// Follows a checked reference: no symlink on the way; kustomization directories and
+    /// plugin config files are checked in turn. Missing targets are left to Kustomize to
+    /// report.
+    fn follow(&mut self, reference: &Reference, config_base: &Path) -> Result<()> {
+        let Some(meta) = self.no_symlink_on_path(&reference.path)? else {
+            return Ok(());
+        };
+        match reference.kind {
+            ReferenceKind::Kustomization if meta.is_dir() => {
+                self.kustomization(&reference.path, KustomizationRole::Manifests, config_base)
+            }
+            ReferenceKind::PluginConfig if meta.is_dir() => self.kustomization(
+                &reference.path,
+                KustomizationRole::PluginConfigs,
+                config_base,
+            ),
+            ReferenceKind::PluginConfig if meta.is_file() => {
+                if !self
+                    .configs
+                    .insert((reference.path.clone(), config_base.to_owned()))
+                {
+                    return Ok(());
+                }
+                let text = self.read_text(&reference.path)?;
+                for data in check::check_plugin_config_text(&reference.path, config_base, &text)? {
+                    self.follow(&data, config_base)?;
+                }
+                Ok(())
+            }
+            // Manifest files and data are read by Kustomize inside trees checked here.
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a symlink at any component of `rel` (relative to the root); returns the
+    /// metadata of `rel`, or `None` if some component does not exist.
+    fn no_symlink_on_path(&self, rel: &Path) -> Result<Option<fs::Metadata>> {
+        let mut at = PathBuf::new();
+        let mut meta = fs::symlink_metadata(self.root).map_err(Self::io(Path::new("")))?;
+        for c in rel.components() {
+            at.push(c);
+            meta = match fs::symlink_metadata(self.root.join(&at)) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Self::io(&at)(e)),
+            };
+            if meta.file_type().is_symlink() {
+                return Err(RenderError::Symlink { path: at });
+            }
+        }
+        Ok(Some(meta))
+    }
+
     /// Refuses any symlink in the tree below `rel_dir` (except inside `.git`).
-    fn no_symlinks(&self, rel_dir: &Path) -> Result<()> {
+    fn no_symlinks(&mut self, rel_dir: &Path) -> Result<()> {
+        if !self.scanned.insert(rel_dir.to_owned()) {
+            return Ok(());
+        }
         let mut stack = vec![rel_dir.to_owned()];
         while let Some(dir) = stack.pop() {
             let entries = fs::read_dir(self.root.join(&dir)).map_err(Self::io(&dir))?;
@@ -201,8 +276,10 @@ pub(crate) fn build(
         root,
         opts,
         visited: BTreeSet::new(),
+        scanned: BTreeSet::new(),
+        configs: BTreeSet::new(),
     };
-    checker.kustomization(rel_dir)?;
+    checker.kustomization(rel_dir, KustomizationRole::Manifests, rel_dir)?;
 
     let mut cmd = if let Some(bin) = opts.kustomize.clone().or_else(|| find_on_path("kustomize")) {
         let mut c = Command::new(bin);
@@ -344,39 +421,5 @@ mod tests {
             ),
             "\"command failed\" err=x\nplain"
         );
-    }
-
-    use super::*;
-
-    #[test]
-    fn remote_detection() {
-        for remote in [
-            "https://github.com/org/repo//base?ref=v1",
-            "github.com/org/repo/base",
-            "git::https://example.com/repo.git",
-            "git@github.com:org/repo.git",
-            "ssh://git@example.com/repo",
-            "example.com/repo.git//base?ref=main",
-        ] {
-            assert!(is_remote(remote), "{remote}");
-        }
-        for local in [
-            "../base",
-            "deployment.yaml",
-            "github-app/",
-            "./overlays/prod",
-        ] {
-            assert!(!is_remote(local), "{local}");
-        }
-    }
-
-    #[test]
-    fn resolve_stays_in_root() {
-        assert_eq!(
-            resolve(Path::new("a/b"), "../c"),
-            Some(PathBuf::from("a/c"))
-        );
-        assert_eq!(resolve(Path::new("a"), "../../x"), None);
-        assert_eq!(resolve(Path::new("a"), "/etc"), None);
     }
 }

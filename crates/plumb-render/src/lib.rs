@@ -17,8 +17,11 @@ use std::time::Duration;
 
 use plumb_core::Manifest;
 
-pub use error::{RenderError, Result};
-pub use kustomize::KUSTOMIZATION_FILES;
+pub use error::{Refusal, RenderError, Result};
+pub use kustomize::{
+    KUSTOMIZATION_FILES, KustomizationRole, Reference, ReferenceKind, check_kustomization_text,
+    check_kustomization_text_as, check_plugin_config_text,
+};
 
 /// Limits for one render. The defaults suit a typical GitOps repository.
 #[derive(Debug, Clone, PartialEq, Eq)]

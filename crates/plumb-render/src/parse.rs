@@ -49,6 +49,13 @@ pub(crate) fn parse_value(text: &str, path: &Path) -> Result<Value> {
     serde_saphyr::from_str_with_options(text, options(1)).map_err(|e| parse_error(&e, path))
 }
 
+/// Parses every document of `text` (plugin configs) with the same rules; null documents are
+/// kept, at most `max_documents` are read.
+pub(crate) fn parse_values(text: &str, path: &Path, max_documents: usize) -> Result<Vec<Value>> {
+    serde_saphyr::from_multiple_with_options(text, options(max_documents))
+        .map_err(|e| parse_error(&e, path))
+}
+
 /// Parses `text` (from `path`, relative to the source root) into manifests. Empty documents
 /// are skipped; `List` kinds are flattened into their items. `max_documents` caps the number
 /// of objects returned.
