@@ -72,6 +72,11 @@ pub struct GitSourceSpec {
     /// Stop fetching.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Allow a plain `http://` URL. There is no transport security: anyone on the network
+    /// path can change what is fetched, so pair it with `verify`. Never together with
+    /// `secretRef` (credentials would travel in clear text). The Ready message says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// The ref to check out: one of the fields (none: branch `main`).

@@ -51,7 +51,18 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
                 .observe_reconcile(ReconcileKind::GitSource, Outcome::Success, elapsed);
             ctx.reset_backoff(&key);
             let new_commit = st.artifact.as_ref().map(|a| &a.commit) != Some(&artifact.commit);
-            let message = format!("stored artifact for revision {}", artifact.revision);
+            let mut message = format!("stored artifact for revision {}", artifact.revision);
+            if gs.spec.insecure
+                && gs
+                    .spec
+                    .url
+                    .trim()
+                    .to_ascii_lowercase()
+                    .starts_with("http://")
+            {
+                message
+                    .push_str(" (insecure: fetched over plain http, without transport security)");
+            }
             status::set_condition(
                 &mut st.conditions,
                 types::READY,
@@ -317,6 +328,15 @@ async fn request_for(
     // Refused before any fetch: nothing reaches the disk or the network.
     check_local(gs, ctx, &ns)?;
     let mut request = SourceRequest::new(gs.spec.url.clone(), git_ref);
+    request.limits = ctx.config.export_limits;
+    request.options.allow_insecure_http = gs.spec.insecure;
+    if gs.spec.insecure && gs.spec.secret_ref.is_some() {
+        return Err(Error::Spec(format!(
+            "GitSource {ns}/{}: insecure (plain http) cannot be combined with secretRef: the \
+             credentials would travel in clear text; use https",
+            gs.name_any()
+        )));
+    }
     if let Some(ignore) = &gs.spec.ignore {
         request.ignore = ignore.lines().map(str::to_owned).collect();
     }

@@ -105,6 +105,7 @@ impl World {
                 cross_namespace_refs: true,
                 allow_local_sources: true,
                 default_service_account: None,
+                export_limits: Default::default(),
                 identity: format!("test-{prefix}"),
             },
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -220,6 +221,7 @@ impl World {
             cross_namespace_refs: true,
             allow_local_sources: true,
             default_service_account: None,
+            export_limits: Default::default(),
             identity: identity.to_owned(),
         };
         configure(&mut config);
@@ -815,6 +817,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
                     cross_namespace_refs: true,
                     allow_local_sources: true,
                     default_service_account: None,
+                    export_limits: Default::default(),
                     identity: identity.to_owned(),
                 },
                 metrics_addr: None,
@@ -1549,5 +1552,58 @@ async fn credentials_go_only_to_the_hosts_their_secret_names() -> Result<()> {
     assert!(requests() > before, "the access log counts requests");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_http_sources_need_insecure_and_say_so() -> Result<()> {
+    use plumb_testsupport::git::GitServers;
+
+    let servers = GitServers::start()?;
+    let repo = servers.create_repo("plain")?;
+    let wt = repo.work_tree()?;
+    wt.write("app/cm.yaml", configmap("plain", "1"))?;
+    let first = wt.commit("first", &Signing::None)?;
+    wt.push()?;
+    let url = servers.http_url("plain");
+    let w = World::new("plain").await?;
+    for (name, spec) in [
+        ("refused", json!({ "url": url, "interval": "1h" })),
+        (
+            "with-creds",
+            json!({ "url": url, "interval": "1h", "insecure": true, "secretRef": { "name": "x" } }),
+        ),
+        (
+            "allowed",
+            json!({ "url": url, "interval": "1h", "insecure": true }),
+        ),
+    ] {
+        let gs: GitSource = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+            "metadata": { "name": name }, "spec": spec
+        }))?;
+        w.sources().create(&PostParams::default(), &gs).await?;
+    }
+    let sources = w.sources();
+    let (_, message) = wait_source_refused(&sources, "refused").await?;
+    assert!(message.contains("plain http is not allowed"), "{message}");
+    let (_, message) = wait_source_refused(&sources, "with-creds").await?;
+    assert!(message.contains("clear text"), "{message}");
+    eventually("the insecure source to be Ready", WAIT, || {
+        let sources = sources.clone();
+        let first = first.clone();
+        async move {
+            let st = sources.get("allowed").await?.status.unwrap_or_default();
+            Ok(plumb_agent::status::ready(&st.conditions)
+                .is_some_and(|c| {
+                    c.status == "True"
+                        && c.message.contains(&first)
+                        && c.message.contains("insecure")
+                })
+                .then_some(()))
+        }
+    })
+    .await?;
+    w.stop().await;
     Ok(())
 }

@@ -10,8 +10,7 @@ fn committed_crds_are_current() {
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == generated,
-        "deploy/crds.yaml is stale: regenerate it with `PLUMB_BLESS=1 cargo test -p plumb-agent --test crds` \
-         (or `plumb install --export --crds-only > deploy/crds.yaml`)"
+        "deploy/crds.yaml is stale: regenerate it with `PLUMB_BLESS=1 cargo test -p plumb-agent --test crds`"
     );
 }
 

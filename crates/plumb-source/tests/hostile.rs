@@ -743,3 +743,49 @@ async fn plain_http_needs_an_opt_in_and_never_carries_credentials() -> TestResul
     );
     Ok(())
 }
+
+#[test]
+fn reading_the_author_runs_nothing_the_repository_config_names() -> TestResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = GpgSigner::generate("Dev", "dev@plumb.test")?;
+    let repo = Repo::local("author")?;
+    let tree = repo.work_tree()?;
+    tree.write("a", "1\n")?;
+    let commit = tree.commit("signed", &Signing::Gpg(key))?;
+    tree.push()?;
+    // What a write into the cache repository's config would add: `git log` then runs the
+    // named program to show signatures.
+    let tmp = tempfile::tempdir()?;
+    let marker = tmp.path().join("ran");
+    let program = tmp.path().join("evil.sh");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\ntouch '{}'\n", marker.display()),
+    )?;
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))?;
+    let config = repo.path().join("config");
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!(
+        "[log]\n\tshowSignature = true\n[gpg]\n\tprogram = {}\n",
+        program.display()
+    ));
+    std::fs::write(&config, text)?;
+
+    let author = verify::commit_author(repo.path(), &commit)?;
+    assert_eq!(author, "Plumb Author <author@plumb.test>");
+    assert!(
+        !marker.exists(),
+        "reading the author ran the configured program"
+    );
+
+    // The attack is real: plain `git log` (what the agent ran before) runs it.
+    let _ = Command::new("git")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", tmp.path())
+        .arg("--git-dir")
+        .arg(repo.path())
+        .args(["log", "-1", "--format=%an <%ae>", &commit, "--"])
+        .output()?;
+    assert!(marker.exists(), "the control case did not run the program");
+    Ok(())
+}

@@ -89,6 +89,7 @@ pub async fn run(global: &Global, args: &BootstrapArgs) -> Result<ExitCode> {
             verify_keyring_ref: args.verify_keyring_ref.clone(),
             verify_policy_ref: args.verify_policy_ref.clone(),
             ignore: None,
+            insecure: false,
             receiver: None,
             namespace: super::NamespaceArg { namespace: None },
             export: args.export,

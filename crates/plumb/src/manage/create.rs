@@ -76,6 +76,10 @@ pub struct SourceArgs {
     /// Paths to leave out, in .gitignore syntax (several: separate by newlines).
     #[arg(long, value_name = "PATTERNS")]
     pub ignore: Option<String>,
+    /// Allow a plain http:// URL (no transport security: verify signatures; never with
+    /// --secret-ref).
+    #[arg(long)]
+    pub insecure: bool,
     /// Fetch at once when this webhook receiver gets a push for the repository (the agent's
     /// Secret `plumb-receiver-<NAME>` configures the receiver).
     #[arg(long, value_name = "NAME", value_parser = receiver_name)]
@@ -212,6 +216,7 @@ pub fn git_source(args: &SourceArgs, namespace: &str) -> Result<GitSource> {
         verify,
         ignore: args.ignore.clone(),
         suspend: false,
+        insecure: args.insecure,
     };
     let mut obj = GitSource::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);
