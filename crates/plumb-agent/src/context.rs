@@ -31,6 +31,9 @@ pub struct AgentConfig {
     /// The ServiceAccount (of the Sync's namespace) that Syncs naming no `serviceAccountName`
     /// are applied as (`--default-service-account`); `None` applies them as the agent itself.
     pub default_service_account: Option<String>,
+    /// The agent's own namespace, where it records the last verified commit of every
+    /// GitSource ([`crate::gitsource::VERIFIED_LEDGER`]); `None` keeps that record in memory.
+    pub agent_namespace: Option<String>,
     /// Limits of every exported artifact (file size, total size, file count, depth).
     pub export_limits: plumb_source::export::ExportLimits,
     /// The agent's identity in events and leases.

@@ -139,18 +139,23 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
     let previous = gs.status.as_ref().and_then(|s| s.artifact.as_ref());
     let (mut request, _secrets) = request_for(gs, ctx, None).await?;
     request.verify = verify_policy(gs, ctx, ns).await?;
+    let own = ctx
+        .artifacts
+        .lock()
+        .expect("artifacts lock poisoned")
+        .get(&(ns.to_owned(), name.to_owned()))
+        .filter(|r| r.verified)
+        .map(|r| r.commit.clone());
     if request.verify.is_some() {
-        // Range verification starts at the last commit this agent verified; only after a
-        // restart does it fall back to the status (which whoever may patch the status can
-        // set: the tip is checked anyway, and only a descendant of that commit passes).
-        let own = ctx
-            .artifacts
-            .lock()
-            .expect("artifacts lock poisoned")
-            .get(&(ns.to_owned(), name.to_owned()))
-            .filter(|r| r.verified)
-            .map(|r| r.commit.clone());
-        request.last_verified = own.or_else(|| {
+        // Range verification starts at the last commit this agent verified: in memory, else
+        // in the ledger of the agent's namespace (out of tenants' reach; it survives restarts
+        // and leader changes), and only without either at the status, which whoever may patch
+        // it can set (the tip is checked anyway, and only a descendant of it passes).
+        let recorded = match &own {
+            Some(c) => Some(c.clone()),
+            None => ledger_get(ctx, ns, name).await,
+        };
+        request.last_verified = recorded.or_else(|| {
             previous
                 .map(|a| a.commit.clone())
                 .filter(|c| is_commit_id(c))
@@ -197,6 +202,9 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
             }
         }
     }
+    if request.verify.is_some() && own.as_deref() != Some(artifact.commit.as_str()) {
+        ledger_put(ctx, ns, name, &artifact.commit).await;
+    }
     ctx.artifacts
         .lock()
         .expect("artifacts lock poisoned")
@@ -239,6 +247,67 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
 /// Where a GitSource's artifacts are exported.
 pub fn artifacts_dir(ctx: &Context, ns: &str, name: &str) -> PathBuf {
     ctx.config.cache_dir.join("artifacts").join(ns).join(name)
+}
+
+/// The ConfigMap in the agent's namespace that records, per GitSource (key
+/// `<namespace>.<name>`), the last commit the agent verified: where range verification
+/// resumes after a restart or a change of leader. Tenants cannot write the agent's namespace;
+/// they may be able to write a GitSource's status.
+pub const VERIFIED_LEDGER: &str = "plumb-verified-commits";
+
+fn ledger_key(ns: &str, name: &str) -> String {
+    // Namespaces are DNS labels (no dots), so the key is unambiguous.
+    format!("{ns}.{name}")
+}
+
+/// The ledger's commit for `ns/name`, if the agent keeps a ledger and it has one.
+async fn ledger_get(ctx: &Context, ns: &str, name: &str) -> Option<String> {
+    let agent_ns = ctx.config.agent_namespace.as_deref()?;
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), agent_ns)
+        .get_opt(VERIFIED_LEDGER)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "cannot read the verified-commit ledger"))
+        .ok()??;
+    cm.data?
+        .remove(&ledger_key(ns, name))
+        .filter(|c| is_commit_id(c))
+}
+
+/// Records `commit` as the last verified commit of `ns/name`. A failure is logged: after a
+/// restart, range verification would then start from the status instead.
+async fn ledger_put(ctx: &Context, ns: &str, name: &str, commit: &str) {
+    let Some(agent_ns) = ctx.config.agent_namespace.as_deref() else {
+        return;
+    };
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), agent_ns);
+    let key = ledger_key(ns, name);
+    let patch = serde_json::json!({ "data": { key.clone(): commit } });
+    let result = match api
+        .patch(
+            VERIFIED_LEDGER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": VERIFIED_LEDGER,
+                    "labels": { "app.kubernetes.io/part-of": "plumb" }
+                },
+                "data": { key: commit }
+            }))
+            .expect("a ConfigMap");
+            api.create(&kube::api::PostParams::default(), &cm)
+                .await
+                .map(|_| ())
+        }
+        other => other.map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(source = %format!("{ns}/{name}"), error = %e, "cannot record the verified commit");
+    }
 }
 
 /// Whether `text` is a full commit id (SHA-1 or SHA-256, lower-case hex).

@@ -106,6 +106,7 @@ impl World {
                 allow_local_sources: true,
                 default_service_account: None,
                 export_limits: Default::default(),
+                agent_namespace: None,
                 identity: format!("test-{prefix}"),
             },
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -222,6 +223,7 @@ impl World {
             allow_local_sources: true,
             default_service_account: None,
             export_limits: Default::default(),
+            agent_namespace: None,
             identity: identity.to_owned(),
         };
         configure(&mut config);
@@ -818,6 +820,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
                     allow_local_sources: true,
                     default_service_account: None,
                     export_limits: Default::default(),
+                    agent_namespace: None,
                     identity: identity.to_owned(),
                 },
                 metrics_addr: None,
@@ -1605,5 +1608,79 @@ async fn plain_http_sources_need_insecure_and_say_so() -> Result<()> {
     })
     .await?;
     w.stop().await;
+    Ok(())
+}
+
+/// After a restart, range verification resumes from the agent's own ledger, not from the
+/// GitSource's status: an unsigned commit pushed while no agent ran is found even when the
+/// status is made to point past it.
+#[tokio::test]
+async fn a_restarted_agent_resumes_range_verification_from_its_ledger() -> Result<()> {
+    let w = World::without_agent("ledger").await?;
+    let ns = w.ns.name().to_owned();
+    let signed = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "one"))],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    let with_ledger = |c: &mut AgentConfig| c.agent_namespace = Some(ns.clone());
+    let (task, stop) = w.start_agent("first", with_ledger).await?;
+    w.wait_applied("app", &signed).await?;
+    let cms = w.configmaps();
+    let key = format!("{ns}.repo");
+    eventually("the ledger to record the verified commit", WAIT, || {
+        let (cms, key, signed) = (cms.clone(), key.clone(), signed.clone());
+        async move {
+            Ok(cms
+                .get_opt(plumb_agent::gitsource::VERIFIED_LEDGER)
+                .await?
+                .and_then(|c| c.data)
+                .is_some_and(|d| d.get(&key) == Some(&signed))
+                .then_some(()))
+        }
+    })
+    .await?;
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+
+    // While no agent runs: an unsigned commit, a signed one on top, and a status that names
+    // the unsigned one as if it had been verified.
+    let unsigned = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "two"))],
+        &Signing::None,
+    )?;
+    w.commit(
+        &[("app/cm.yaml", &configmap("settings", "three"))],
+        &w.signing,
+    )?;
+    let patch = json!({ "status": { "artifact": {
+        "revision": format!("main@sha1:{unsigned}"), "commit": unsigned
+    } } });
+    w.sources()
+        .patch_status("repo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+
+    let (task, stop) = w.start_agent("second", with_ledger).await?;
+    let sources = w.sources();
+    eventually(
+        "the restarted agent to reject the unsigned commit",
+        WAIT,
+        || {
+            let sources = sources.clone();
+            let unsigned = unsigned.clone();
+            async move {
+                let st = sources.get("repo").await?.status.unwrap_or_default();
+                Ok(plumb_agent::status::ready(&st.conditions)
+                    .is_some_and(|c| c.status == "False" && c.message.contains(&unsigned))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    let cm = w.configmaps().get("settings").await?;
+    assert_eq!(cm.data.unwrap_or_default()["value"], "one");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     Ok(())
 }

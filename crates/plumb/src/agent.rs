@@ -139,6 +139,7 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
                 .default_service_account
                 .clone()
                 .filter(|sa| !sa.is_empty()),
+            agent_namespace: Some(args.agent_namespace.clone()),
             export_limits: plumb_source::export::ExportLimits {
                 max_file_size: args.max_artifact_file_size,
                 max_total_size: args.max_artifact_size,

@@ -204,6 +204,12 @@ fn agent_rbac_grants_what_the_agent_needs() {
     );
     let leases = find(&docs, "Role", "plumb-agent-leader-election");
     assert_eq!(leases["metadata"]["namespace"], "plumb-system");
+    // The ledger of verified commits lives in the agent's namespace, out of tenants' reach.
+    assert!(
+        leases["rules"].as_array().unwrap().iter().any(|r| r
+            == &json!({ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"] })),
+        "{leases:#}"
+    );
     // The webhook receivers' Secrets: watched in the agent's namespace only.
     let receivers = find(&docs, "Role", "plumb-agent-receivers");
     assert_eq!(receivers["metadata"]["namespace"], "plumb-system");
