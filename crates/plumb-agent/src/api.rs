@@ -258,6 +258,10 @@ pub struct SyncSpec {
     /// Take over fields that another applier owns.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
+    /// Take over objects that carry another Sync's ownership labels (by default such objects
+    /// are a conflict naming the owner, and nothing is applied).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Reference to a GitSource.

@@ -346,6 +346,7 @@ fn engine_for(
     opts.prune = sync.spec.prune;
     opts.allow_empty = sync.spec.allow_empty;
     opts.force_conflicts = sync.spec.force;
+    opts.adopt = sync.spec.adopt;
     Ok((client, engine, inventory, opts))
 }
 

@@ -1684,3 +1684,50 @@ async fn a_restarted_agent_resumes_range_verification_from_its_ledger() -> Resul
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     Ok(())
 }
+
+/// A second Sync with the same manifests does not take over (and then fight over) the first
+/// one's objects: it reports the conflict naming the owner, until it adopts them explicitly.
+#[tokio::test]
+async fn a_second_sync_claiming_the_same_objects_is_refused_unless_it_adopts() -> Result<()> {
+    let w = World::new("claim").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    w.create_sync("copy", "correct").await?;
+    let syncs = w.syncs();
+    let owner = format!("owned by sync {}/app", w.ns.name());
+    eventually("the second Sync to report the conflict", WAIT, || {
+        let (syncs, owner) = (syncs.clone(), owner.clone());
+        async move {
+            Ok(ready_condition(&syncs, "copy")
+                .await?
+                .filter(|(status, reason, message)| {
+                    status == "False" && reason == "PlanFailed" && message.contains(&owner)
+                })
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    let cm = w.configmaps().get("settings").await?;
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default()["plumb.dev/sync-name"],
+        "app"
+    );
+
+    w.syncs()
+        .patch(
+            "copy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "adopt": true } })),
+        )
+        .await?;
+    w.wait_applied("copy", &first).await?;
+    let cm = w.configmaps().get("settings").await?;
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default()["plumb.dev/sync-name"],
+        "copy"
+    );
+    w.stop().await;
+    Ok(())
+}

@@ -59,6 +59,20 @@ pub fn mark_owned(manifest: &mut Manifest, sync: &SyncId) {
     );
 }
 
+/// The Sync whose ownership labels the (live) object carries, if it carries any: a label
+/// missing from the pair reads as empty.
+pub fn owner_of(live: &Value) -> Option<SyncId> {
+    let label = |name: &str| {
+        live.pointer("/metadata/labels")
+            .and_then(|l| l.get(name))
+            .and_then(Value::as_str)
+    };
+    match (label(SYNC_NAMESPACE_LABEL), label(SYNC_NAME_LABEL)) {
+        (None, None) => None,
+        (ns, name) => Some(SyncId::new(ns.unwrap_or(""), name.unwrap_or(""))),
+    }
+}
+
 /// True if the (live) object carries both ownership labels with exactly `sync`'s values.
 pub fn is_owned_by(live: &Value, sync: &SyncId) -> bool {
     let label = |name: &str| {

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::inventory::{Inventory, InventoryEntry};
 use crate::object::{Manifest, ObjectKey};
 use crate::order::{Stage, apply_rank};
-use crate::ownership::{SyncId, is_owned_by, mark_owned};
+use crate::ownership::{SyncId, is_owned_by, mark_owned, owner_of};
 
 /// Why planning refused to produce a plan. Nothing may be applied or pruned on error.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +22,19 @@ pub enum PlanError {
         first: String,
         /// Where the second definition came from.
         second: String,
+    },
+    /// Desired objects exist in the cluster with another Sync's ownership labels: two Syncs
+    /// would fight over them (each healing it to its own manifest).
+    #[error(
+        "{} already managed by another sync: {}; an object must have one owner: remove it \
+         from one of them, or let this sync take it over explicitly (Sync spec.adopt: true, \
+         plumb sync --adopt)",
+        if .conflicts.len() == 1 { "1 object is" } else { "objects are" },
+        describe_conflicts(.conflicts)
+    )]
+    OwnedByAnother {
+        /// Each object and the Sync that owns it.
+        conflicts: Vec<(ObjectKey, SyncId)>,
     },
     /// The render produced no objects while the Sync still manages some.
     #[error(
@@ -39,6 +52,7 @@ impl PlanError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             PlanError::DuplicateKey { .. } => "plan_duplicate_key",
+            PlanError::OwnedByAnother { .. } => "plan_owned_by_another",
             PlanError::EmptyRender { .. } => "plan_empty_render",
         }
     }
@@ -61,6 +75,24 @@ pub struct PlanOptions {
     pub prune: bool,
     /// Permit an empty render even though the previous inventory is not empty.
     pub allow_empty: bool,
+    /// Take over desired objects that carry another Sync's ownership labels (otherwise they
+    /// are a [`PlanError::OwnedByAnother`] conflict).
+    pub adopt: bool,
+}
+
+/// At most this many conflicts are named in the message (all are in the error).
+const CONFLICTS_SHOWN: usize = 5;
+
+fn describe_conflicts(conflicts: &[(ObjectKey, SyncId)]) -> String {
+    let mut out: Vec<String> = conflicts
+        .iter()
+        .take(CONFLICTS_SHOWN)
+        .map(|(key, owner)| format!("{key} (owned by sync {owner})"))
+        .collect();
+    if conflicts.len() > CONFLICTS_SHOWN {
+        out.push(format!("and {} more", conflicts.len() - CONFLICTS_SHOWN));
+    }
+    out.join(", ")
 }
 
 /// Reasons recorded in [`Plan::prune_skipped`].
@@ -152,6 +184,19 @@ pub fn plan(
         by_key.insert(key, m);
     }
 
+    if !opts.adopt {
+        let conflicts: Vec<(ObjectKey, SyncId)> = by_key
+            .keys()
+            .filter_map(|key| {
+                let owner = owner_of(live.get(key)?)?;
+                (owner != opts.sync).then(|| (key.clone(), owner))
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(PlanError::OwnedByAnother { conflicts });
+        }
+    }
+
     let desired_namespaces: BTreeSet<&str> = by_key
         .keys()
         .filter_map(|k| k.namespace.as_deref())
@@ -240,6 +285,7 @@ mod tests {
             sync: SyncId::new("ops", "apps"),
             prune: true,
             allow_empty: false,
+            adopt: false,
         }
     }
 
@@ -292,6 +338,44 @@ mod tests {
         assert!(p.prune.is_empty() && p.prune_skipped.is_empty());
         let entry = p.new_inventory.entries.iter().next().unwrap();
         assert_eq!(entry.api_version, "autoscaling/v2");
+    }
+
+    #[test]
+    fn objects_of_another_sync_are_a_conflict_unless_adopted() {
+        let desired = vec![
+            m("v1", "ConfigMap", Some("a"), "mine"),
+            m("v1", "ConfigMap", Some("a"), "theirs"),
+            m("v1", "ConfigMap", Some("a"), "unowned"),
+        ];
+        let owned = |ns: &str, name: &str| json!({"metadata": {"labels": {SYNC_NAME_LABEL: name, SYNC_NAMESPACE_LABEL: ns}}});
+        let mut live = BTreeMap::new();
+        live.insert(
+            ObjectKey::new("", "ConfigMap", Some("a"), "mine"),
+            owned("ops", "apps"),
+        );
+        live.insert(
+            ObjectKey::new("", "ConfigMap", Some("a"), "theirs"),
+            owned("team-b", "web"),
+        );
+        live.insert(
+            ObjectKey::new("", "ConfigMap", Some("a"), "unowned"),
+            json!({"metadata": {"labels": {"app": "x"}}}),
+        );
+        let err =
+            plan(desired.clone(), &live, &Inventory::default(), &opts()).expect_err("conflict");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ConfigMap/a/theirs (owned by sync team-b/web)")
+                && !msg.contains("mine")
+                && !msg.contains("unowned")
+                && msg.contains("adopt"),
+            "{msg}"
+        );
+        assert_eq!(err.metric_label(), "plan_owned_by_another");
+        let mut adopting = opts();
+        adopting.adopt = true;
+        let p = plan(desired, &live, &Inventory::default(), &adopting).expect("adopted");
+        assert_eq!(p.apply_len(), 3);
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn plan_golden() {
             sync: sync.clone(),
             prune: o.prune,
             allow_empty: o.allow_empty,
+            adopt: false,
         };
         let out = match plan(desired, &live, &inventory, &opts) {
             Err(e) => format!("error: {e}\n"),

@@ -36,6 +36,8 @@ pub struct SyncOptions {
     pub allow_empty: bool,
     /// Take over fields that another field manager owns.
     pub force_conflicts: bool,
+    /// Take over objects that carry another Sync's ownership labels.
+    pub adopt: bool,
     /// Validate and report, write nothing.
     pub dry_run: bool,
     /// How many objects are applied at once within a stage.
@@ -59,6 +61,7 @@ impl SyncOptions {
             prune: false,
             allow_empty: false,
             force_conflicts: false,
+            adopt: false,
             dry_run: false,
             concurrency: 8,
             crd_timeout: Duration::from_secs(60),
@@ -401,6 +404,7 @@ impl Engine {
                 sync: opts.sync.clone(),
                 prune: opts.prune,
                 allow_empty: opts.allow_empty,
+                adopt: opts.adopt,
             },
         )?;
 

@@ -130,6 +130,9 @@ pub struct SyncArgs {
     /// Take over fields that another applier owns instead of failing on the conflict.
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Take over objects that another sync unit (or Sync) owns instead of refusing them.
+    #[arg(long)]
+    pub adopt: bool,
     /// Validate with the server and report what would change; write nothing.
     #[arg(long)]
     pub dry_run: bool,

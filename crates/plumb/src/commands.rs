@@ -167,6 +167,7 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     let mut opts = sync_options(sync.clone(), &args.target);
     opts.prune = args.prune;
     opts.force_conflicts = args.force_conflicts;
+    opts.adopt = args.adopt;
     opts.dry_run = args.dry_run;
     opts.concurrency = args.concurrency.max(1);
 

@@ -682,3 +682,53 @@ async fn many_objects_of_one_kind_are_compared_correctly() {
     assert_eq!(action_of(&report, "ConfigMap/cm-7"), "configured");
     assert_eq!(report["summary"]["unchanged"], 11, "{report:#}");
 }
+
+#[tokio::test]
+async fn objects_another_sync_owns_are_refused_unless_adopted() {
+    let (client, ns, dir) = setup("owned").await;
+    let d = dir.path();
+    write(
+        d,
+        "cm.yaml",
+        &format!("{}---\n{}", configmap("a", "1"), configmap("b", "1")),
+    );
+    let (out, _) = sync_json(d, "first", ns.name(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A second sync unit with the same manifests: refused, naming the owner; nothing written.
+    write(
+        d,
+        "cm.yaml",
+        &format!("{}---\n{}", configmap("a", "2"), configmap("b", "2")),
+    );
+    let out = plumb(&[
+        "sync",
+        d.to_str().unwrap(),
+        "--name",
+        "second",
+        "-n",
+        ns.name(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "ConfigMap/{}/a (owned by sync {}/first)",
+            ns.name(),
+            ns.name()
+        )) && stderr.contains("--adopt"),
+        "{}",
+        text(&out)
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let a = cms.get("a").await.unwrap();
+    assert_eq!(a.data.as_ref().unwrap()["value"], "1");
+    assert_eq!(a.labels()["plumb.dev/sync-name"], "first");
+
+    // Adopted explicitly: the second unit takes them over.
+    let (out, _) = sync_json(d, "second", ns.name(), &["--adopt"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let a = cms.get("a").await.unwrap();
+    assert_eq!(a.data.as_ref().unwrap()["value"], "2");
+    assert_eq!(a.labels()["plumb.dev/sync-name"], "second");
+}

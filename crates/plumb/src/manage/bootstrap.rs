@@ -111,6 +111,7 @@ pub async fn run(global: &Global, args: &BootstrapArgs) -> Result<ExitCode> {
             service_account: None,
             wait: false,
             timeout: None,
+            adopt: false,
             namespace: super::NamespaceArg { namespace: None },
             export: args.export,
         },

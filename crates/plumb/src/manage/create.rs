@@ -147,6 +147,9 @@ pub struct SyncArgs {
     /// Timeout of the agent's apply and health wait (e.g. 5m; default 5m).
     #[arg(long, value_parser = duration_text)]
     pub timeout: Option<String>,
+    /// Take over objects that another Sync owns (by default they are a conflict).
+    #[arg(long)]
+    pub adopt: bool,
     #[command(flatten)]
     pub namespace: NamespaceArg,
     /// Print the Sync as YAML instead of applying it.
@@ -265,6 +268,7 @@ pub fn sync(args: &SyncArgs, namespace: &str) -> Result<Sync> {
             Some(DriftArg::Correct) | None => DriftMode::Correct,
         },
         force: false,
+        adopt: args.adopt,
     };
     let mut obj = Sync::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);
