@@ -40,6 +40,19 @@ pub struct AgentConfig {
     pub identity: String,
 }
 
+/// The key of `obj`'s failure count: kind, namespace and name, so that a GitSource and a Sync
+/// of the same name (what `plumb bootstrap` creates) back off independently, and the error
+/// policy and the reconcilers count under one key.
+pub fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    let meta = obj.meta();
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// An artifact this agent exported itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactRecord {
@@ -215,6 +228,22 @@ impl Context {
             .expect("impersonation lock poisoned")
             .insert(key, client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{GitSource, GitSourceSpec, Sync, SyncSpec};
+
+    #[test]
+    fn a_source_and_a_sync_of_one_name_back_off_apart() {
+        let mut gs = GitSource::new("fleet", GitSourceSpec::default());
+        gs.metadata.namespace = Some("ops".into());
+        let mut sync = Sync::new("fleet", SyncSpec::default());
+        sync.metadata.namespace = Some("ops".into());
+        assert_eq!(backoff_key(&gs), "GitSource/ops/fleet");
+        assert_eq!(backoff_key(&sync), "Sync/ops/fleet");
     }
 }
 

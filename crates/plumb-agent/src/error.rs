@@ -62,7 +62,7 @@ impl Error {
             Error::Source(plumb_source::Error::Verify(_)) => "VerificationFailed",
             Error::Source(_) => "FetchFailed",
             Error::Render(_) => "RenderFailed",
-            Error::Kube(plumb_kube::Error::DryRun(_)) => "ValidationFailed",
+            Error::Kube(plumb_kube::Error::DryRun { .. }) => "ValidationFailed",
             Error::Kube(plumb_kube::Error::Plan(_)) => "PlanFailed",
             Error::Kube(plumb_kube::Error::Unhealthy { .. }) => "HealthCheckFailed",
             Error::Kube(_) => "ApplyFailed",

@@ -27,18 +27,23 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
     let started = Instant::now();
     let ns = gs.namespace().unwrap_or_default();
     let name = gs.name_any();
-    let key = format!("GitSource/{ns}/{name}");
+    let key = crate::context::backoff_key(gs.as_ref());
     let _span = tracing::info_span!("reconcile", object = %key).entered();
     if gs.spec.suspend {
         return Ok(Action::await_change());
     }
     let interval = match &gs.spec.interval {
-        Some(i) => plumb_core::parse_duration(i).map_err(Error::Spec)?,
-        None => DEFAULT_INTERVAL,
+        Some(i) => plumb_core::parse_duration(i).map_err(|e| format!("spec.interval: {e}")),
+        None => Ok(DEFAULT_INTERVAL),
     };
     drop(_span);
 
-    let result = fetch(&gs, &ctx, &ns, &name).await;
+    // An invalid interval is reported in the status like any other failure.
+    let result = match &interval {
+        Ok(_) => fetch(&gs, &ctx, &ns, &name).await,
+        Err(message) => Err(Error::Spec(message.clone())),
+    };
+    let interval = interval.unwrap_or(DEFAULT_INTERVAL);
     let elapsed = started.elapsed();
     let mut st = gs.status.clone().unwrap_or_default();
     st.observed_generation = gs.metadata.generation;

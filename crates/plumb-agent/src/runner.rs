@@ -312,8 +312,12 @@ async fn sync_controller(
 
 /// Errors the reconcilers return (status writes failed, API unreachable) are retried with the
 /// object's backoff.
-fn error_policy<K: ResourceExt>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = crate::context::backoff_key(obj.as_ref());
     tracing::warn!(object = %key, error = %error, "reconcile error");
     Action::requeue(ctx.backoff(&key))
 }

@@ -34,13 +34,21 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
     let skey = (ns.clone(), name.clone());
-    let key = format!("Sync/{ns}/{name}");
+    let key = crate::context::backoff_key(sync.as_ref());
     if sync.spec.suspend {
         ctx.drift.unregister(&skey);
         return Ok(Action::await_change());
     }
-    let interval = duration(sync.spec.interval.as_deref(), DEFAULT_INTERVAL)?;
-    let mut st = sync.status.clone().unwrap_or_default();
+    let st = sync.status.clone().unwrap_or_default();
+    // An invalid interval is a failure of the Sync like any other: in its status, not only
+    // in the agent's log.
+    let interval = match duration("interval", sync.spec.interval.as_deref(), DEFAULT_INTERVAL)
+        .and_then(|i| duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT).map(|_| i))
+    {
+        Ok(i) => i,
+        Err(e) => return fail(&sync, &ctx, st, None, e, Instant::now()).await,
+    };
+    let mut st = st;
 
     // Dependencies and the source first: waiting for them is not a failure of this Sync.
     let prepared = match prepare(&sync, &ctx, &ns).await {
@@ -258,17 +266,10 @@ async fn apply(
     st.inventory = status::inventory_items(&report.inventory);
     let counts = report.changes.counts();
     if report.changes.has_failures() {
-        let failures: Vec<String> = report
-            .changes
-            .entries
-            .iter()
-            .filter(|c| c.action == plumb_core::Action::Failed)
-            .map(|c| format!("{}: {}", c.key, c.message.clone().unwrap_or_default()))
-            .collect();
-        return Err(Error::Kube(plumb_kube::Error::DryRun(failures)));
+        return Err(Error::Kube(apply_failure(&report)));
     }
     if sync.spec.wait {
-        let timeout = duration(sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+        let timeout = duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
         engine.wait_healthy(&report.applied, timeout).await?;
     }
 
@@ -281,6 +282,37 @@ async fn apply(
             .await;
     }
     Ok(())
+}
+
+/// The error of an apply in which some objects failed: which ones, how many others were
+/// written (earlier stages are not rolled back), and whether only transient failures occurred.
+fn apply_failure(report: &plumb_kube::SyncReport) -> plumb_kube::Error {
+    let failed: Vec<&plumb_core::Change> = report
+        .changes
+        .entries
+        .iter()
+        .filter(|c| c.action == plumb_core::Action::Failed)
+        .collect();
+    plumb_kube::Error::Apply {
+        failures: failed
+            .iter()
+            .map(|c| format!("  {}: {}", c.key, c.message.clone().unwrap_or_default()))
+            .collect(),
+        written: report
+            .changes
+            .entries
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    plumb_core::Action::Created | plumb_core::Action::Configured
+                )
+            })
+            .count(),
+        retryable: failed
+            .iter()
+            .all(|c| report.transient_failures.contains(&c.key)),
+    }
 }
 
 /// Marks `artifact` applied with `counts`: revision, generation, Ready, a history entry.
@@ -460,7 +492,7 @@ async fn fail(
 ) -> Result<Action> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
-    let key = format!("Sync/{ns}/{name}");
+    let key = crate::context::backoff_key(sync);
     ctx.metrics
         .observe_reconcile(ReconcileKind::Sync, Outcome::Failure, started.elapsed());
     let message = error.to_string();
@@ -539,9 +571,11 @@ fn render(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
     })
 }
 
-fn duration(text: Option<&str>, default: Duration) -> Result<Duration> {
+fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
     match text {
-        Some(t) => plumb_core::parse_duration(t).map_err(Error::Spec),
+        Some(t) => {
+            plumb_core::parse_duration(t).map_err(|e| Error::Spec(format!("spec.{field}: {e}")))
+        }
         None => Ok(default),
     }
 }

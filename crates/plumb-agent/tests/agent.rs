@@ -1731,3 +1731,136 @@ async fn a_second_sync_claiming_the_same_objects_is_refused_unless_it_adopts() -
     w.stop().await;
     Ok(())
 }
+
+/// Invalid durations (values the CRD's pattern lets through but that do not parse) are
+/// reported in the status, not only in the agent's log, and nothing is applied.
+#[tokio::test]
+async fn invalid_durations_are_reported_in_the_status() -> Result<()> {
+    let w = World::new("durations").await?;
+    w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], &w.signing)?;
+    let gs: GitSource = serde_json::from_value(json!({
+        "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+        "metadata": { "name": "bad-interval" },
+        "spec": { "url": w.url, "interval": "99999999999999999999h" }
+    }))?;
+    w.sources().create(&PostParams::default(), &gs).await?;
+    let (reason, message) = wait_source_refused(&w.sources(), "bad-interval").await?;
+    assert_eq!(reason, "InvalidSpec", "{message}");
+    assert!(message.contains("spec.interval"), "{message}");
+
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "timeout": "99999999999999999999s" }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    eventually("the Sync to report its timeout", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "app")
+                .await?
+                .filter(|(status, reason, message)| {
+                    status == "False" && reason == "InvalidSpec" && message.contains("spec.timeout")
+                })
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    assert!(w.configmaps().get_opt("settings").await?.is_none());
+    w.stop().await;
+    Ok(())
+}
+
+/// An apply that fails after earlier stages were written says so (not "dry-run failed,
+/// nothing was applied"), ends Reconciling, and its history entry names the signer.
+#[tokio::test]
+async fn a_failure_after_written_stages_says_what_was_written() -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    let w = World::new("partial").await?;
+    let group = format!("{}.plumb.test", w.ns.name());
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {{type: integer}}
+"
+    );
+    // The Widget can only be validated once its CRD exists, i.e. after the first stage.
+    let widget = format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: big\n"
+    );
+    let commit = w.commit(
+        &[("app/crd.yaml", &crd), ("app/widget.yaml", &widget)],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    let syncs = w.syncs();
+    let failed = eventually("the Sync to fail on the Widget", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            let s = syncs.get("app").await?;
+            let st = s.status.clone().unwrap_or_default();
+            Ok(plumb_agent::status::ready(&st.conditions)
+                .is_some_and(|c| c.status == "False" && c.reason != "DependencyNotReady")
+                .then_some(s))
+        }
+    })
+    .await?;
+    let st = failed.status.unwrap_or_default();
+    let ready = plumb_agent::status::ready(&st.conditions).expect("Ready");
+    assert_eq!(ready.reason, "ApplyFailed", "{}", ready.message);
+    assert!(
+        ready.message.contains("1 object(s) failed to apply")
+            && ready.message.contains("1 written")
+            && ready.message.contains("Widget")
+            && !ready.message.contains("nothing was applied"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        !st.conditions.iter().any(|c| c.type_ == "Reconciling"),
+        "{:?}",
+        st.conditions
+    );
+    // The Widget itself is invalid: retrying the same revision cannot help.
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+    let entry = &st.history[0];
+    assert_eq!(entry.result, "failure");
+    assert!(entry.revision.ends_with(&commit));
+    assert!(
+        entry
+            .signer
+            .as_deref()
+            .is_some_and(|s| s.contains("alice@example.com")),
+        "{entry:?}"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(w.client.clone());
+    let _ = crds
+        .delete(&format!("widgets.{group}"), &Default::default())
+        .await;
+    w.stop().await;
+    Ok(())
+}

@@ -17,7 +17,7 @@ use plumb_core::{
 use serde_json::Value;
 
 use crate::discovery::{Resolved, Resolver};
-use crate::error::{Error, Result, describe_api_error};
+use crate::error::{ApiFailure, Error, Result, describe_api_error};
 
 /// The field manager Plumb applies with.
 pub const FIELD_MANAGER: &str = "plumb";
@@ -84,6 +84,9 @@ pub struct SyncReport {
     /// The `metadata` of each applied object as the sync last saw it (returned by its write,
     /// or read before it when unchanged): what a watch compares later changes with.
     pub live_meta: BTreeMap<ObjectKey, Value>,
+    /// Objects whose write failed for a transient reason (server error, throttling,
+    /// timeout): a retry may pass. Every other failure is a refusal of the object itself.
+    pub transient_failures: BTreeSet<ObjectKey>,
 }
 
 /// One object's difference between the cluster and the desired state.
@@ -209,12 +212,14 @@ impl Engine {
                 inventory: inventory.clone(),
                 applied: prep.plan.manifests().cloned().collect(),
                 live_meta: BTreeMap::new(),
+                transient_failures: BTreeSet::new(),
             });
         }
 
         report_prune_skipped(&prep.plan, &mut changes, progress);
         let stages = prep.plan.stages.clone();
         let mut failed = false;
+        let mut transient_failures = BTreeSet::new();
         for (stage, manifests) in &stages {
             if failed {
                 for m in manifests {
@@ -228,7 +233,13 @@ impl Engine {
                 continue;
             }
             let stage_changes = self
-                .apply_stage(&mut prep, manifests, opts, progress)
+                .apply_stage(
+                    &mut prep,
+                    manifests,
+                    opts,
+                    progress,
+                    &mut transient_failures,
+                )
                 .await?;
             failed = stage_changes.has_failures();
             let crds_touched = stage_changes.entries.iter().any(|c| {
@@ -295,6 +306,7 @@ impl Engine {
             inventory: inventory_out,
             applied: prep.plan.manifests().cloned().collect(),
             live_meta,
+            transient_failures,
         })
     }
 
@@ -458,16 +470,18 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         let targets_ref = &targets;
-        let results: Vec<(ObjectKey, std::result::Result<Value, String>)> = stream::iter(checkable)
-            .map(|key| async move {
-                let result = self.apply_one(&targets_ref[&key], opts, true).await;
-                (key, result)
-            })
-            .buffer_unordered(opts.concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<(ObjectKey, std::result::Result<Value, ApiFailure>)> =
+            stream::iter(checkable)
+                .map(|key| async move {
+                    let result = self.apply_one(&targets_ref[&key], opts, true).await;
+                    (key, result)
+                })
+                .buffer_unordered(opts.concurrency.max(1))
+                .collect()
+                .await;
         let mut dry_run = BTreeMap::new();
         let mut errors = Vec::new();
+        let mut all_transient = true;
         for (key, result) in results {
             match result {
                 Ok(mut v) => {
@@ -477,14 +491,22 @@ impl Engine {
                     }
                     dry_run.insert(key, v);
                 }
-                Err(message) => {
-                    errors.push(format!("  {}: {message}", describe_target(&targets[&key])))
+                Err(failure) => {
+                    all_transient &= failure.transient;
+                    errors.push(format!(
+                        "  {}: {}",
+                        describe_target(&targets[&key]),
+                        failure.message
+                    ))
                 }
             }
         }
         if !errors.is_empty() {
             errors.sort();
-            return Err(Error::DryRun(errors));
+            return Err(Error::DryRun {
+                failures: errors,
+                retryable: all_transient,
+            });
         }
 
         Ok(Prepared {
@@ -585,15 +607,17 @@ impl Engine {
         manifests: &[Manifest],
         opts: &SyncOptions,
         progress: &dyn Progress,
+        transient: &mut BTreeSet<ObjectKey>,
     ) -> Result<ChangeSet> {
         let prep_ref = &*prep;
-        let results: Vec<(ObjectKey, Action, Option<String>, Option<Value>)> =
+        let results: Vec<(ObjectKey, Action, Option<String>, Option<Value>, bool)> =
             stream::iter(manifests.iter().map(Manifest::key).collect::<Vec<_>>())
                 .map(|key| async move {
                     let target = &prep_ref.targets[&key];
-                    let (action, message, result) = self.write(prep_ref, target, opts).await;
+                    let (action, message, result, passing) =
+                        self.write(prep_ref, target, opts).await;
                     progress.done(&key, action);
-                    (key, action, message, result)
+                    (key, action, message, result, passing)
                 })
                 .buffer_unordered(opts.concurrency.max(1))
                 .collect()
@@ -607,37 +631,41 @@ impl Engine {
             .collect();
         results.sort_by_key(|(k, ..)| order[k]);
         let mut changes = ChangeSet::new();
-        for (key, action, message, result) in results {
+        for (key, action, message, result, passing) in results {
             if let (Some(v), Some(t)) = (result, prep.targets.get_mut(&key)) {
                 t.live = Some(v);
+            }
+            if passing {
+                transient.insert(key.clone());
             }
             changes.push(key, action, message);
         }
         Ok(changes)
     }
 
-    /// Writes one object unless its dry-run result shows no change.
+    /// Writes one object unless its dry-run result shows no change. The last value says
+    /// whether a failure was transient.
     async fn write(
         &self,
         prep: &Prepared,
         target: &Target,
         opts: &SyncOptions,
-    ) -> (Action, Option<String>, Option<Value>) {
+    ) -> (Action, Option<String>, Option<Value>, bool) {
         let key = target.manifest.key();
         if prep.vouched.contains(&key) {
-            return (Action::Unchanged, None, None);
+            return (Action::Unchanged, None, None, false);
         }
         let predicted = match prep.dry_run.get(&key) {
             Some(v) => v.clone(),
             // Not validated up front (its Namespace or CRD came with this sync): validate now.
             None => match self.apply_one(target, opts, true).await {
                 Ok(v) => v,
-                Err(message) => return (Action::Failed, Some(message), None),
+                Err(f) => return (Action::Failed, Some(f.message), None, f.transient),
             },
         };
         if let Some(live) = &target.live {
             if same_state(&predicted, live) {
-                return (Action::Unchanged, None, None);
+                return (Action::Unchanged, None, None, false);
             }
             // A controller may have written the object between the snapshot and the dry-run
             // (e.g. a Deployment's revision annotation): then the dry-run carries a newer
@@ -650,7 +678,7 @@ impl Engine {
                     .await
                 && same_state(&predicted, &to_value(fresh))
             {
-                return (Action::Unchanged, None, None);
+                return (Action::Unchanged, None, None, false);
             }
         }
         match self.apply_one(target, opts, false).await {
@@ -660,9 +688,9 @@ impl Engine {
                 } else {
                     Action::Created
                 };
-                (action, None, Some(v))
+                (action, None, Some(v), false)
             }
-            Err(message) => (Action::Failed, Some(message), None),
+            Err(f) => (Action::Failed, Some(f.message), None, f.transient),
         }
     }
 
@@ -677,7 +705,7 @@ impl Engine {
         target: &Target,
         opts: &SyncOptions,
         dry_run: bool,
-    ) -> std::result::Result<Value, String> {
+    ) -> std::result::Result<Value, ApiFailure> {
         let m = &target.manifest;
         let api = self.api(&target.resolved, m.namespace());
         let mut params = PatchParams::apply(FIELD_MANAGER);
@@ -700,7 +728,7 @@ impl Engine {
         };
         result
             .map(to_value)
-            .map_err(|e| describe_api_error(&e, !opts.force_conflicts))
+            .map_err(|e| ApiFailure::new(&e, !opts.force_conflicts))
     }
 
     /// Deletes one stale object, only if it is still the very object that was checked for
@@ -841,10 +869,13 @@ impl Engine {
         let state = match &live {
             None => ObjectState::Missing,
             Some(live) => {
-                let predicted = self
-                    .apply_one(&target, &opts, true)
-                    .await
-                    .map_err(|message| Error::DryRun(vec![format!("  {key}: {message}")]))?;
+                let predicted =
+                    self.apply_one(&target, &opts, true)
+                        .await
+                        .map_err(|f| Error::DryRun {
+                            failures: vec![format!("  {key}: {}", f.message)],
+                            retryable: f.transient,
+                        })?;
                 if same_state(&predicted, live) {
                     return Ok(ObjectCheck {
                         state: ObjectState::InSync,
@@ -862,7 +893,11 @@ impl Engine {
         }
         self.apply_one(&target, &opts, false)
             .await
-            .map_err(|message| Error::DryRun(vec![format!("  {key}: {message}")]))?;
+            .map_err(|f| Error::Apply {
+                failures: vec![format!("  {key}: {}", f.message)],
+                written: 0,
+                retryable: f.transient,
+            })?;
         Ok(ObjectCheck {
             state,
             corrected: true,

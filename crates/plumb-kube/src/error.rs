@@ -25,8 +25,30 @@ pub enum Error {
         source_hint: String,
     },
     /// The server-side dry-run refused one or more objects; nothing was written.
-    #[error("server-side dry-run failed, nothing was applied:\n{}", .0.join("\n"))]
-    DryRun(Vec<String>),
+    #[error("server-side dry-run failed, nothing was applied:\n{}", .failures.join("\n"))]
+    DryRun {
+        /// One line per refused object: the object, where it was defined, the server's reason.
+        failures: Vec<String>,
+        /// Whether every refusal was transient (server errors, throttling, timeouts), so that
+        /// trying again may pass; a refusal of the object itself is not.
+        retryable: bool,
+    },
+    /// Writing some objects failed after others had been written (a later stage, or a write
+    /// after a passing dry-run). Nothing was pruned.
+    #[error(
+        "{} object(s) failed to apply ({written} written before or beside them; nothing was \
+         pruned):\n{}",
+        .failures.len(),
+        .failures.join("\n")
+    )]
+    Apply {
+        /// One line per failed object.
+        failures: Vec<String>,
+        /// How many objects were created or configured in this attempt.
+        written: usize,
+        /// Whether every failure was transient.
+        retryable: bool,
+    },
     /// A wait did not finish in time.
     #[error("timed out after {seconds}s waiting for {what}")]
     Timeout {
@@ -80,7 +102,8 @@ impl Error {
             Error::Api { source, .. } => {
                 !matches!(source, kube::Error::Api(s) if s.code < 500 && s.code != 429)
             }
-            Error::UnknownKind { .. } | Error::DryRun(_) | Error::Plan(_) => false,
+            Error::DryRun { retryable, .. } | Error::Apply { retryable, .. } => *retryable,
+            Error::UnknownKind { .. } | Error::Plan(_) => false,
         }
     }
 
@@ -90,7 +113,8 @@ impl Error {
             Error::Connect(_) => "connect",
             Error::Discovery(_) => "discovery",
             Error::UnknownKind { .. } => "unknown_kind",
-            Error::DryRun(_) => "dry_run",
+            Error::DryRun { .. } => "dry_run",
+            Error::Apply { .. } => "apply",
             Error::Timeout { .. } => "timeout",
             Error::Unhealthy { .. } => "unhealthy",
             Error::Inventory { .. } => "inventory",
@@ -102,6 +126,42 @@ impl Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why one object's request failed: the user-facing message and whether it may pass on retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiFailure {
+    /// See [`describe_api_error`].
+    pub message: String,
+    /// Server errors, throttling, timeouts and connection failures; not a refusal of the
+    /// object (invalid, forbidden, conflict, immutable, not found).
+    pub transient: bool,
+}
+
+impl ApiFailure {
+    pub(crate) fn new(err: &kube::Error, force_hint: bool) -> Self {
+        Self {
+            message: describe_api_error(err, force_hint),
+            transient: is_transient(err),
+        }
+    }
+}
+
+/// Whether an API error says nothing about the request itself.
+pub(crate) fn is_transient(err: &kube::Error) -> bool {
+    match err {
+        // Server-side apply reports a manifest that does not fit the schema as a 500
+        // ("failed to create typed patch object"): a refusal of the object, not an outage.
+        kube::Error::Api(status)
+            if status
+                .message
+                .contains("failed to create typed patch object") =>
+        {
+            false
+        }
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
 
 /// A one-line, user-facing rendering of an API error for one object: the server's message,
 /// with a hint for the common cases (conflicts, immutable fields).
@@ -126,5 +186,54 @@ pub(crate) fn describe_api_error(err: &kube::Error, force_hint: bool) -> String 
             }
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str) -> kube::Error {
+        api_with(code, reason, "m")
+    }
+
+    fn api_with(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn only_server_side_trouble_is_transient() {
+        for code in [500, 503, 504, 429] {
+            assert!(is_transient(&api(code, "")), "{code}");
+        }
+        for (code, reason) in [
+            (422, "Invalid"),
+            (409, "Conflict"),
+            (403, "Forbidden"),
+            (404, "NotFound"),
+        ] {
+            assert!(!is_transient(&api(code, reason)), "{code}");
+        }
+        // What the API server answers for a manifest that does not fit its schema.
+        assert!(!is_transient(&api_with(
+            500,
+            "",
+            "failed to create typed patch object (ns/w1; g/v1, Kind=Widget): .spec.size: \
+             expected numeric (int or float), got string"
+        )));
+        let dry = Error::DryRun {
+            failures: vec!["x".into()],
+            retryable: true,
+        };
+        assert!(dry.is_retryable());
+        let dry = Error::DryRun {
+            failures: vec!["x".into()],
+            retryable: false,
+        };
+        assert!(!dry.is_retryable());
     }
 }
