@@ -89,6 +89,36 @@ pub struct SyncReport {
     pub transient_failures: BTreeSet<ObjectKey>,
 }
 
+/// The outcome of writing one object.
+struct Written {
+    action: Action,
+    message: Option<String>,
+    /// The object as the write returned it.
+    live: Option<Value>,
+    /// Whether a failure may pass on retry.
+    transient: bool,
+}
+
+impl Written {
+    fn unchanged() -> Self {
+        Self {
+            action: Action::Unchanged,
+            message: None,
+            live: None,
+            transient: false,
+        }
+    }
+
+    fn failed(f: ApiFailure) -> Self {
+        Self {
+            action: Action::Failed,
+            message: Some(f.message),
+            live: None,
+            transient: f.transient,
+        }
+    }
+}
+
 /// One object's difference between the cluster and the desired state.
 #[derive(Debug, Clone)]
 pub struct ObjectDiff {
@@ -610,14 +640,13 @@ impl Engine {
         transient: &mut BTreeSet<ObjectKey>,
     ) -> Result<ChangeSet> {
         let prep_ref = &*prep;
-        let results: Vec<(ObjectKey, Action, Option<String>, Option<Value>, bool)> =
+        let results: Vec<(ObjectKey, Written)> =
             stream::iter(manifests.iter().map(Manifest::key).collect::<Vec<_>>())
                 .map(|key| async move {
                     let target = &prep_ref.targets[&key];
-                    let (action, message, result, passing) =
-                        self.write(prep_ref, target, opts).await;
-                    progress.done(&key, action);
-                    (key, action, message, result, passing)
+                    let written = self.write(prep_ref, target, opts).await;
+                    progress.done(&key, written.action);
+                    (key, written)
                 })
                 .buffer_unordered(opts.concurrency.max(1))
                 .collect()
@@ -631,41 +660,35 @@ impl Engine {
             .collect();
         results.sort_by_key(|(k, ..)| order[k]);
         let mut changes = ChangeSet::new();
-        for (key, action, message, result, passing) in results {
-            if let (Some(v), Some(t)) = (result, prep.targets.get_mut(&key)) {
+        for (key, written) in results {
+            if let (Some(v), Some(t)) = (written.live, prep.targets.get_mut(&key)) {
                 t.live = Some(v);
             }
-            if passing {
+            if written.transient {
                 transient.insert(key.clone());
             }
-            changes.push(key, action, message);
+            changes.push(key, written.action, written.message);
         }
         Ok(changes)
     }
 
-    /// Writes one object unless its dry-run result shows no change. The last value says
-    /// whether a failure was transient.
-    async fn write(
-        &self,
-        prep: &Prepared,
-        target: &Target,
-        opts: &SyncOptions,
-    ) -> (Action, Option<String>, Option<Value>, bool) {
+    /// Writes one object unless its dry-run result shows no change.
+    async fn write(&self, prep: &Prepared, target: &Target, opts: &SyncOptions) -> Written {
         let key = target.manifest.key();
         if prep.vouched.contains(&key) {
-            return (Action::Unchanged, None, None, false);
+            return Written::unchanged();
         }
         let predicted = match prep.dry_run.get(&key) {
             Some(v) => v.clone(),
             // Not validated up front (its Namespace or CRD came with this sync): validate now.
             None => match self.apply_one(target, opts, true).await {
                 Ok(v) => v,
-                Err(f) => return (Action::Failed, Some(f.message), None, f.transient),
+                Err(f) => return Written::failed(f),
             },
         };
         if let Some(live) = &target.live {
             if same_state(&predicted, live) {
-                return (Action::Unchanged, None, None, false);
+                return Written::unchanged();
             }
             // A controller may have written the object between the snapshot and the dry-run
             // (e.g. a Deployment's revision annotation): then the dry-run carries a newer
@@ -678,7 +701,7 @@ impl Engine {
                     .await
                 && same_state(&predicted, &to_value(fresh))
             {
-                return (Action::Unchanged, None, None, false);
+                return Written::unchanged();
             }
         }
         match self.apply_one(target, opts, false).await {
@@ -688,9 +711,14 @@ impl Engine {
                 } else {
                     Action::Created
                 };
-                (action, None, Some(v), false)
+                Written {
+                    action,
+                    message: None,
+                    live: Some(v),
+                    transient: false,
+                }
             }
-            Err(f) => (Action::Failed, Some(f.message), None, f.transient),
+            Err(f) => Written::failed(f),
         }
     }
 
