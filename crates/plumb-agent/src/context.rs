@@ -53,19 +53,6 @@ pub fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     )
 }
 
-/// An artifact this agent exported itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArtifactRecord {
-    /// The commit id.
-    pub commit: String,
-    /// Where it was exported.
-    pub dir: PathBuf,
-    /// The digest of the exported tree, checked again before every render.
-    pub tree_digest: String,
-    /// Whether its signatures were verified (the GitSource had `spec.verify`).
-    pub verified: bool,
-}
-
 /// The shared state of the reconcilers.
 pub struct Context {
     /// The agent's own client.
@@ -79,7 +66,7 @@ pub struct Context {
     /// The latest artifact this agent fetched (and verified) for each GitSource, by
     /// (namespace, name). Syncs render only these: a source's status is written by whoever
     /// may patch `gitsources/status` and is never trusted to name what to apply.
-    pub artifacts: Mutex<HashMap<(String, String), ArtifactRecord>>,
+    pub artifacts: std::sync::Arc<crate::artifacts::ArtifactStore>,
     /// Watches managed objects and heals drift.
     pub drift: DriftTracker,
     /// Publishes Kubernetes Events.
@@ -112,8 +99,10 @@ impl Context {
             drift: DriftTracker::new(client.clone(), metrics.clone()),
             client,
             kube_config,
+            artifacts: std::sync::Arc::new(crate::artifacts::ArtifactStore::new(
+                config.cache_dir.join("artifacts"),
+            )),
             config,
-            artifacts: Mutex::default(),
             recorder,
             metrics,
             failures: Mutex::default(),

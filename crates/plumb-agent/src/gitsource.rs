@@ -13,7 +13,7 @@ use plumb_source::{
 };
 
 use crate::api::{GitSource, KeyReference, SourceArtifact};
-use crate::context::{ArtifactRecord, Context};
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::policy;
@@ -146,9 +146,7 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
     request.verify = verify_policy(gs, ctx, ns).await?;
     let own = ctx
         .artifacts
-        .lock()
-        .expect("artifacts lock poisoned")
-        .get(&(ns.to_owned(), name.to_owned()))
+        .get(ns, name)
         .filter(|r| r.verified)
         .map(|r| r.commit.clone());
     if request.verify.is_some() {
@@ -167,61 +165,30 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
         });
     }
     let git_ref = request.git_ref.clone();
-    let dir = artifacts_dir(ctx, ns, name);
-    let staging = dir.join(format!(".fetch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
-    let artifact = ctx.fetcher.fetch(&request, &staging).await;
-    let artifact = match artifact {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e.into());
-        }
-    };
-    let final_dir = dir.join(&artifact.commit);
-    // An existing directory of the same commit is kept only while it still holds exactly
-    // this export (Syncs may be rendering it); otherwise the fresh export replaces it.
-    let intact = {
-        let (dir, digest) = (final_dir.clone(), artifact.tree_digest.clone());
-        final_dir.exists()
-            && tokio::task::spawn_blocking(move || {
-                plumb_source::export::verify_dir(&dir, &digest).is_ok()
-            })
-            .await
-            .unwrap_or(false)
-    };
-    if intact {
-        let _ = std::fs::remove_dir_all(&staging);
-    } else {
-        let _ = std::fs::remove_dir_all(&final_dir);
-        std::fs::rename(&staging, &final_dir).map_err(|e| Error::Io {
-            context: format!("storing the artifact in {}", final_dir.display()),
-            source: e,
-        })?;
-    }
-    // Keep only the newest artifact of this source.
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy() != artifact.commit {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
+    // A staging directory of this operation's own; stored atomically, or removed on drop.
+    let staging = ctx.artifacts.staging(ns, name)?;
+    let artifact = ctx.fetcher.fetch(&request, &staging.path()).await?;
     if request.verify.is_some() && own.as_deref() != Some(artifact.commit.as_str()) {
         ledger_put(ctx, ns, name, &artifact.commit).await;
     }
-    ctx.artifacts
-        .lock()
-        .expect("artifacts lock poisoned")
-        .insert(
-            (ns.to_owned(), name.to_owned()),
-            ArtifactRecord {
-                commit: artifact.commit.clone(),
-                dir: final_dir,
-                tree_digest: artifact.tree_digest.clone(),
-                verified: request.verify.is_some(),
-            },
+    {
+        let (ns, name, commit, digest, verified) = (
+            ns.to_owned(),
+            name.to_owned(),
+            artifact.commit.clone(),
+            artifact.tree_digest.clone(),
+            request.verify.is_some(),
         );
+        let store = ctx.artifacts.clone();
+        tokio::task::spawn_blocking(move || {
+            store.store(&ns, &name, staging, &commit, &digest, verified)
+        })
+        .await
+        .map_err(|e| Error::Io {
+            context: "storing the artifact".into(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    }
 
     let tip = artifact
         .verification
@@ -323,12 +290,12 @@ pub fn is_commit_id(text: &str) -> bool {
 /// The artifact a Sync may render for the GitSource whose status names `artifact`: only one
 /// this agent fetched (and, with `spec.verify`, verified) itself, of exactly that commit.
 /// Anything else is not ready yet: the GitSource reconciler (which runs for every source when
-/// the agent starts) produces it.
+/// the agent starts) produces it. The caller holds the handle while it renders.
 pub fn own_artifact(
     ctx: &Context,
     source: &GitSource,
     artifact: &SourceArtifact,
-) -> Result<ArtifactRecord> {
+) -> Result<Arc<crate::artifacts::Artifact>> {
     let ns = source.namespace().unwrap_or_default();
     let name = source.name_any();
     if !is_commit_id(&artifact.commit) {
@@ -337,13 +304,7 @@ pub fn own_artifact(
              waiting for this agent to fetch it"
         )));
     }
-    let record = ctx
-        .artifacts
-        .lock()
-        .expect("artifacts lock poisoned")
-        .get(&(ns.clone(), name.clone()))
-        .cloned();
-    let Some(record) = record else {
+    let Some(record) = ctx.artifacts.get(&ns, &name) else {
         return Err(Error::NotReady(format!(
             "GitSource {ns}/{name} has not been fetched by this agent yet"
         )));
@@ -363,19 +324,6 @@ pub fn own_artifact(
         )));
     }
     Ok(record)
-}
-
-/// Checks that the artifact's directory still holds what was exported (its tree digest),
-/// right before it is rendered.
-pub async fn check_artifact(record: &ArtifactRecord) -> Result<()> {
-    let (dir, digest) = (record.dir.clone(), record.tree_digest.clone());
-    tokio::task::spawn_blocking(move || plumb_source::export::verify_dir(&dir, &digest))
-        .await
-        .map_err(|e| Error::Io {
-            context: "checking the artifact's digest".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .map_err(|e| Error::Source(plumb_source::Error::Export(e)))
 }
 
 /// A fetch request for the GitSource (credentials from its Secret). The returned directory

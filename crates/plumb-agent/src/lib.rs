@@ -2,6 +2,7 @@
 //! election, the webhook receiver, metrics and health endpoints.
 
 pub mod api;
+pub mod artifacts;
 pub mod context;
 pub mod drift;
 pub mod error;

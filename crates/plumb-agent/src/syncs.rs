@@ -2,7 +2,6 @@
 //! audit trail, hand the applied objects to the drift tracker.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncS
 use crate::context::Context;
 use crate::drift::{AppliedObject, Desired};
 use crate::error::{Error, Result};
-use crate::gitsource::{check_artifact, own_artifact, requested_at};
+use crate::gitsource::{own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::status::{self, types};
 
@@ -211,10 +210,9 @@ async fn apply(
 ) -> Result<()> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
+    // Held for the whole render; its digest is checked on disk first.
     let record = own_artifact(ctx, source, artifact)?;
-    check_artifact(&record).await?;
-    let dir = record.dir;
-    let desired = render(&dir, sync.spec.path.as_deref())?;
+    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
     let rendered = digest(&desired);
 
     // A new revision that renders exactly what was applied (a commit elsewhere in the
@@ -443,10 +441,9 @@ async fn detect_only(
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
 ) -> Result<()> {
+    // Held for the whole render; its digest is checked on disk first.
     let record = own_artifact(ctx, source, artifact)?;
-    check_artifact(&record).await?;
-    let dir = record.dir;
-    let desired = render(&dir, sync.spec.path.as_deref())?;
+    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
     let rendered = digest(&desired);
     let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;
@@ -557,18 +554,6 @@ fn push_history(
         },
     );
     st.history.truncate(HISTORY_LIMIT);
-}
-
-fn render(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
-    let opts = plumb_render::RenderOptions::default();
-    let path = path
-        .map(|p| p.trim_start_matches("./").trim_end_matches('/'))
-        .unwrap_or("");
-    Ok(if path.is_empty() || path == "." {
-        plumb_render::render(dir, &opts)?
-    } else {
-        plumb_render::render_path(dir, Path::new(path), &opts)?
-    })
 }
 
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
