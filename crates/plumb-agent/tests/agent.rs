@@ -1864,3 +1864,71 @@ spec:
     w.stop().await;
     Ok(())
 }
+
+/// A fetch that finds nothing new still verifies (and records the signer of) the tip, so a
+/// later apply of the same revision keeps the signer in its history entry.
+#[tokio::test]
+async fn a_retry_of_the_same_revision_keeps_the_signer_in_history() -> Result<()> {
+    let w = World::new("resigned").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    // The source fetches again: nothing new in range mode.
+    let before = w
+        .sources()
+        .get("repo")
+        .await?
+        .status
+        .and_then(|s| s.last_fetch_time);
+    w.poke_source().await?;
+    let sources = w.sources();
+    eventually("the GitSource to fetch again", WAIT, || {
+        let (sources, before) = (sources.clone(), before.clone());
+        async move {
+            let st = sources.get("repo").await?.status.unwrap_or_default();
+            Ok((st.last_fetch_time != before).then_some(()))
+        }
+    })
+    .await?;
+    let artifact = w
+        .sources()
+        .get("repo")
+        .await?
+        .status
+        .unwrap_or_default()
+        .artifact;
+    assert!(
+        artifact
+            .as_ref()
+            .and_then(|a| a.signer.as_deref())
+            .is_some_and(|s| s.contains("alice")),
+        "{artifact:?}"
+    );
+    // And the Sync applies the same revision again on request.
+    let patch = json!({ "metadata": { "annotations": {
+        RECONCILE_REQUEST_ANNOTATION: plumb_agent::status::now_rfc3339()
+    } } });
+    w.syncs()
+        .patch("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let syncs = w.syncs();
+    let st = eventually("a second history entry", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            Ok((st.history.len() >= 2).then_some(st))
+        }
+    })
+    .await?;
+    assert!(
+        st.history[0]
+            .signer
+            .as_deref()
+            .is_some_and(|s| s.contains("alice")),
+        "{:?}",
+        st.history[0]
+    );
+    w.stop().await;
+    Ok(())
+}
