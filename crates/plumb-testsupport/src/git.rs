@@ -18,5 +18,5 @@ mod server;
 mod signing;
 
 pub use repo::{Identity, Repo, WorkTree};
-pub use server::{GitServers, PIDS_DIR_ENV};
+pub use server::{GitServers, PIDS_DIR_ENV, ServerOptions};
 pub use signing::{GpgSigner, KeyType, Signing, SshSigner};

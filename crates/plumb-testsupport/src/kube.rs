@@ -3,6 +3,7 @@
 //! The cluster is the one `KUBECONFIG` points at: `scripts/test` starts the local control plane
 //! (`scripts/testenv up`) and exports it, or, with `PLUMB_TEST_USE_EXISTING=1`, keeps the user's
 //! own cluster (kind, k3d). Tests that need a cluster fail with a clear message when there is none.
+//! Drills that kill parts of the control plane start one of their own: [`PrivateControlPlane`].
 
 use std::time::Duration;
 
@@ -11,6 +12,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use rand::Rng;
+
+mod private;
+
+pub use private::{Component, PrivateControlPlane};
 
 /// A client for the test cluster named by `KUBECONFIG`.
 pub async fn client() -> Result<Client> {

@@ -1,12 +1,15 @@
 //! Proves the test Git servers behave like real ones: https with basic auth and TLS, ssh with
-//! public keys and strict host key checking, and signatures git itself verifies.
+//! public keys and strict host key checking, and signatures git itself verifies; and that they
+//! can be stopped mid-transfer and restarted alike, for fault drills.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use plumb_testsupport::git::{GitServers, GpgSigner, KeyType, Repo, Signing, SshSigner};
+use plumb_testsupport::git::{
+    GitServers, GpgSigner, KeyType, Repo, ServerOptions, Signing, SshSigner,
+};
 
 type TestResult = anyhow::Result<()>;
 
@@ -460,5 +463,85 @@ fn dropping_the_servers_stops_them_and_removes_their_files() -> TestResult {
         );
     }
     assert!(!dir.exists());
+    Ok(())
+}
+
+/// Bytes that do not compress, so that a pack holding them is as large as they are.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_stop_breaks_a_slowed_clone_mid_pack_and_a_restart_serves_it_again() -> TestResult {
+    const SIZE: usize = 2 << 20;
+    // 2 MiB at 1 MiB/s: about 2 s of transfer.
+    let mut servers = GitServers::start_with(ServerOptions {
+        rate_limit: Some(1 << 20),
+    })?;
+    let repo = servers.create_repo("big")?;
+    let tree = repo.work_tree()?;
+    tree.write("blob.bin", incompressible(SIZE))?;
+    let commit = tree.commit("big", &Signing::None)?;
+    tree.push()?;
+    let ports = [servers.https_port(), servers.ssh_port()];
+    let dir = tempfile::tempdir()?;
+
+    let mut cloning = servers
+        .git()
+        .args(["clone", "--quiet", &servers.http_url("big")])
+        .arg(dir.path().join("first"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // A quarter of the pack is out: the transfer is under way, far from done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while servers.serving().unwrap_or(0) < (SIZE / 4) as u64 {
+        assert!(
+            cloning.try_wait()?.is_none(),
+            "the clone ended before a quarter of the pack was sent"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pack never went out"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    servers.stop();
+    assert!(!servers.is_running());
+    let out = cloning.wait_with_output()?;
+    assert!(!out.status.success(), "the clone survived the stop");
+    for port in ports {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+            "port {port} still accepts connections after stop()"
+        );
+    }
+
+    servers.restart()?;
+    assert!(servers.is_running());
+    assert_eq!([servers.https_port(), servers.ssh_port()], ports);
+    assert_eq!(servers.serving(), None, "nothing is being served");
+    let again = dir.path().join("again");
+    assert_success(
+        &clone(&servers, &servers.http_url("big"), &again),
+        "clone after restart",
+    );
+    assert_eq!(head_of(&again), commit);
+    assert_eq!(std::fs::read(again.join("blob.bin"))?.len(), SIZE);
+    // The same credentials and host key still work.
+    let https = servers.https_url_with_credentials("big", servers.username(), servers.password());
+    for url in [https, servers.ssh_url("big")] {
+        let out = output(servers.git().args(["ls-remote", &url, "main"]));
+        assert_success(&out, "ls-remote after restart");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(&commit));
+    }
     Ok(())
 }

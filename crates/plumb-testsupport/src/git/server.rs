@@ -36,6 +36,14 @@ const LOG_TAIL: usize = 30;
 /// a crash.
 pub const PIDS_DIR_ENV: &str = "PLUMB_TEST_PIDS_DIR";
 
+/// How [`GitServers::start_with`] sets the servers up.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Caps every https and http response at this many bytes per second (nginx `limit_rate`),
+    /// so that a fetch of a large repository takes long enough to be interrupted on purpose.
+    pub rate_limit: Option<u64>,
+}
+
 /// Real Git servers on 127.0.0.1 for one test: smart HTTP over TLS with basic auth and
 /// OpenSSH with public-key auth, both serving the same directory of bare repositories.
 ///
@@ -63,15 +71,34 @@ pub struct GitServers {
     known_hosts_line: String,
     client_home: PathBuf,
     startup: Duration,
+    /// The programs and arguments to start, kept for [`GitServers::restart`].
+    launch: Launch,
+}
+
+/// Everything needed to start the server processes again, alike.
+#[derive(Debug, Clone)]
+struct Launch {
+    logs: PathBuf,
+    fcgi_socket: PathBuf,
+    nginx_root: PathBuf,
+    nginx_conf: PathBuf,
+    nginx_log: PathBuf,
+    sshd_conf: PathBuf,
+    ports: [u16; 3],
 }
 
 impl GitServers {
     /// Generates credentials and starts the servers on free ports, returning once both ports
     /// accept connections. Fails with the tail of the server's log when one does not start.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Like [`GitServers::start`], with `options`.
+    pub fn start_with(options: ServerOptions) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::start_once() {
+            match Self::start_once(&options) {
                 Ok(servers) => return Ok(servers),
                 // Free ports are found by binding port 0 and closing it, so another process
                 // may take one before our server binds it: pick new ports and try again.
@@ -86,7 +113,7 @@ impl GitServers {
         }
     }
 
-    fn start_once() -> anyhow::Result<Self> {
+    fn start_once(options: &ServerOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("plumb-git-")
@@ -122,21 +149,7 @@ impl GitServers {
         let http_port = free_port()?;
         let ssh_port = free_port()?;
 
-        let mut processes = Vec::new();
-
-        // fcgiwrap runs git http-backend for nginx. It forks nothing with the default of one
-        // process, so killing it leaves no orphans.
         let fcgi_socket = run_dir.join("fcgiwrap.sock");
-        let mut fcgiwrap = Command::new(FCGIWRAP);
-        fcgiwrap
-            .arg("-s")
-            .arg(format!("unix:{}", fcgi_socket.display()));
-        processes.push(ServerProcess::spawn(
-            "fcgiwrap",
-            &mut fcgiwrap,
-            logs.join("fcgiwrap.log"),
-        )?);
-
         let nginx_conf = root.join("nginx.conf");
         let nginx_log = logs.join("nginx-error.log");
         write_file(
@@ -151,25 +164,9 @@ impl GitServers {
                 fcgi_socket: &fcgi_socket,
                 repos_root: &repos_root,
                 error_log: &nginx_log,
+                rate_limit: options.rate_limit,
             }),
         )?;
-        let mut nginx = Command::new(NGINX);
-        nginx
-            .arg("-p")
-            .arg(root)
-            .arg("-c")
-            .arg(&nginx_conf)
-            .arg("-e")
-            .arg(&nginx_log);
-        processes.push(ServerProcess::spawn(
-            "nginx",
-            &mut nginx,
-            logs.join("nginx.stderr.log"),
-        )?);
-        // nginx writes bind errors and the like to its error log, not to stderr.
-        if let Some(nginx) = processes.last_mut() {
-            nginx.extra_log = Some(nginx_log);
-        }
 
         // sshd refuses to start without its privilege separation directory.
         create_dir(Path::new("/run/sshd"))?;
@@ -178,24 +175,16 @@ impl GitServers {
             &sshd_conf,
             sshd_config(&ssh, ssh_port, &run_dir.join("sshd.pid")),
         )?;
-        let mut sshd = Command::new(SSHD);
-        sshd.args(["-D", "-e", "-f"]).arg(&sshd_conf);
-        processes.push(ServerProcess::spawn(
-            "sshd",
-            &mut sshd,
-            logs.join("sshd.log"),
-        )?);
-
-        let deadline = Instant::now() + READY_TIMEOUT;
-        wait_until(&mut processes, deadline, "fcgiwrap's socket", || {
-            fcgi_socket.exists()
-        })?;
-        for port in [https_port, http_port, ssh_port] {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            wait_until(&mut processes, deadline, &format!("port {port}"), || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            })?;
-        }
+        let launch = Launch {
+            logs,
+            fcgi_socket,
+            nginx_root: root.to_path_buf(),
+            nginx_conf,
+            nginx_log,
+            sshd_conf,
+            ports: [https_port, http_port, ssh_port],
+        };
+        let processes = launch.spawn()?;
 
         let known_hosts = root.join("known_hosts");
         let known_hosts_line = format!("[127.0.0.1]:{ssh_port} {}", ssh.host_public_key);
@@ -216,8 +205,75 @@ impl GitServers {
             known_hosts_line,
             client_home,
             startup: started.elapsed(),
+            launch,
             dir,
         })
+    }
+
+    /// SIGKILLs every server process (as a crash or a pulled cable would: transfers in flight
+    /// break off) and reaps them. Repositories, keys and ports are kept for
+    /// [`GitServers::restart`]. Stopping stopped servers does nothing.
+    pub fn stop(&mut self) {
+        // Dropping a process kills and reaps it.
+        self.processes.clear();
+    }
+
+    /// Starts the servers again (stopping them first if they run) on the same ports, with the
+    /// same configuration, credentials and repositories; returns once the ports accept
+    /// connections. Fails if another process took a port meanwhile.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.processes = self
+            .launch
+            .spawn()
+            .context("restarting the Git servers on their ports")?;
+        Ok(())
+    }
+
+    /// Whether the servers run (neither [`GitServers::stop`]ped nor crashed).
+    pub fn is_running(&mut self) -> bool {
+        !self.processes.is_empty()
+            && self
+                .processes
+                .iter_mut()
+                .all(|p| matches!(p.child.try_wait(), Ok(None)))
+    }
+
+    /// While the servers answer a fetch or clone: the most bytes any process serving it
+    /// (`git http-backend`, `git upload-pack`, `git pack-objects`, started by fcgiwrap or
+    /// sshd) has written so far; `None` when no such process runs. With
+    /// [`ServerOptions::rate_limit`], a value well below the pack's size means the transfer
+    /// is under way and far from done.
+    pub fn serving(&self) -> Option<u64> {
+        let roots: Vec<u32> = self.processes.iter().map(|p| p.child.id()).collect();
+        let parents = process_parents();
+        let mut best = None;
+        for (&pid, &ppid) in &parents {
+            // A descendant of one of our servers?
+            let mut up = ppid;
+            let mut descendant = false;
+            for _ in 0..16 {
+                if roots.contains(&up) {
+                    descendant = true;
+                    break;
+                }
+                match parents.get(&up) {
+                    Some(&next) if next != up => up = next,
+                    _ => break,
+                }
+            }
+            // Only git itself: sshd forks for any connection, even a port probe.
+            let is_git = fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("git"));
+            if !descendant || !is_git {
+                continue;
+            }
+            let Some(written) = written_bytes(pid) else {
+                continue;
+            };
+            best = Some(best.map_or(written, |b: u64| b.max(written)));
+        }
+        best
     }
 
     /// Creates the bare repository `<name>.git` (default branch `main`, pushes over https
@@ -383,6 +439,64 @@ impl GitServers {
     }
 }
 
+impl Launch {
+    /// Starts fcgiwrap, nginx and sshd and waits until their socket and ports accept
+    /// connections.
+    fn spawn(&self) -> anyhow::Result<Vec<ServerProcess>> {
+        let mut processes = Vec::new();
+        // fcgiwrap runs git http-backend for nginx (one process, forking one backend per
+        // request). A socket left by a killed fcgiwrap would make the new one fail to bind.
+        let _ = fs::remove_file(&self.fcgi_socket);
+        let mut fcgiwrap = Command::new(FCGIWRAP);
+        fcgiwrap
+            .arg("-s")
+            .arg(format!("unix:{}", self.fcgi_socket.display()));
+        processes.push(ServerProcess::spawn(
+            "fcgiwrap",
+            &mut fcgiwrap,
+            self.logs.join("fcgiwrap.log"),
+        )?);
+
+        let mut nginx = Command::new(NGINX);
+        nginx
+            .arg("-p")
+            .arg(&self.nginx_root)
+            .arg("-c")
+            .arg(&self.nginx_conf)
+            .arg("-e")
+            .arg(&self.nginx_log);
+        processes.push(ServerProcess::spawn(
+            "nginx",
+            &mut nginx,
+            self.logs.join("nginx.stderr.log"),
+        )?);
+        // nginx writes bind errors and the like to its error log, not to stderr.
+        if let Some(nginx) = processes.last_mut() {
+            nginx.extra_log = Some(self.nginx_log.clone());
+        }
+
+        let mut sshd = Command::new(SSHD);
+        sshd.args(["-D", "-e", "-f"]).arg(&self.sshd_conf);
+        processes.push(ServerProcess::spawn(
+            "sshd",
+            &mut sshd,
+            self.logs.join("sshd.log"),
+        )?);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        wait_until(&mut processes, deadline, "fcgiwrap's socket", || {
+            self.fcgi_socket.exists()
+        })?;
+        for port in self.ports {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            wait_until(&mut processes, deadline, &format!("port {port}"), || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+        }
+        Ok(processes)
+    }
+}
+
 /// A server child process: killed and reaped on drop.
 #[derive(Debug)]
 struct ServerProcess {
@@ -397,7 +511,12 @@ impl ServerProcess {
     /// Starts `cmd` with stdout and stderr appended to `log` and records its pid in
     /// `$PLUMB_TEST_PIDS_DIR` when set.
     fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        // Appending: after a restart the log still shows what happened before it.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
         let err = out
             .try_clone()
             .with_context(|| format!("cannot reopen {}", log.display()))?;
@@ -491,6 +610,42 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Every process's parent, from `/proc/<pid>/stat`.
+fn process_parents() -> std::collections::HashMap<u32, u32> {
+    let mut parents = std::collections::HashMap::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return parents;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parents.insert(pid, ppid);
+        }
+    }
+    parents
+}
+
+/// The bytes process `pid` has written (`wchar` of `/proc/<pid>/io`).
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -644,14 +799,25 @@ struct NginxConfig<'a> {
     fcgi_socket: &'a Path,
     repos_root: &'a Path,
     error_log: &'a Path,
+    rate_limit: Option<u64>,
 }
 
 /// Single-process nginx in the foreground with every path in the temporary directory.
 fn nginx_config(c: &NginxConfig<'_>) -> String {
     let root = c.root.display();
+    // Unbuffered, every byte reaches the client as git writes it. limit_rate holds only for
+    // buffered responses: then small buffers and no temporary file keep nginx from reading far
+    // ahead, so that git itself sends at about the limited rate.
+    let buffering = match c.rate_limit {
+        None => "fastcgi_buffering off;".to_owned(),
+        Some(r) => format!(
+            "fastcgi_buffering on;\n            fastcgi_buffers 4 16k;\n            \
+             fastcgi_max_temp_file_size 0;\n            limit_rate {r};"
+        ),
+    };
     let backend_params = format!(
         r#"            fastcgi_pass unix:{socket};
-            fastcgi_buffering off;
+            {buffering}
             fastcgi_request_buffering off;
             fastcgi_read_timeout 300s;
             fastcgi_param SCRIPT_FILENAME {backend};

@@ -1,0 +1,252 @@
+//! A control plane of one test's own, for drills that kill or stop its parts.
+//!
+//! [`PrivateControlPlane::up`] runs `scripts/testenv up` with `PLUMB_TESTENV_RUN` pointing into a
+//! fresh temporary directory: its own etcd data, certificates, free ports, pid files and lock, so
+//! that killing its API server or etcd never disturbs the shared control plane other tests use.
+//! Components are killed, stopped and started again by the same script (`kill`, `stop`, `start`:
+//! by pid file, restarted with the arguments `up` gave them). Dropping the value runs
+//! `scripts/testenv down` for it and deletes the directory, also when the test panics.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context as _, Result, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tempfile::TempDir;
+
+use crate::git::PIDS_DIR_ENV;
+
+/// One process of the control plane, named as `scripts/testenv` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Component {
+    /// etcd (its data directory survives a kill or stop).
+    Etcd,
+    /// kube-apiserver.
+    ApiServer,
+    /// kube-controller-manager (namespace deletion, garbage collection, Deployments).
+    ControllerManager,
+    /// kube-scheduler.
+    Scheduler,
+    /// kwok (fake nodes).
+    Kwok,
+}
+
+impl Component {
+    /// Every component, in start order.
+    pub const ALL: [Component; 5] = [
+        Component::Etcd,
+        Component::ApiServer,
+        Component::ControllerManager,
+        Component::Scheduler,
+        Component::Kwok,
+    ];
+
+    /// The name `scripts/testenv` uses (and its pid and log files carry).
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::ApiServer => "kube-apiserver",
+            Component::ControllerManager => "kube-controller-manager",
+            Component::Scheduler => "kube-scheduler",
+            Component::Kwok => "kwok",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A running control plane of this test's own (see the module docs).
+pub struct PrivateControlPlane {
+    run: PathBuf,
+    kubeconfig: PathBuf,
+    /// Files in `$PLUMB_TEST_PIDS_DIR` naming the running components, so that `scripts/test`
+    /// kills them even if this process dies without dropping the value.
+    pid_records: Mutex<Vec<PathBuf>>,
+    down: bool,
+    // Last: deleted after `down` stopped the processes.
+    _dir: TempDir,
+}
+
+impl PrivateControlPlane {
+    /// Starts etcd, kube-apiserver, controller-manager, scheduler and kwok on free ports and
+    /// waits until they serve (about 10 s with the binaries cached).
+    pub async fn up() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("plumb-control-plane-")
+            .tempdir()
+            .context("creating a run directory for a private control plane")?;
+        let run = dir.path().join("run");
+        let plane = Self {
+            kubeconfig: run.join("kubeconfig"),
+            run,
+            pid_records: Mutex::default(),
+            down: false,
+            _dir: dir,
+        };
+        // On failure, dropping `plane` stops whatever half started.
+        plane.testenv(&["up"]).await?;
+        plane.record_pids();
+        Ok(plane)
+    }
+
+    /// The admin kubeconfig of this control plane.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The run directory (logs `<component>.log`, pid files, etcd data).
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+
+    /// A client with admin rights on this control plane.
+    pub async fn client(&self) -> Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .context("loading the private control plane's kubeconfig")?;
+        Client::try_from(config).context("building a client for the private control plane")
+    }
+
+    /// SIGKILLs `component` (as a crash or the OOM killer would) and waits until it is gone.
+    pub async fn kill(&self, component: Component) -> Result<()> {
+        self.testenv(&["kill", component.name()]).await?;
+        self.record_pids();
+        Ok(())
+    }
+
+    /// Stops `component` gracefully (SIGTERM; SIGKILL after 5 s) and waits until it is gone.
+    pub async fn stop(&self, component: Component) -> Result<()> {
+        self.testenv(&["stop", component.name()]).await?;
+        self.record_pids();
+        Ok(())
+    }
+
+    /// Starts a killed or stopped `component` again with the arguments `up` gave it (same
+    /// ports, same data) and waits until it serves (etcd: its port; the API server: `/readyz`).
+    pub async fn start(&self, component: Component) -> Result<()> {
+        self.testenv(&["start", component.name()]).await?;
+        self.record_pids();
+        Ok(())
+    }
+
+    /// The pid of `component`, if it runs.
+    pub fn pid(&self, component: Component) -> Option<u32> {
+        let text = std::fs::read_to_string(self.run.join(format!("{component}.pid"))).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// The last `lines` lines of `component`'s log, for failure reports.
+    pub fn log_tail(&self, component: Component, lines: usize) -> String {
+        let path = self.run.join(format!("{component}.log"));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let all: Vec<&str> = text.lines().collect();
+                all[all.len().saturating_sub(lines)..].join("\n")
+            }
+            Err(e) => format!("({}: {e})", path.display()),
+        }
+    }
+
+    /// Stops every component (`scripts/testenv down`) and deletes the run directory.
+    pub fn down(mut self) -> Result<()> {
+        self.down = true;
+        self.down_blocking()
+    }
+
+    fn down_blocking(&self) -> Result<()> {
+        let out = self
+            .command(&["down"])
+            .output()
+            .context("running scripts/testenv down")?;
+        self.clear_pid_records();
+        if !out.status.success() {
+            bail!(
+                "scripts/testenv down failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/testenv");
+        let mut cmd = std::process::Command::new(script);
+        cmd.args(args)
+            .env("PLUMB_TESTENV_RUN", &self.run)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs `scripts/testenv ARGS` for this run directory; fails with its output.
+    async fn testenv(&self, args: &[&str]) -> Result<()> {
+        let cmd = self.command(args);
+        let out = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .with_context(|| format!("running scripts/testenv {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "scripts/testenv {} (run directory {}) failed with {}:\n{}{}",
+                args.join(" "),
+                self.run.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(())
+    }
+
+    /// Mirrors the running components' pids into `$PLUMB_TEST_PIDS_DIR` (when set).
+    fn record_pids(&self) {
+        let Some(pids_dir) = std::env::var_os(PIDS_DIR_ENV).map(PathBuf::from) else {
+            return;
+        };
+        self.clear_pid_records();
+        let mut records = self.pid_records.lock().expect("pid records lock poisoned");
+        if std::fs::create_dir_all(&pids_dir).is_err() {
+            return;
+        }
+        for c in Component::ALL {
+            if let Some(pid) = self.pid(c) {
+                let file = pids_dir.join(format!("plumb-testenv-{c}-{pid}.pid"));
+                if std::fs::write(&file, format!("{pid}\n")).is_ok() {
+                    records.push(file);
+                }
+            }
+        }
+    }
+
+    fn clear_pid_records(&self) {
+        let mut records = self.pid_records.lock().expect("pid records lock poisoned");
+        for file in records.drain(..) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        if self.down {
+            return;
+        }
+        if let Err(e) = self.down_blocking() {
+            eprintln!(
+                "warning: could not stop the private control plane in {}: {e:#}",
+                self.run.display()
+            );
+        }
+    }
+}
