@@ -14,7 +14,7 @@ use plumb_kube::{Engine, NoProgress, SyncOptions};
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
 use crate::context::Context;
-use crate::drift::{AppliedObject, Desired};
+use crate::drift::{AppliedObject, ApplyPhase, Desired, Scope, Ticket};
 use crate::error::{Error, Result};
 use crate::gitsource::{check_artifact, own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
@@ -98,9 +98,8 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     }
 
     let started = Instant::now();
-    ctx.drift.begin_apply(&skey);
-    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await;
-    ctx.drift.end_apply(&skey);
+    let phase = ctx.drift.begin_apply(&skey).await;
+    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st, phase).await;
     match applied {
         Ok(()) => {
             ctx.reset_backoff(&key);
@@ -191,7 +190,9 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
     Ok(Prepared { source, artifact })
 }
 
-/// Renders and applies; fills the status on success.
+/// Renders and applies; fills the status on success. `phase` marks the writes for the drift
+/// watch: it ends (after the written objects are registered) before any health wait.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     sync: &Sync,
     ctx: &Context,
@@ -200,6 +201,7 @@ async fn apply(
     source: &GitSource,
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
+    phase: ApplyPhase,
 ) -> Result<()> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
@@ -235,6 +237,7 @@ async fn apply(
         record_applied(st, sync, artifact, counts, note, started.elapsed());
         return Ok(());
     }
+    let timeout = duration(sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
 
     // Say what is being applied before applying it: a long apply shows as Reconciling with
     // its revision (`kubectl get syncs`), not as the previous result.
@@ -257,6 +260,14 @@ async fn apply(
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.inventory = status::inventory_items(&report.inventory);
     let counts = report.changes.counts();
+
+    // The writes are over: what they wrote is registered now (all of it, or after a partial
+    // failure the objects that were written), so that a change made during the health wait
+    // is healed at once, and towards this revision, never an older one.
+    let applied_from = (artifact.revision.clone(), rendered);
+    register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await?;
+    phase.end();
+
     if report.changes.has_failures() {
         let failures: Vec<String> = report
             .changes
@@ -268,12 +279,8 @@ async fn apply(
         return Err(Error::Kube(plumb_kube::Error::DryRun(failures)));
     }
     if sync.spec.wait {
-        let timeout = duration(sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
         engine.wait_healthy(&report.applied, timeout).await?;
     }
-
-    let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from).await?;
 
     let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
     if report.changes.has_changes() {
@@ -349,7 +356,8 @@ fn engine_for(
     Ok((client, engine, inventory, opts))
 }
 
-/// Hands the applied objects to the drift watch.
+/// Hands the written objects to the drift watch, as of the apply with `ticket`: every desired
+/// object when nothing failed, else only those written (or found unchanged).
 /// `applied_from`: the revision and the digest of its rendering.
 async fn register_drift(
     sync: &Sync,
@@ -357,10 +365,40 @@ async fn register_drift(
     client: kube::Client,
     report: &plumb_kube::SyncReport,
     applied_from: (String, String),
+    ticket: Ticket,
 ) -> Result<()> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
-    let applied = &report.applied;
+    let (scope, written): (
+        Scope,
+        Option<std::collections::BTreeSet<&plumb_core::ObjectKey>>,
+    ) = if report.changes.has_failures() {
+        let written = report
+            .changes
+            .entries
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    plumb_core::Action::Created
+                        | plumb_core::Action::Configured
+                        | plumb_core::Action::Unchanged
+                )
+            })
+            .map(|c| &c.key)
+            .collect();
+        (Scope::Written, Some(written))
+    } else {
+        let rendered = applied_from.1.clone();
+        (Scope::Complete { rendered }, None)
+    };
+    if written.as_ref().is_some_and(|w| w.is_empty()) {
+        return Ok(());
+    }
+    let applied = report
+        .applied
+        .iter()
+        .filter(|m| written.as_ref().is_none_or(|w| w.contains(&m.key())));
     let resolver = Resolver::new(client.clone()).await?;
     let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
     let mut objects = BTreeMap::new();
@@ -378,17 +416,20 @@ async fn register_drift(
         };
         objects.insert(m.key(), AppliedObject::new(m, resolved));
     }
-    ctx.metrics
-        .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    if written.is_none() {
+        ctx.metrics
+            .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    }
     ctx.drift.register(
         (ns.to_owned(), name.to_owned()),
+        ticket,
         Desired {
             objects,
             mode: sync.spec.drift,
             force: sync.spec.force,
             client,
             revision: applied_from.0,
-            rendered: applied_from.1,
+            scope,
         },
         report
             .live_meta
@@ -410,6 +451,7 @@ async fn detect_only(
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
 ) -> Result<()> {
+    let ticket = ctx.drift.ticket();
     let record = own_artifact(ctx, source, artifact)?;
     check_artifact(&record).await?;
     let dir = record.dir;
@@ -436,7 +478,7 @@ async fn detect_only(
         })
         .collect();
     let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from).await?;
+    register_drift(sync, ctx, client, &report, applied_from, ticket).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),

@@ -1684,3 +1684,197 @@ async fn a_restarted_agent_resumes_range_verification_from_its_ledger() -> Resul
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     Ok(())
 }
+
+// ---- health waits: healing during them, towards the newest revision ----
+
+/// A Deployment whose pods fit no node: it never becomes Available (with `replicas > 0`), so a
+/// health wait for it lasts its whole timeout. Independent of node readiness.
+fn stuck_deployment(name: &str, replicas: u32) -> String {
+    deployment(name, replicas).replace(
+        "      containers:",
+        "      nodeSelector: {plumb.dev/nowhere: \"true\"}\n      containers:",
+    )
+}
+
+/// A Sync of `app/` that waits for health, pruning.
+fn waiting_sync(timeout: &str) -> serde_json::Value {
+    json!({
+        "sourceRef": { "name": "repo" }, "path": "app", "prune": true, "interval": "1h",
+        "wait": true, "timeout": timeout
+    })
+}
+
+impl World {
+    /// Waits until Sync `sync` is applying `commit` (written or being written, health awaited)
+    /// and not Ready with it.
+    async fn wait_applying(&self, sync: &str, commit: &str) -> Result<()> {
+        let syncs = self.syncs();
+        eventually(
+            &format!("Sync {sync} to be applying {commit}"),
+            WAIT,
+            || {
+                let syncs = syncs.clone();
+                async move {
+                    let st = syncs.get(sync).await?.status.unwrap_or_default();
+                    Ok(applying(&st, commit).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// Whether the status says `commit` is being applied (Reconciling, attempted) and not Ready.
+fn applying(st: &plumb_agent::api::SyncStatus, commit: &str) -> bool {
+    let progressing = st.conditions.iter().any(|c| {
+        c.type_ == "Reconciling"
+            && c.status == "True"
+            && c.reason == "Progressing"
+            && c.message.contains(commit)
+    });
+    let attempted = st
+        .last_attempted_revision
+        .as_deref()
+        .is_some_and(|r| r.ends_with(commit));
+    let applied = st
+        .last_applied_revision
+        .as_deref()
+        .is_some_and(|r| r.ends_with(commit));
+    progressing && attempted && !applied
+}
+
+#[tokio::test]
+async fn a_change_during_a_health_wait_is_healed_at_once_towards_the_new_revision() -> Result<()> {
+    let w = World::new("healwait").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("10m")).await?;
+    w.wait_applied("app", &first).await?;
+
+    // The next revision changes the ConfigMap and adds a Deployment that never becomes
+    // healthy: its health wait lasts ten minutes.
+    let second = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "2")),
+            ("app/stuck.yaml", &stuck_deployment("stuck", 1)),
+        ],
+        &w.signing,
+    )?;
+    w.poke_source().await?;
+    w.wait_applying("app", &second).await?;
+    w.wait_value("settings", "2").await?;
+
+    // During the wait: a deleted object comes back and an edit is undone, at once and with the
+    // new revision's content.
+    w.configmaps()
+        .delete("settings", &Default::default())
+        .await?;
+    w.wait_value("settings", "2").await?;
+    w.edit_by_hand("settings", "edited during the wait").await?;
+    w.wait_value("settings", "2").await?;
+    let st = w.syncs().get("app").await?.status.unwrap_or_default();
+    assert!(
+        applying(&st, &second),
+        "the health wait should still be running: {:#?}",
+        st.conditions
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_heal_after_a_failed_health_wait_sets_the_newest_revision_written() -> Result<()> {
+    use kube::runtime::watcher;
+
+    let w = World::new("healnewest").await?;
+    // Revision A: no replicas, so healthy at once; B: three replicas that never become
+    // available, with a short wait.
+    let first = w.commit(&[("app/web.yaml", &stuck_deployment("web", 0))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("5s")).await?;
+    w.wait_applied("app", &first).await?;
+    let second = w.commit(&[("app/web.yaml", &stuck_deployment("web", 3))], &w.signing)?;
+    w.poke_source().await?;
+    let syncs = w.syncs();
+    eventually("B's health wait to time out", WAIT, || {
+        let syncs = syncs.clone();
+        let second = second.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            let failed = plumb_agent::status::ready(&st.conditions)
+                .is_some_and(|c| c.status == "False" && c.reason == "HealthCheckFailed");
+            let attempted = st
+                .last_attempted_revision
+                .is_some_and(|r| r.ends_with(&second));
+            Ok((failed && attempted).then_some(()))
+        }
+    })
+    .await?;
+
+    // Every value the Deployment's replicas take from now on.
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    let values = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let (synced_tx, synced_rx) = oneshot::channel::<()>();
+    let recorder = {
+        let values = values.clone();
+        let stream = watcher(
+            deployments.clone(),
+            watcher::Config::default().fields("metadata.name=web"),
+        );
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stream = std::pin::pin!(stream);
+            let mut synced = Some(synced_tx);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = synced.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(d)) if synced.is_none() => {
+                        if let Some(r) = d.spec.and_then(|s| s.replicas) {
+                            values.lock().unwrap().push(r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    synced_rx.await?;
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": 7 } })),
+        )
+        .await?;
+    let seen = eventually("the scale to be healed", WAIT, || {
+        let values = values.clone();
+        async move {
+            let v = values.lock().unwrap().clone();
+            let healed = v.iter().skip_while(|r| **r != 7).skip(1).any(|r| *r != 7);
+            Ok(healed.then_some(v))
+        }
+    })
+    .await?;
+    recorder.abort();
+    // Status updates repeat a value: the sequence of distinct values is what matters.
+    let mut after_scale: Vec<i32> = seen.iter().copied().skip_while(|r| *r != 7).collect();
+    after_scale.dedup();
+    assert_eq!(
+        after_scale.get(1),
+        Some(&3),
+        "the scale must be healed to B's replicas (3), never A's (0): {seen:?}"
+    );
+    assert!(
+        !after_scale.contains(&0),
+        "the Deployment was set back to revision A: {seen:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
