@@ -69,6 +69,8 @@ pub struct Context {
     pub artifacts: Mutex<HashMap<(String, String), ArtifactRecord>>,
     /// Watches managed objects and heals drift.
     pub drift: DriftTracker,
+    /// What the watches saw, so that a running health wait learns it is moot.
+    pub supersede: crate::supersede::Supersede,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -97,6 +99,7 @@ impl Context {
         Self {
             fetcher: Fetcher::new(config.cache_dir.join("git")),
             drift: DriftTracker::new(client.clone(), metrics.clone()),
+            supersede: Default::default(),
             client,
             kube_config,
             config,

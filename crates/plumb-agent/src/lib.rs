@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod policy;
 pub mod runner;
 pub mod status;
+pub mod supersede;
 pub mod syncs;
 pub mod webhook;

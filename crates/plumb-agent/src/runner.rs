@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -174,9 +174,31 @@ pub async fn run(
         .shared()
     };
 
+    // Stopping cancels every running health wait at once (the controllers' graceful shutdown
+    // waits for running reconciles), and running reconciles get a few seconds to finish.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        let stop = stop_controllers.clone();
+        async move {
+            stop.await;
+            ctx.supersede.shut_down();
+        }
+    });
     let sources = source_controller(&client, &ctx, stop_controllers.clone());
     let syncs = sync_controller(&client, &ctx, stop_controllers.clone());
-    tokio::join!(sources, syncs);
+    let grace = async {
+        stop_controllers.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(sources, syncs) } => {}
+        () = grace => {
+            tracing::warn!(
+                "reconciles still running {}s after the stop; abandoning them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+    }
     ctx.drift.shutdown();
 
     let lost_leadership = election.as_ref().is_some_and(|e| !e.is_leader()) && !*stop_rx.borrow();
@@ -193,6 +215,11 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// How long running reconciles may take to finish once the agent stops (health waits are
+/// cancelled at once; this bounds a fetch or an apply): then they are dropped, as a crash would
+/// (an interrupted apply converges on the next leader's apply).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Hash of generation and reconcile request: status writes do not trigger a reconcile.
 fn spec_or_request<K: ResourceExt>(obj: &K) -> Option<u64> {
@@ -251,19 +278,25 @@ async fn sync_controller(
 ) {
     let api: Api<Sync> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
+    let seen = ctx.clone();
     let stream = watcher(api.clone(), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
+        // A running health wait of this Sync learns of a spec change, request or deletion.
+        .inspect_ok(move |s| seen.supersede.saw_sync(s))
         .predicate_filter(spec_or_request, Default::default());
     let controller = Controller::for_stream(stream, reader);
     let store = controller.store();
     let dependents = controller.store();
     let sources: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    let seen = ctx.clone();
     controller
         .with_config(controller_config(ctx))
-        // A new artifact (any GitSource change) reconciles the Syncs that use it.
+        // A new artifact (any GitSource change) reconciles the Syncs that use it, and cancels
+        // their running health waits.
         .watches(sources, watcher::Config::default(), move |gs: GitSource| {
+            seen.supersede.saw_source(&gs);
             let ns = gs.namespace().unwrap_or_default();
             let name = gs.name_any();
             store

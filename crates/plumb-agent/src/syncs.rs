@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::gitsource::{check_artifact, own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::status::{self, types};
+use crate::supersede::{Applying, Why};
 
 /// Default re-apply interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
@@ -97,11 +98,19 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         };
     }
 
+    // An apply builds on the inventory and history in the status: take them as the API server
+    // has them now. The watch cache may predate this agent's own last write (the apply whose
+    // health wait was just cancelled recorded what it wrote).
+    match fresh_status(&ctx, &ns, &name).await? {
+        Some(fresh) => st = fresh,
+        None => return Ok(Action::await_change()),
+    }
     let started = Instant::now();
     let phase = ctx.drift.begin_apply(&skey).await;
     let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st, phase).await;
     match applied {
-        Ok(()) => {
+        Ok(Applied::Cancelled(why)) => cancelled(&sync, &ctx, st, &artifact, why, started).await,
+        Ok(Applied::Done) => {
             ctx.reset_backoff(&key);
             ctx.metrics
                 .observe_reconcile(ReconcileKind::Sync, Outcome::Success, started.elapsed());
@@ -116,6 +125,18 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
 struct Prepared {
     source: GitSource,
     artifact: SourceArtifact,
+}
+
+/// The status of Sync `ns/name` read from the API server; `None` when the Sync is gone.
+async fn fresh_status(ctx: &Context, ns: &str, name: &str) -> Result<Option<SyncStatus>> {
+    let sync = Api::<Sync>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("reading Sync {ns}/{name}"),
+            source,
+        })?;
+    Ok(sync.map(|s| s.status.unwrap_or_default()))
 }
 
 /// Checks dependencies and finds the source's artifact.
@@ -190,6 +211,14 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
     Ok(Prepared { source, artifact })
 }
 
+/// How an apply ended, if not in an error.
+enum Applied {
+    /// Applied (and healthy, with `wait`); the status is filled in.
+    Done,
+    /// Written, but the health wait was cancelled: it no longer mattered.
+    Cancelled(Why),
+}
+
 /// Renders and applies; fills the status on success. `phase` marks the writes for the drift
 /// watch: it ends (after the written objects are registered) before any health wait.
 #[allow(clippy::too_many_arguments)]
@@ -202,7 +231,7 @@ async fn apply(
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
     phase: ApplyPhase,
-) -> Result<()> {
+) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
     let record = own_artifact(ctx, source, artifact)?;
@@ -235,7 +264,7 @@ async fn apply(
         };
         let note = " (renders the objects already applied)";
         record_applied(st, sync, artifact, counts, note, started.elapsed());
-        return Ok(());
+        return Ok(Applied::Done);
     }
     let timeout = duration(sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
 
@@ -279,7 +308,36 @@ async fn apply(
         return Err(Error::Kube(plumb_kube::Error::DryRun(failures)));
     }
     if sync.spec.wait {
-        engine.wait_healthy(&report.applied, timeout).await?;
+        // What was written is recorded before the wait: a Sync deleted, or an agent stopped,
+        // during the wait still knows what it owns.
+        status::set_condition(
+            &mut st.conditions,
+            types::RECONCILING,
+            true,
+            "Progressing",
+            format!(
+                "applied revision {}; waiting up to {}s for its objects to become healthy",
+                artifact.revision,
+                timeout.as_secs()
+            ),
+            sync.metadata.generation,
+        );
+        ctx.write_status::<Sync>(ns, name, st).await?;
+        // A new revision, a spec change, a request, the Sync's deletion or the agent stopping
+        // make the wait moot: it is cancelled, and what superseded it runs at once.
+        let src = &sync.spec.source_ref;
+        let source_key = (
+            src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
+            src.name.clone(),
+        );
+        let applying = Applying::of(sync, source_key, &artifact.commit);
+        let wait = engine.wait_healthy(&report.applied, timeout);
+        match ctx.supersede.unless_superseded(&applying, wait).await {
+            Ok(healthy) => {
+                healthy?;
+            }
+            Err(why) => return Ok(Applied::Cancelled(why)),
+        }
     }
 
     let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
@@ -287,7 +345,53 @@ async fn apply(
         ctx.event(sync, false, "ReconciliationSucceeded", message)
             .await;
     }
-    Ok(())
+    Ok(Applied::Done)
+}
+
+/// A health wait was cancelled (see [`Applied::Cancelled`]). When the agent stops, nothing is
+/// written (the next leader applies again). Otherwise the history and an Event say that the
+/// revision was written and why its wait ended, and the Sync is reconciled again at once.
+async fn cancelled(
+    sync: &Sync,
+    ctx: &Context,
+    mut st: SyncStatus,
+    artifact: &SourceArtifact,
+    why: Why,
+    started: Instant,
+) -> Result<Action> {
+    let key = format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    );
+    let took = started.elapsed();
+    tracing::info!(sync = %key, revision = %artifact.revision, %why, ?took, "health wait cancelled");
+    if why == Why::ShuttingDown {
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "revision {} was applied; its health wait was cancelled after {:.1}s: {why}",
+        artifact.revision,
+        took.as_secs_f64()
+    );
+    ctx.event(sync, false, "HealthCheckCancelled", &message)
+        .await;
+    if why != Why::Deleted {
+        push_history(
+            &mut st,
+            artifact,
+            "cancelled",
+            String::new(),
+            took,
+            Some(message),
+        );
+        let ns = sync.namespace().unwrap_or_default();
+        // Best effort: the reconcile that follows writes the status anyway.
+        if let Err(e) = ctx.write_status::<Sync>(&ns, &sync.name_any(), &st).await {
+            tracing::warn!(sync = %key, error = %e, "could not record the cancelled wait");
+        }
+    }
+    Ok(Action::requeue(Duration::ZERO))
 }
 
 /// Marks `artifact` applied with `counts`: revision, generation, Ready, a history entry.

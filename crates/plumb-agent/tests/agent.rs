@@ -327,8 +327,10 @@ impl World {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        // A graceful stop cancels health waits and bounds everything else (5 s).
         if let Some(a) = self.agent.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), a).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(20), a).await;
+            assert!(stopped.is_ok(), "the agent did not stop within 20 s");
         }
     }
 }
@@ -661,7 +663,7 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
 
 #[tokio::test]
 async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
-    let mut w = World::new("progress").await?;
+    let w = World::new("progress").await?;
     // Pods that no node accepts: the Deployment never becomes Available, so the health wait
     // holds the apply open.
     let stuck = deployment("stuck", 1).replace(
@@ -694,10 +696,7 @@ async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
         }
     })
     .await?;
-    // The reconcile waits for health for minutes; a graceful stop would wait for it.
-    if let Some(agent) = w.agent.take() {
-        agent.abort();
-    }
+    // The reconcile waits for health for minutes; a graceful stop cancels the wait.
     w.stop().await;
     Ok(())
 }
@@ -1685,7 +1684,7 @@ async fn a_restarted_agent_resumes_range_verification_from_its_ledger() -> Resul
     Ok(())
 }
 
-// ---- health waits: healing during them, towards the newest revision ----
+// ---- health waits: healing during them, towards the newest revision, and cancelling them ----
 
 /// A Deployment whose pods fit no node: it never becomes Available (with `replicas > 0`), so a
 /// health wait for it lasts its whole timeout. Independent of node readiness.
@@ -1722,6 +1721,32 @@ impl World {
         )
         .await
     }
+
+    /// Asks for a reconcile of Sync `sync` (what `plumb reconcile sync` does).
+    async fn request_reconcile(&self, sync: &str) -> Result<String> {
+        let token = format!("{}-{}", plumb_agent::status::now_rfc3339(), sync);
+        let patch =
+            json!({ "metadata": { "annotations": { RECONCILE_REQUEST_ANNOTATION: &token } } });
+        self.syncs()
+            .patch(sync, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(token)
+    }
+
+    /// The Events of this namespace about `name` with `reason`: their notes.
+    async fn events(&self, name: &str, reason: &str) -> Result<Vec<String>> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), self.ns.name());
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect())
+    }
 }
 
 /// Whether the status says `commit` is being applied (Reconciling, attempted) and not Ready.
@@ -1741,6 +1766,20 @@ fn applying(st: &plumb_agent::api::SyncStatus, commit: &str) -> bool {
         .as_deref()
         .is_some_and(|r| r.ends_with(commit));
     progressing && attempted && !applied
+}
+
+/// Requests the agent sent (method and path) that name `resource/name`, watches aside.
+fn requests_for(requests: &[String], resource_and_name: &str) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .filter(|r| {
+            r.split('?')
+                .next()
+                .is_some_and(|path| path.ends_with(&format!("/{resource_and_name}")))
+        })
+        .cloned()
+        .collect()
 }
 
 #[tokio::test]
@@ -1875,6 +1914,96 @@ async fn a_heal_after_a_failed_health_wait_sets_the_newest_revision_written() ->
         !after_scale.contains(&0),
         "the Deployment was set back to revision A: {seen:?}"
     );
+    w.stop().await;
+    Ok(())
+}
+
+/// A Sync `app` whose first revision (returned) holds a ConfigMap and a Deployment that never
+/// becomes healthy, with a ten-minute wait that is running when this returns.
+async fn stuck_in_a_long_wait(w: &World) -> Result<String> {
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "1")),
+            ("app/stuck.yaml", &stuck_deployment("stuck", 1)),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("10m")).await?;
+    w.wait_applying("app", &first).await?;
+    w.wait_value("settings", "1").await?;
+    Ok(first)
+}
+
+#[tokio::test]
+async fn a_new_revision_cancels_a_running_health_wait() -> Result<()> {
+    let w = World::new("cancelrev").await?;
+    let broken = stuck_in_a_long_wait(&w).await?;
+    // The revert: the broken Deployment goes; applied long before the ten minutes are over.
+    w.wt.remove("app/stuck.yaml")?;
+    let revert = w.commit(&[("app/cm.yaml", &configmap("settings", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &revert).await?;
+    w.wait_value("settings", "2").await?;
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    assert!(deployments.get_opt("stuck").await?.is_none(), "not pruned");
+    let notes = w.events("app", "HealthCheckCancelled").await?;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&broken) && n.contains("new revision") && n.contains(&revert)),
+        "{notes:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spec_change_cancels_a_running_health_wait() -> Result<()> {
+    let w = World::new("cancelspec").await?;
+    let first = stuck_in_a_long_wait(&w).await?;
+    // Turning the wait off: the revision is applied again at once, without waiting.
+    let sync = w
+        .syncs()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "wait": false } })),
+        )
+        .await?;
+    let sync_now = w.wait_applied("app", &first).await?;
+    assert_eq!(
+        sync_now.status.unwrap_or_default().observed_generation,
+        sync.metadata.generation
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reconcile_request_cancels_a_running_health_wait() -> Result<()> {
+    let (client, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("cancelreq", Some(client)).await?;
+    stuck_in_a_long_wait(&w).await?;
+    requests.lock().unwrap().clear();
+    w.request_reconcile("app").await?;
+    // A request applies everything again, each object dry-run first: long before the running
+    // wait's ten minutes are over.
+    eventually(
+        "the requested apply to dry-run the Deployment",
+        WAIT,
+        || {
+            let requests = requests.clone();
+            async move {
+                let seen = requests.lock().unwrap().clone();
+                Ok(requests_for(&seen, "deployments/stuck")
+                    .iter()
+                    .any(|r| r.starts_with("PATCH") && r.contains("dryRun"))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
     w.stop().await;
     Ok(())
 }
