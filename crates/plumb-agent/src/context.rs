@@ -71,6 +71,8 @@ pub struct Context {
     pub drift: DriftTracker,
     /// What the watches saw, so that a running health wait learns it is moot.
     pub supersede: crate::supersede::Supersede,
+    /// Failed cleanup attempts of deleted objects.
+    pub deletions: crate::finalize::Attempts,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -100,6 +102,7 @@ impl Context {
             fetcher: Fetcher::new(config.cache_dir.join("git")),
             drift: DriftTracker::new(client.clone(), metrics.clone()),
             supersede: Default::default(),
+            deletions: Default::default(),
             client,
             kube_config,
             config,

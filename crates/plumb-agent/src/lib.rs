@@ -5,6 +5,7 @@ pub mod api;
 pub mod context;
 pub mod drift;
 pub mod error;
+pub mod finalize;
 pub mod gitsource;
 pub mod http;
 pub mod leader;

@@ -221,10 +221,11 @@ pub async fn run(
 /// (an interrupted apply converges on the next leader's apply).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Hash of generation and reconcile request: status writes do not trigger a reconcile.
+/// Hash of generation, reconcile request and deletion: status writes do not trigger a reconcile.
 fn spec_or_request<K: ResourceExt>(obj: &K) -> Option<u64> {
     let mut h = DefaultHasher::new();
     obj.meta().generation.hash(&mut h);
+    obj.meta().deletion_timestamp.is_some().hash(&mut h);
     obj.annotations()
         .get(RECONCILE_REQUEST_ANNOTATION)
         .hash(&mut h);
@@ -262,7 +263,7 @@ async fn source_controller(
     Controller::for_stream(stream, reader)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(stop)
-        .run(crate::gitsource::reconcile, error_policy, ctx.clone())
+        .run(crate::finalize::reconcile_source, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "GitSource controller");

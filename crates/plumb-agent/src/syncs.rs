@@ -36,6 +36,11 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     let name = sync.name_any();
     let skey = (ns.clone(), name.clone());
     let key = format!("Sync/{ns}/{name}");
+    if sync.metadata.deletion_timestamp.is_some() {
+        return crate::finalize::sync_deleted(&sync, &ctx).await;
+    }
+    // Before anything else: from now on the agent sees this Sync's deletion.
+    crate::finalize::ensure_finalizer(&ctx, sync.as_ref()).await?;
     if sync.spec.suspend {
         ctx.drift.unregister(&skey);
         return Ok(Action::await_change());
@@ -128,7 +133,11 @@ struct Prepared {
 }
 
 /// The status of Sync `ns/name` read from the API server; `None` when the Sync is gone.
-async fn fresh_status(ctx: &Context, ns: &str, name: &str) -> Result<Option<SyncStatus>> {
+pub(crate) async fn fresh_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<SyncStatus>> {
     let sync = Api::<Sync>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
@@ -434,7 +443,7 @@ fn digest(manifests: &[Manifest]) -> String {
 }
 
 /// The client, engine, previous inventory and options a Sync applies with.
-fn engine_for(
+pub(crate) fn engine_for(
     sync: &Sync,
     ctx: &Context,
     ns: &str,
