@@ -69,6 +69,10 @@ pub struct Context {
     pub artifacts: std::sync::Arc<crate::artifacts::ArtifactStore>,
     /// Watches managed objects and heals drift.
     pub drift: DriftTracker,
+    /// What the watches saw, so that a running health wait learns it is moot.
+    pub supersede: crate::supersede::Supersede,
+    /// Failed cleanup attempts of deleted objects.
+    pub deletions: crate::finalize::Attempts,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// Metrics.
@@ -97,6 +101,8 @@ impl Context {
         Self {
             fetcher: Fetcher::new(config.cache_dir.join("git")),
             drift: DriftTracker::new(client.clone(), metrics.clone()),
+            supersede: Default::default(),
+            deletions: Default::default(),
             client,
             kube_config,
             artifacts: std::sync::Arc::new(crate::artifacts::ArtifactStore::new(

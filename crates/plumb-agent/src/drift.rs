@@ -7,8 +7,15 @@
 //! that object's desired state against the live one; with `drift: correct` a drifted or deleted
 //! object is applied again, with `detect` it is reported on the Sync. Nothing is requested in
 //! steady state.
+//!
+//! A revision's objects are registered as soon as its writes end ([`ApplyPhase`]), before any
+//! health wait: healing goes on during the wait, towards that revision. What is registered
+//! where, and what a change means, is decided by the pure [`registry::Registry`]; this module
+//! does the I/O around it (watches, checks, status writes, events).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+pub mod registry;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,23 +30,27 @@ use plumb_core::{Manifest, ObjectKey, SYNC_NAME_LABEL};
 use plumb_kube::discovery::Resolved;
 use plumb_kube::{Engine, ObjectState};
 use serde_json::json;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{DriftMode, DriftedObject, Sync};
 use crate::metrics::Metrics;
+use registry::{Registered, Registration, Registry, Seen, Target};
+pub use registry::{Scope, SyncKey, Ticket};
 
 /// How often a failing drift check is tried before the Sync is marked dirty (~1 minute).
 const CHECK_ATTEMPTS: u32 = 7;
-
-/// A Sync's identity: (namespace, name).
-pub type SyncKey = (String, String);
+/// How long an apply (or a deletion) waits for running corrections of its objects to finish
+/// before it writes: a correction holds an object's previous revision and must not land after
+/// the new one. A check is a few requests; this only bounds a hung one.
+const CHECKS_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// One applied object, as a drift check needs it: its manifest as compact JSON (a parsed
 /// `serde_json::Value` takes several times the memory, and is needed only when the object
 /// drifts) and its resource, shared by every object of the kind.
 #[derive(Clone)]
 pub struct AppliedObject {
-    json: Box<str>,
+    json: Arc<str>,
     resolved: Arc<Resolved>,
 }
 
@@ -47,7 +58,7 @@ impl AppliedObject {
     /// Keeps `manifest` (as applied) and its resource.
     pub fn new(manifest: &Manifest, resolved: Arc<Resolved>) -> Self {
         Self {
-            json: manifest.object.to_string().into_boxed_str(),
+            json: manifest.object.to_string().into(),
             resolved,
         }
     }
@@ -61,10 +72,17 @@ impl AppliedObject {
     }
 }
 
-/// What the drift tracker knows of one Sync.
+/// How a Sync's objects are checked: what every check of it shares.
 #[derive(Clone)]
+struct Checker {
+    mode: DriftMode,
+    force: bool,
+    client: Client,
+}
+
+/// What one apply (or comparison) of a Sync hands to the drift tracker.
 pub struct Desired {
-    /// The applied objects, by key.
+    /// The objects, by key: every desired object ([`Scope::Complete`]) or the ones written.
     pub objects: BTreeMap<ObjectKey, AppliedObject>,
     /// Correct or only detect.
     pub mode: DriftMode,
@@ -72,47 +90,17 @@ pub struct Desired {
     pub force: bool,
     /// The client the Sync applies with (possibly impersonating).
     pub client: Client,
-    /// The revision these objects were applied from.
+    /// The revision these objects were written from.
     pub revision: String,
-    /// Digest of the rendered manifests these objects were applied from: a new revision that
-    /// renders the same digest has nothing to apply while the watch reports no drift.
-    pub rendered: String,
+    /// Which objects these are; a complete registration carries the digest of the rendered
+    /// manifests: a new revision that renders the same digest has nothing to apply while the
+    /// watch reports no drift.
+    pub scope: Scope,
 }
 
-/// What was last seen of one object: the change signature.
-#[derive(Clone, PartialEq, Eq, Debug)]
-struct Seen {
-    generation: Option<i64>,
-    resource_version: Option<String>,
-    managers: BTreeSet<(String, String)>,
-}
-
-#[derive(Default)]
 struct State {
-    syncs: HashMap<SyncKey, Desired>,
-    owners: HashMap<ObjectKey, SyncKey>,
-    seen: HashMap<ObjectKey, Seen>,
-    /// Drifted objects per Sync (detect mode), id -> reason.
-    drifted: HashMap<SyncKey, BTreeMap<String, String>>,
-    /// Objects with a check running, and whether another event arrived meanwhile.
-    in_flight: HashMap<ObjectKey, bool>,
-    /// Syncs being applied right now: their own writes and prunes are not drift.
-    applying: HashMap<SyncKey, usize>,
-    /// Objects that changed while their Sync was being applied: checked when the apply ends
-    /// (the apply may have compared them before the change).
-    deferred: HashMap<SyncKey, BTreeSet<ObjectKey>>,
+    registry: Registry<AppliedObject, Checker>,
     watchers: HashMap<(String, String, String), JoinHandle<()>>,
-}
-
-impl State {
-    /// What `sync` registered, if it has no drift outstanding.
-    fn clean(&self, sync: &SyncKey) -> Option<&Desired> {
-        let desired = self.syncs.get(sync)?;
-        self.drifted
-            .get(sync)
-            .is_none_or(|d| d.is_empty())
-            .then_some(desired)
-    }
 }
 
 /// Watches managed objects and heals (or reports) drift. Cheap to clone.
@@ -121,6 +109,48 @@ pub struct DriftTracker {
     client: Client,
     metrics: Metrics,
     state: Arc<Mutex<State>>,
+    /// Bumped whenever a check releases its target: what [`DriftTracker::drain`] waits on.
+    checks_done: Arc<watch::Sender<u64>>,
+}
+
+/// A Sync's writes, from [`DriftTracker::begin_apply`] until [`ApplyPhase::end`] (or drop):
+/// meanwhile, changes to its objects are deferred, then checked against what is registered by
+/// then. End it as soon as the writes are over, after registering them: a health wait is not
+/// part of it.
+pub struct ApplyPhase {
+    tracker: DriftTracker,
+    sync: SyncKey,
+    ticket: Ticket,
+    ended: bool,
+}
+
+impl ApplyPhase {
+    /// The ticket registrations of this apply carry.
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
+    }
+
+    /// The writes are over: changes seen meanwhile are checked now.
+    pub fn end(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let deferred = self.tracker.lock().registry.end_apply(&self.sync);
+        for key in deferred {
+            self.tracker.clone().check(key);
+        }
+    }
+}
+
+impl Drop for ApplyPhase {
+    fn drop(&mut self) {
+        // An apply that failed early or was cancelled: its writes are over too.
+        self.finish();
+    }
 }
 
 impl DriftTracker {
@@ -129,39 +159,74 @@ impl DriftTracker {
         Self {
             client,
             metrics,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                registry: Registry::default(),
+                watchers: HashMap::new(),
+            })),
+            checks_done: Arc::new(watch::Sender::new(0)),
         }
     }
 
-    /// Replaces what `sync` manages (after a successful apply) and makes sure every kind of it
-    /// is watched. `seen` is each object's metadata as the apply left it: the watch compares
-    /// later changes with it, and an object the watch already saw changed since is checked.
-    pub fn register(&self, sync: SyncKey, desired: Desired, seen: BTreeMap<ObjectKey, ObjectMeta>) {
-        let mut to_check = Vec::new();
-        let mut state = self.lock();
-        for (key, meta) in seen {
-            let applied = signature_of(&meta);
-            match state.seen.get(&key) {
-                // A watch that starts later compares its first sight with the apply's result,
-                // so an edit right after the apply is not taken for the applied state.
-                None => {
-                    state.seen.insert(key, applied);
-                }
-                Some(watched) if is_candidate(&applied, watched) => to_check.push(key),
-                Some(_) => {}
-            }
-        }
-        state.owners.retain(|_, owner| owner != &sync);
-        for key in desired.objects.keys() {
-            state.owners.insert(key.clone(), sync.clone());
-        }
+    /// `sync` starts writing: changes to its objects are deferred until the returned phase
+    /// ends. Waits (boundedly) for corrections of its objects already under way, so that none
+    /// of them writes an older revision after this apply's writes.
+    pub async fn begin_apply(&self, sync: &SyncKey) -> ApplyPhase {
+        let ticket = self.lock().registry.begin_apply(sync);
+        let phase = ApplyPhase {
+            tracker: self.clone(),
+            sync: sync.clone(),
+            ticket,
+            ended: false,
+        };
+        self.drain(sync).await;
+        phase
+    }
+
+    /// A ticket for a registration that is no apply (a comparison after a restart).
+    pub fn ticket(&self) -> Ticket {
+        self.lock().registry.ticket()
+    }
+
+    /// Registers what an apply with `ticket` wrote (see [`Desired`]) and makes sure every kind
+    /// of it is watched. `seen` is each object's metadata as the apply left it: the watch
+    /// compares later changes with it, and an object the watch already saw changed since is
+    /// checked. A registration from an older apply than the last registered is ignored.
+    pub fn register(
+        &self,
+        sync: SyncKey,
+        ticket: Ticket,
+        desired: Desired,
+        seen: BTreeMap<ObjectKey, ObjectMeta>,
+    ) {
         let kinds: Vec<Arc<Resolved>> = desired
             .objects
             .values()
             .map(|o| o.resolved.clone())
             .collect();
-        state.drifted.remove(&sync);
-        state.syncs.insert(sync, desired);
+        let registration = Registration {
+            sync,
+            ticket,
+            revision: desired.revision,
+            scope: desired.scope,
+            objects: desired.objects,
+            shared: Checker {
+                mode: desired.mode,
+                force: desired.force,
+                client: desired.client,
+            },
+        };
+        let seen = seen
+            .iter()
+            .map(|(k, m)| (k.clone(), signature_of(m)))
+            .collect();
+        let mut state = self.lock();
+        let to_check = match state.registry.register(registration, seen) {
+            Registered::Accepted { check } => check,
+            Registered::Stale => {
+                tracing::debug!("ignoring the registration of an older apply");
+                return;
+            }
+        };
         for resolved in kinds {
             let r = &resolved.resource;
             let gvk = (r.group.clone(), r.version.clone(), r.kind.clone());
@@ -177,99 +242,74 @@ impl DriftTracker {
         }
     }
 
-    /// Marks `sync` as being applied: until [`DriftTracker::end_apply`], changes to its objects
-    /// may be the apply's own (writes, prunes); they are checked when it ends.
-    pub fn begin_apply(&self, sync: &SyncKey) {
-        *self.lock().applying.entry(sync.clone()).or_insert(0) += 1;
-    }
-
-    /// Ends [`DriftTracker::begin_apply`]. Call after [`DriftTracker::register`] on success.
-    /// Objects that changed during the apply are checked now, against what is registered.
-    pub fn end_apply(&self, sync: &SyncKey) {
-        let deferred = {
-            let mut state = self.lock();
-            let Some(n) = state.applying.get_mut(sync) else {
-                return;
-            };
-            *n -= 1;
-            if *n > 0 {
-                return;
-            }
-            state.applying.remove(sync);
-            state.deferred.remove(sync).unwrap_or_default()
-        };
-        for key in deferred {
-            self.clone().check(key);
-        }
-    }
-
-    /// Forgets a Sync (deleted or suspended).
+    /// Forgets a Sync (deleted or suspended): from now on no change to its objects is checked.
     pub fn unregister(&self, sync: &SyncKey) {
-        let mut state = self.lock();
-        state.syncs.remove(sync);
-        state.owners.retain(|_, owner| owner != sync);
-        state.drifted.remove(sync);
-        state.deferred.remove(sync);
+        self.lock().registry.unregister(sync);
+    }
+
+    /// Waits until no check of `sync`'s objects is running (a correction that took its target
+    /// before [`DriftTracker::unregister`] or [`DriftTracker::begin_apply`] may still write),
+    /// for at most 10 s. Returns whether none is.
+    pub async fn drain(&self, sync: &SyncKey) -> bool {
+        let mut done = self.checks_done.subscribe();
+        let deadline = tokio::time::Instant::now() + CHECKS_DRAIN_LIMIT;
+        loop {
+            if self.lock().registry.checks_running(sync) == 0 {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, done.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    tracing::warn!(sync = %format!("{}/{}", sync.0, sync.1), "drift checks still running");
+                    return false;
+                }
+            }
+        }
     }
 
     /// Whether `sync` is registered and has no drift outstanding: then a periodic reconcile of
     /// an unchanged revision can skip the apply.
     pub fn is_clean(&self, sync: &SyncKey) -> bool {
-        self.lock().clean(sync).is_some()
+        self.lock().registry.is_clean(sync)
     }
 
     /// Whether `sync`'s applied objects are registered (after the agent's first apply or
     /// comparison of it).
     pub fn is_registered(&self, sync: &SyncKey) -> bool {
-        self.lock().syncs.contains_key(sync)
+        self.lock().registry.is_registered(sync)
     }
 
-    /// The revision and rendering digest `sync` was last applied from, if it is registered and
-    /// has no drift outstanding.
+    /// The revision and rendering digest `sync` was last completely registered from, if it has
+    /// no drift outstanding.
     pub fn clean_rendering(&self, sync: &SyncKey) -> Option<(String, String)> {
-        self.lock()
-            .clean(sync)
-            .map(|d| (d.revision.clone(), d.rendered.clone()))
+        self.lock().registry.clean_rendering(sync)
     }
 
-    /// The applied manifests (compact JSON) of `sync` if it is registered and has no drift
-    /// outstanding: what the watch has seen unchanged since they were applied (a change still
-    /// being corrected is checked again when the next apply ends).
+    /// The registered manifests (compact JSON) of `sync` if it has no drift outstanding: what
+    /// the watch has seen unchanged since they were written (a change still being corrected is
+    /// checked again when the next apply's writes end).
     pub fn vouched(&self, sync: &SyncKey) -> BTreeMap<ObjectKey, String> {
         self.lock()
-            .clean(sync)
-            .map(|d| {
-                d.objects
-                    .iter()
-                    .map(|(key, o)| (key.clone(), o.json.to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .registry
+            .vouched(sync)
+            .into_iter()
+            .map(|(key, o)| (key, o.json.to_string()))
+            .collect()
     }
 
     /// Records drift found outside the watch (a comparison after a restart).
     pub fn note_drift(&self, sync: SyncKey, id: String, reason: String) {
-        self.lock()
-            .drifted
-            .entry(sync)
-            .or_default()
-            .insert(id, reason);
+        self.lock().registry.note_drift(sync, id, reason);
     }
 
     /// The drifted objects of `sync` (detect mode).
     pub fn drifted(&self, sync: &SyncKey) -> Vec<DriftedObject> {
         self.lock()
-            .drifted
-            .get(sync)
-            .map(|d| {
-                d.iter()
-                    .map(|(id, reason)| DriftedObject {
-                        id: id.clone(),
-                        reason: reason.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .registry
+            .drifted(sync)
+            .into_iter()
+            .map(|(id, reason)| DriftedObject { id, reason })
+            .collect()
     }
 
     /// Stops every watch.
@@ -294,14 +334,19 @@ impl DriftTracker {
                 Ok(Event::Init) | Ok(Event::InitDone) => {}
                 // The initial listing (and a relisting after a watch restart): objects seen
                 // before are checked only if they changed meanwhile.
-                Ok(Event::InitApply(obj)) | Ok(Event::Apply(obj)) => self.observe(&resolved, &obj),
+                Ok(Event::InitApply(obj)) | Ok(Event::Apply(obj)) => {
+                    let key = key_of(&resolved, &obj);
+                    let changed = self
+                        .lock()
+                        .registry
+                        .observe(&key, signature_of(&obj.metadata));
+                    if changed {
+                        self.clone().check(key);
+                    }
+                }
                 Ok(Event::Delete(obj)) => {
                     let key = key_of(&resolved, &obj);
-                    let owned = {
-                        let mut state = self.lock();
-                        state.seen.remove(&key);
-                        state.owners.contains_key(&key)
-                    };
+                    let owned = self.lock().registry.deleted(&key);
                     if owned {
                         self.clone().check(key);
                     }
@@ -313,34 +358,17 @@ impl DriftTracker {
         }
     }
 
-    fn observe(&self, resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>) {
-        let key = key_of(resolved, obj);
-        let seen = signature(obj);
-        let changed = {
-            let mut state = self.lock();
-            // Remember every labelled object, owned yet or not: the event of our own create may
-            // arrive before the Sync registers it, and the next change must still compare.
-            let previous = state.seen.insert(key.clone(), seen.clone());
-            // First sight is the state we just applied (or found): not drift.
-            state.owners.contains_key(&key)
-                && previous.is_some_and(|prev| is_candidate(&prev, &seen))
-        };
-        if changed {
-            self.clone().check(key);
-        }
-    }
-
     /// Runs a targeted check of `key`, at most one at a time per object.
     fn check(self, key: ObjectKey) {
-        {
-            let mut state = self.lock();
-            if let Some(again) = state.in_flight.get_mut(&key) {
-                *again = true;
-                return;
-            }
-            state.in_flight.insert(key.clone(), false);
+        if !self.lock().registry.begin_check(&key) {
+            return;
         }
-        tokio::spawn(async move {
+        // Called from drops too: without a runtime (shutting down) there is nothing to heal.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.lock().registry.end_check(&key);
+            return;
+        };
+        runtime.spawn(async move {
             loop {
                 // A failed check (e.g. its namespace is still terminating after a wipe) is
                 // retried with backoff; if it keeps failing the Sync is marked dirty, so that its
@@ -350,59 +378,36 @@ impl DriftTracker {
                 while !self.check_once(&key).await {
                     attempts += 1;
                     if attempts >= CHECK_ATTEMPTS {
-                        self.mark_dirty(&key);
+                        self.lock().registry.mark_dirty(&key);
                         break;
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
-                let mut state = self.lock();
-                match state.in_flight.get(&key) {
-                    Some(true) => {
-                        state.in_flight.insert(key.clone(), false);
-                    }
-                    _ => {
-                        state.in_flight.remove(&key);
-                        break;
-                    }
+                if !self.lock().registry.end_check(&key) {
+                    break;
                 }
             }
         });
     }
 
-    /// Marks the Sync owning `key` as drifted (its check keeps failing).
-    fn mark_dirty(&self, key: &ObjectKey) {
-        let mut state = self.lock();
-        if let Some(sync) = state.owners.get(key).cloned() {
-            state
-                .drifted
-                .entry(sync)
-                .or_default()
-                .insert(key.to_string(), "check failed".to_owned());
-        }
-    }
-
     /// One targeted check; false when it failed and should be retried.
     async fn check_once(&self, key: &ObjectKey) -> bool {
         // Only this object's entry is taken out of the lock, not the Sync's whole set.
-        let found = {
-            let mut state = self.lock();
-            // Its Sync is being applied: the apply may have read the object before this
-            // change, so look again once it ends.
-            if let Some(sync) = state.owners.get(key).cloned()
-                && state.applying.contains_key(&sync)
-            {
-                state.deferred.entry(sync).or_default().insert(key.clone());
-                return true;
-            }
-            state.owners.get(key).and_then(|s| {
-                let d = state.syncs.get(s)?;
-                let object = d.objects.get(key)?.clone();
-                Some((s.clone(), object, d.mode, d.force, d.client.clone()))
-            })
-        };
-        let Some((sync, object, mode, force, client)) = found else {
+        let target = self.lock().registry.target(key);
+        let Target::Check {
+            sync,
+            revision,
+            object,
+            shared,
+        } = target
+        else {
+            // Not registered, or deferred until its Sync's writes end.
             return true;
+        };
+        let _running = Running {
+            tracker: self,
+            sync: sync.clone(),
         };
         let manifest = match object.manifest() {
             Ok(m) => m,
@@ -412,11 +417,11 @@ impl DriftTracker {
             }
         };
         let resolved = object.resolved.as_ref();
-        let engine = Engine::new(client);
-        let correct = mode == DriftMode::Correct;
+        let engine = Engine::new(shared.client);
+        let correct = shared.mode == DriftMode::Correct;
         let sync_label = format!("{}/{}", sync.0, sync.1);
         match engine
-            .check_object(&manifest, resolved, force, correct)
+            .check_object(&manifest, resolved, shared.force, correct)
             .await
         {
             Ok(check) => {
@@ -432,12 +437,14 @@ impl DriftTracker {
                 self.metrics.drift_detected(&sync_label);
                 if check.corrected {
                     self.metrics.drift_corrected(&sync_label);
-                    tracing::info!(sync = %sync_label, object = %key, reason, "drift corrected");
+                    tracing::info!(sync = %sync_label, object = %key, reason, %revision, "drift corrected");
                     self.event(
                         &sync,
                         false,
                         "DriftCorrected",
-                        format!("{key} was {reason} outside Git; applied again"),
+                        format!(
+                            "{key} was {reason} outside Git; applied again (revision {revision})"
+                        ),
                     )
                     .await;
                 } else {
@@ -466,22 +473,13 @@ impl DriftTracker {
     /// Records (or clears) one object's drift and writes the Sync's `status.drift` when it
     /// changed. Returns whether it changed.
     async fn set_drift(&self, sync: &SyncKey, key: &ObjectKey, reason: Option<&str>) -> bool {
-        let id = key.to_string();
-        let list = {
-            let mut state = self.lock();
-            let entry = state.drifted.entry(sync.clone()).or_default();
-            let changed = match reason {
-                Some(r) => entry.insert(id, r.to_owned()).as_deref() != Some(r),
-                None => entry.remove(&id).is_some(),
-            };
-            if !changed {
-                return false;
-            }
-            entry
-                .iter()
-                .map(|(id, reason)| json!({ "id": id, "reason": reason }))
-                .collect::<Vec<_>>()
+        let Some(list) = self.lock().registry.set_drift(sync, key, reason) else {
+            return false;
         };
+        let list: Vec<_> = list
+            .iter()
+            .map(|(id, reason)| json!({ "id": id, "reason": reason }))
+            .collect();
         let api: Api<Sync> = Api::namespaced(self.client.clone(), &sync.0);
         let patch = json!({ "status": { "drift": list } });
         if let Err(e) = api
@@ -523,6 +521,21 @@ impl DriftTracker {
     }
 }
 
+/// A check holding its target; releasing it lets a waiting apply or deletion go on.
+struct Running<'a> {
+    tracker: &'a DriftTracker,
+    sync: SyncKey,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.tracker.lock().registry.check_done(&self.sync);
+        self.tracker
+            .checks_done
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 fn key_of(resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>) -> ObjectKey {
     let namespace = if resolved.namespaced {
         obj.metadata.namespace.as_deref()
@@ -538,10 +551,6 @@ fn key_of(resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>) -> Object
 }
 
 /// Managers that changed the object's spec or metadata (not its status), with their times.
-fn signature(obj: &PartialObjectMeta<DynamicObject>) -> Seen {
-    signature_of(&obj.metadata)
-}
-
 fn signature_of(meta: &ObjectMeta) -> Seen {
     let managers = meta
         .managed_fields
@@ -563,56 +572,5 @@ fn signature_of(meta: &ObjectMeta) -> Seen {
         generation: meta.generation,
         resource_version: meta.resource_version.clone(),
         managers,
-    }
-}
-
-/// Whether the change from `prev` to `now` may be drift (see the module docs).
-fn is_candidate(prev: &Seen, now: &Seen) -> bool {
-    if now.managers != prev.managers {
-        return true;
-    }
-    match (prev.generation, now.generation) {
-        (Some(a), Some(b)) if a > 0 && b > 0 => b > a,
-        _ => now.resource_version != prev.resource_version,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seen(generation: Option<i64>, rv: &str, managers: &[(&str, &str)]) -> Seen {
-        Seen {
-            generation,
-            resource_version: Some(rv.to_owned()),
-            managers: managers
-                .iter()
-                .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn status_churn_of_a_generation_tracked_object_is_not_a_candidate() {
-        let a = seen(Some(3), "100", &[("plumb", "t1")]);
-        let b = seen(Some(3), "101", &[("plumb", "t1")]);
-        assert!(!is_candidate(&a, &b));
-    }
-
-    #[test]
-    fn spec_changes_and_foreign_managers_are_candidates() {
-        let a = seen(Some(3), "100", &[("plumb", "t1")]);
-        assert!(is_candidate(&a, &seen(Some(4), "101", &[("plumb", "t1")])));
-        assert!(is_candidate(
-            &a,
-            &seen(Some(3), "101", &[("plumb", "t1"), ("kubectl-label", "t2")])
-        ));
-    }
-
-    #[test]
-    fn kinds_without_generation_compare_resource_versions() {
-        let a = seen(None, "100", &[("plumb", "t1")]);
-        assert!(is_candidate(&a, &seen(None, "101", &[("plumb", "t1")])));
-        assert!(!is_candidate(&a, &seen(None, "100", &[("plumb", "t1")])));
     }
 }

@@ -282,6 +282,31 @@ async fn ledger_put(ctx: &Context, ns: &str, name: &str, commit: &str) {
     }
 }
 
+/// Removes the ledger's entry of `ns/name` (the GitSource was deleted: one created under the
+/// same name starts a new range). Returns whether the ledger holds no entry for it now.
+pub(crate) async fn ledger_remove(ctx: &Context, ns: &str, name: &str) -> bool {
+    let Some(agent_ns) = ctx.config.agent_namespace.as_deref() else {
+        return true;
+    };
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), agent_ns);
+    let patch = serde_json::json!({ "data": { ledger_key(ns, name): null } });
+    match api
+        .patch(
+            VERIFIED_LEDGER,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(kube::Error::Api(e)) if e.code == 404 => true,
+        Err(e) => {
+            tracing::warn!(source = %format!("{ns}/{name}"), error = %e, "cannot remove the verified commit from the ledger");
+            false
+        }
+    }
+}
+
 /// Whether `text` is a full commit id (SHA-1 or SHA-256, lower-case hex).
 pub fn is_commit_id(text: &str) -> bool {
     matches!(text.len(), 40 | 64) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -174,9 +174,31 @@ pub async fn run(
         .shared()
     };
 
+    // Stopping cancels every running health wait at once (the controllers' graceful shutdown
+    // waits for running reconciles), and running reconciles get a few seconds to finish.
+    tokio::spawn({
+        let ctx = ctx.clone();
+        let stop = stop_controllers.clone();
+        async move {
+            stop.await;
+            ctx.supersede.shut_down();
+        }
+    });
     let sources = source_controller(&client, &ctx, stop_controllers.clone());
     let syncs = sync_controller(&client, &ctx, stop_controllers.clone());
-    tokio::join!(sources, syncs);
+    let grace = async {
+        stop_controllers.clone().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = async { tokio::join!(sources, syncs) } => {}
+        () = grace => {
+            tracing::warn!(
+                "reconciles still running {}s after the stop; abandoning them",
+                SHUTDOWN_GRACE.as_secs()
+            );
+        }
+    }
     ctx.drift.shutdown();
 
     let lost_leadership = election.as_ref().is_some_and(|e| !e.is_leader()) && !*stop_rx.borrow();
@@ -194,10 +216,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Hash of generation and reconcile request: status writes do not trigger a reconcile.
+/// How long running reconciles may take to finish once the agent stops (health waits are
+/// cancelled at once; this bounds a fetch or an apply): then they are dropped, as a crash would
+/// (an interrupted apply converges on the next leader's apply).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Hash of generation, reconcile request and deletion: status writes do not trigger a reconcile.
 fn spec_or_request<K: ResourceExt>(obj: &K) -> Option<u64> {
     let mut h = DefaultHasher::new();
     obj.meta().generation.hash(&mut h);
+    obj.meta().deletion_timestamp.is_some().hash(&mut h);
     obj.annotations()
         .get(RECONCILE_REQUEST_ANNOTATION)
         .hash(&mut h);
@@ -235,7 +263,7 @@ async fn source_controller(
     Controller::for_stream(stream, reader)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(stop)
-        .run(crate::gitsource::reconcile, error_policy, ctx.clone())
+        .run(crate::finalize::reconcile_source, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "GitSource controller");
@@ -251,19 +279,25 @@ async fn sync_controller(
 ) {
     let api: Api<Sync> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
+    let seen = ctx.clone();
     let stream = watcher(api.clone(), watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
+        // A running health wait of this Sync learns of a spec change, request or deletion.
+        .inspect_ok(move |s| seen.supersede.saw_sync(s))
         .predicate_filter(spec_or_request, Default::default());
     let controller = Controller::for_stream(stream, reader);
     let store = controller.store();
     let dependents = controller.store();
     let sources: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    let seen = ctx.clone();
     controller
         .with_config(controller_config(ctx))
-        // A new artifact (any GitSource change) reconciles the Syncs that use it.
+        // A new artifact (any GitSource change) reconciles the Syncs that use it, and cancels
+        // their running health waits.
         .watches(sources, watcher::Config::default(), move |gs: GitSource| {
+            seen.supersede.saw_source(&gs);
             let ns = gs.namespace().unwrap_or_default();
             let name = gs.name_any();
             store

@@ -13,11 +13,12 @@ use plumb_kube::{Engine, NoProgress, SyncOptions};
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
 use crate::context::Context;
-use crate::drift::{AppliedObject, Desired};
+use crate::drift::{AppliedObject, ApplyPhase, Desired, Scope, Ticket};
 use crate::error::{Error, Result};
 use crate::gitsource::{own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
 use crate::status::{self, types};
+use crate::supersede::{Applying, Why};
 
 /// Default re-apply interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
@@ -34,6 +35,11 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     let name = sync.name_any();
     let skey = (ns.clone(), name.clone());
     let key = crate::context::backoff_key(sync.as_ref());
+    if sync.metadata.deletion_timestamp.is_some() {
+        return crate::finalize::sync_deleted(&sync, &ctx).await;
+    }
+    // Before anything else: from now on the agent sees this Sync's deletion.
+    crate::finalize::ensure_finalizer(&ctx, sync.as_ref()).await?;
     if sync.spec.suspend {
         ctx.drift.unregister(&skey);
         return Ok(Action::await_change());
@@ -104,12 +110,19 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         };
     }
 
+    // An apply builds on the inventory and history in the status: take them as the API server
+    // has them now. The watch cache may predate this agent's own last write (the apply whose
+    // health wait was just cancelled recorded what it wrote).
+    match fresh_status(&ctx, &ns, &name).await? {
+        Some(fresh) => st = fresh,
+        None => return Ok(Action::await_change()),
+    }
     let started = Instant::now();
-    ctx.drift.begin_apply(&skey);
-    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await;
-    ctx.drift.end_apply(&skey);
+    let phase = ctx.drift.begin_apply(&skey).await;
+    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st, phase).await;
     match applied {
-        Ok(()) => {
+        Ok(Applied::Cancelled(why)) => cancelled(&sync, &ctx, st, &artifact, why, started).await,
+        Ok(Applied::Done) => {
             ctx.reset_backoff(&key);
             ctx.metrics
                 .observe_reconcile(ReconcileKind::Sync, Outcome::Success, started.elapsed());
@@ -124,6 +137,22 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
 struct Prepared {
     source: GitSource,
     artifact: SourceArtifact,
+}
+
+/// The status of Sync `ns/name` read from the API server; `None` when the Sync is gone.
+pub(crate) async fn fresh_status(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<SyncStatus>> {
+    let sync = Api::<Sync>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("reading Sync {ns}/{name}"),
+            source,
+        })?;
+    Ok(sync.map(|s| s.status.unwrap_or_default()))
 }
 
 /// Checks dependencies and finds the source's artifact.
@@ -198,7 +227,17 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
     Ok(Prepared { source, artifact })
 }
 
-/// Renders and applies; fills the status on success.
+/// How an apply ended, if not in an error.
+enum Applied {
+    /// Applied (and healthy, with `wait`); the status is filled in.
+    Done,
+    /// Written, but the health wait was cancelled: it no longer mattered.
+    Cancelled(Why),
+}
+
+/// Renders and applies; fills the status on success. `phase` marks the writes for the drift
+/// watch: it ends (after the written objects are registered) before any health wait.
+#[allow(clippy::too_many_arguments)]
 async fn apply(
     sync: &Sync,
     ctx: &Context,
@@ -207,7 +246,8 @@ async fn apply(
     source: &GitSource,
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
-) -> Result<()> {
+    phase: ApplyPhase,
+) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
     // Held for the whole render; its digest is checked on disk first.
@@ -239,8 +279,9 @@ async fn apply(
         };
         let note = " (renders the objects already applied)";
         record_applied(st, sync, artifact, counts, note, started.elapsed());
-        return Ok(());
+        return Ok(Applied::Done);
     }
+    let timeout = duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
 
     // Say what is being applied before applying it: a long apply shows as Reconciling with
     // its revision (`kubectl get syncs`), not as the previous result.
@@ -263,23 +304,102 @@ async fn apply(
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.inventory = status::inventory_items(&report.inventory);
     let counts = report.changes.counts();
+
+    // The writes are over: what they wrote is registered now (all of it, or after a partial
+    // failure the objects that were written), so that a change made during the health wait
+    // is healed at once, and towards this revision, never an older one.
+    let applied_from = (artifact.revision.clone(), rendered);
+    register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await?;
+    phase.end();
+
     if report.changes.has_failures() {
         return Err(Error::Kube(apply_failure(&report)));
     }
     if sync.spec.wait {
-        let timeout = duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
-        engine.wait_healthy(&report.applied, timeout).await?;
+        // What was written is recorded before the wait: a Sync deleted, or an agent stopped,
+        // during the wait still knows what it owns.
+        status::set_condition(
+            &mut st.conditions,
+            types::RECONCILING,
+            true,
+            "Progressing",
+            format!(
+                "applied revision {}; waiting up to {}s for its objects to become healthy",
+                artifact.revision,
+                timeout.as_secs()
+            ),
+            sync.metadata.generation,
+        );
+        ctx.write_status::<Sync>(ns, name, st).await?;
+        // A new revision, a spec change, a request, the Sync's deletion or the agent stopping
+        // make the wait moot: it is cancelled, and what superseded it runs at once.
+        let src = &sync.spec.source_ref;
+        let source_key = (
+            src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
+            src.name.clone(),
+        );
+        let applying = Applying::of(sync, source_key, &artifact.commit);
+        let wait = engine.wait_healthy(&report.applied, timeout);
+        match ctx.supersede.unless_superseded(&applying, wait).await {
+            Ok(healthy) => {
+                healthy?;
+            }
+            Err(why) => return Ok(Applied::Cancelled(why)),
+        }
     }
-
-    let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from).await?;
 
     let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
     if report.changes.has_changes() {
         ctx.event(sync, false, "ReconciliationSucceeded", message)
             .await;
     }
-    Ok(())
+    Ok(Applied::Done)
+}
+
+/// A health wait was cancelled (see [`Applied::Cancelled`]). When the agent stops, nothing is
+/// written (the next leader applies again). Otherwise the history and an Event say that the
+/// revision was written and why its wait ended, and the Sync is reconciled again at once.
+async fn cancelled(
+    sync: &Sync,
+    ctx: &Context,
+    mut st: SyncStatus,
+    artifact: &SourceArtifact,
+    why: Why,
+    started: Instant,
+) -> Result<Action> {
+    let key = format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    );
+    let took = started.elapsed();
+    tracing::info!(sync = %key, revision = %artifact.revision, %why, ?took, "health wait cancelled");
+    if why == Why::ShuttingDown {
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "revision {} was applied; its health wait was cancelled after {:.1}s: {why}",
+        artifact.revision,
+        took.as_secs_f64()
+    );
+    ctx.event(sync, false, "HealthCheckCancelled", &message)
+        .await;
+    if why != Why::Deleted {
+        push_history(
+            &mut st,
+            artifact,
+            "cancelled",
+            String::new(),
+            took,
+            Some(message),
+        );
+        let ns = sync.namespace().unwrap_or_default();
+        // Best effort: the reconcile that follows writes the status anyway.
+        if let Err(e) = ctx.write_status::<Sync>(&ns, &sync.name_any(), &st).await {
+            tracing::warn!(sync = %key, error = %e, "could not record the cancelled wait");
+        }
+    }
+    Ok(Action::requeue(Duration::ZERO))
 }
 
 /// The error of an apply in which some objects failed: which ones, how many others were
@@ -353,7 +473,7 @@ fn digest(manifests: &[Manifest]) -> String {
 }
 
 /// The client, engine, previous inventory and options a Sync applies with.
-fn engine_for(
+pub(crate) fn engine_for(
     sync: &Sync,
     ctx: &Context,
     ns: &str,
@@ -380,7 +500,8 @@ fn engine_for(
     Ok((client, engine, inventory, opts))
 }
 
-/// Hands the applied objects to the drift watch.
+/// Hands the written objects to the drift watch, as of the apply with `ticket`: every desired
+/// object when nothing failed, else only those written (or found unchanged).
 /// `applied_from`: the revision and the digest of its rendering.
 async fn register_drift(
     sync: &Sync,
@@ -388,10 +509,40 @@ async fn register_drift(
     client: kube::Client,
     report: &plumb_kube::SyncReport,
     applied_from: (String, String),
+    ticket: Ticket,
 ) -> Result<()> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
-    let applied = &report.applied;
+    let (scope, written): (
+        Scope,
+        Option<std::collections::BTreeSet<&plumb_core::ObjectKey>>,
+    ) = if report.changes.has_failures() {
+        let written = report
+            .changes
+            .entries
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    plumb_core::Action::Created
+                        | plumb_core::Action::Configured
+                        | plumb_core::Action::Unchanged
+                )
+            })
+            .map(|c| &c.key)
+            .collect();
+        (Scope::Written, Some(written))
+    } else {
+        let rendered = applied_from.1.clone();
+        (Scope::Complete { rendered }, None)
+    };
+    if written.as_ref().is_some_and(|w| w.is_empty()) {
+        return Ok(());
+    }
+    let applied = report
+        .applied
+        .iter()
+        .filter(|m| written.as_ref().is_none_or(|w| w.contains(&m.key())));
     let resolver = Resolver::new(client.clone()).await?;
     let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
     let mut objects = BTreeMap::new();
@@ -409,17 +560,20 @@ async fn register_drift(
         };
         objects.insert(m.key(), AppliedObject::new(m, resolved));
     }
-    ctx.metrics
-        .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    if written.is_none() {
+        ctx.metrics
+            .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    }
     ctx.drift.register(
         (ns.to_owned(), name.to_owned()),
+        ticket,
         Desired {
             objects,
             mode: sync.spec.drift,
             force: sync.spec.force,
             client,
             revision: applied_from.0,
-            rendered: applied_from.1,
+            scope,
         },
         report
             .live_meta
@@ -441,6 +595,7 @@ async fn detect_only(
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
 ) -> Result<()> {
+    let ticket = ctx.drift.ticket();
     // Held for the whole render; its digest is checked on disk first.
     let record = own_artifact(ctx, source, artifact)?;
     let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
@@ -466,7 +621,7 @@ async fn detect_only(
         })
         .collect();
     let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from).await?;
+    register_drift(sync, ctx, client, &report, applied_from, ticket).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),

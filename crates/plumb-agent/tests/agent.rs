@@ -327,8 +327,10 @@ impl World {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+        // A graceful stop cancels health waits and bounds everything else (5 s).
         if let Some(a) = self.agent.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(20), a).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(20), a).await;
+            assert!(stopped.is_ok(), "the agent did not stop within 20 s");
         }
     }
 }
@@ -661,7 +663,7 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
 
 #[tokio::test]
 async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
-    let mut w = World::new("progress").await?;
+    let w = World::new("progress").await?;
     // Pods that no node accepts: the Deployment never becomes Available, so the health wait
     // holds the apply open.
     let stuck = deployment("stuck", 1).replace(
@@ -694,10 +696,7 @@ async fn a_long_apply_shows_as_reconciling_with_its_revision() -> Result<()> {
         }
     })
     .await?;
-    // The reconcile waits for health for minutes; a graceful stop would wait for it.
-    if let Some(agent) = w.agent.take() {
-        agent.abort();
-    }
+    // The reconcile waits for health for minutes; a graceful stop cancels the wait.
     w.stop().await;
     Ok(())
 }
@@ -1680,6 +1679,612 @@ async fn a_restarted_agent_resumes_range_verification_from_its_ledger() -> Resul
     .await?;
     let cm = w.configmaps().get("settings").await?;
     assert_eq!(cm.data.unwrap_or_default()["value"], "one");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    Ok(())
+}
+
+// ---- health waits: healing during them, towards the newest revision, and cancelling them ----
+
+/// A Deployment whose pods fit no node: it never becomes Available (with `replicas > 0`), so a
+/// health wait for it lasts its whole timeout. Independent of node readiness.
+fn stuck_deployment(name: &str, replicas: u32) -> String {
+    deployment(name, replicas).replace(
+        "      containers:",
+        "      nodeSelector: {plumb.dev/nowhere: \"true\"}\n      containers:",
+    )
+}
+
+/// A Sync of `app/` that waits for health, pruning.
+fn waiting_sync(timeout: &str) -> serde_json::Value {
+    json!({
+        "sourceRef": { "name": "repo" }, "path": "app", "prune": true, "interval": "1h",
+        "wait": true, "timeout": timeout
+    })
+}
+
+impl World {
+    /// Waits until Sync `sync` is applying `commit` (written or being written, health awaited)
+    /// and not Ready with it.
+    async fn wait_applying(&self, sync: &str, commit: &str) -> Result<()> {
+        let syncs = self.syncs();
+        eventually(
+            &format!("Sync {sync} to be applying {commit}"),
+            WAIT,
+            || {
+                let syncs = syncs.clone();
+                async move {
+                    let st = syncs.get(sync).await?.status.unwrap_or_default();
+                    Ok(applying(&st, commit).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
+    /// Asks for a reconcile of Sync `sync` (what `plumb reconcile sync` does).
+    async fn request_reconcile(&self, sync: &str) -> Result<String> {
+        let token = format!("{}-{}", plumb_agent::status::now_rfc3339(), sync);
+        let patch =
+            json!({ "metadata": { "annotations": { RECONCILE_REQUEST_ANNOTATION: &token } } });
+        self.syncs()
+            .patch(sync, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(token)
+    }
+
+    /// Waits until Sync `sync` is gone (its finalizer removed).
+    async fn wait_sync_gone(&self, sync: &str, within: Duration) -> Result<()> {
+        let syncs = self.syncs();
+        eventually(&format!("Sync {sync} to be gone"), within, || {
+            let syncs = syncs.clone();
+            async move { Ok(syncs.get_opt(sync).await?.is_none().then_some(())) }
+        })
+        .await
+    }
+
+    /// Proof that the drift watch has handled every ConfigMap change made before the call: a
+    /// ConfigMap `control` of another Sync is edited and healed, twice. The watch of a kind
+    /// delivers its events in order, so a check an earlier change started has run by then.
+    async fn drift_watch_caught_up(&self) -> Result<()> {
+        for round in ["one", "two"] {
+            self.edit_by_hand("control", &format!("proof {round}"))
+                .await?;
+            self.wait_value("control", "1").await?;
+        }
+        Ok(())
+    }
+
+    /// The Events of this namespace about `name` with `reason`: their notes.
+    async fn events(&self, name: &str, reason: &str) -> Result<Vec<String>> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), self.ns.name());
+        Ok(events
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect())
+    }
+}
+
+/// Whether the status says `commit` is being applied (Reconciling, attempted) and not Ready.
+fn applying(st: &plumb_agent::api::SyncStatus, commit: &str) -> bool {
+    let progressing = st.conditions.iter().any(|c| {
+        c.type_ == "Reconciling"
+            && c.status == "True"
+            && c.reason == "Progressing"
+            && c.message.contains(commit)
+    });
+    let attempted = st
+        .last_attempted_revision
+        .as_deref()
+        .is_some_and(|r| r.ends_with(commit));
+    let applied = st
+        .last_applied_revision
+        .as_deref()
+        .is_some_and(|r| r.ends_with(commit));
+    progressing && attempted && !applied
+}
+
+/// Requests the agent sent (method and path) that name `resource/name`, watches aside.
+fn requests_for(requests: &[String], resource_and_name: &str) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .filter(|r| {
+            r.split('?')
+                .next()
+                .is_some_and(|path| path.ends_with(&format!("/{resource_and_name}")))
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_change_during_a_health_wait_is_healed_at_once_towards_the_new_revision() -> Result<()> {
+    let w = World::new("healwait").await?;
+    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("10m")).await?;
+    w.wait_applied("app", &first).await?;
+
+    // The next revision changes the ConfigMap and adds a Deployment that never becomes
+    // healthy: its health wait lasts ten minutes.
+    let second = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "2")),
+            ("app/stuck.yaml", &stuck_deployment("stuck", 1)),
+        ],
+        &w.signing,
+    )?;
+    w.poke_source().await?;
+    w.wait_applying("app", &second).await?;
+    w.wait_value("settings", "2").await?;
+
+    // During the wait: a deleted object comes back and an edit is undone, at once and with the
+    // new revision's content.
+    w.configmaps()
+        .delete("settings", &Default::default())
+        .await?;
+    w.wait_value("settings", "2").await?;
+    w.edit_by_hand("settings", "edited during the wait").await?;
+    w.wait_value("settings", "2").await?;
+    let st = w.syncs().get("app").await?.status.unwrap_or_default();
+    assert!(
+        applying(&st, &second),
+        "the health wait should still be running: {:#?}",
+        st.conditions
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_heal_after_a_failed_health_wait_sets_the_newest_revision_written() -> Result<()> {
+    use kube::runtime::watcher;
+
+    let w = World::new("healnewest").await?;
+    // Revision A: no replicas, so healthy at once; B: three replicas that never become
+    // available, with a short wait.
+    let first = w.commit(&[("app/web.yaml", &stuck_deployment("web", 0))], &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("5s")).await?;
+    w.wait_applied("app", &first).await?;
+    let second = w.commit(&[("app/web.yaml", &stuck_deployment("web", 3))], &w.signing)?;
+    w.poke_source().await?;
+    let syncs = w.syncs();
+    eventually("B's health wait to time out", WAIT, || {
+        let syncs = syncs.clone();
+        let second = second.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            let failed = plumb_agent::status::ready(&st.conditions)
+                .is_some_and(|c| c.status == "False" && c.reason == "HealthCheckFailed");
+            let attempted = st
+                .last_attempted_revision
+                .is_some_and(|r| r.ends_with(&second));
+            Ok((failed && attempted).then_some(()))
+        }
+    })
+    .await?;
+
+    // Every value the Deployment's replicas take from now on.
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    let values = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
+    let (synced_tx, synced_rx) = oneshot::channel::<()>();
+    let recorder = {
+        let values = values.clone();
+        let stream = watcher(
+            deployments.clone(),
+            watcher::Config::default().fields("metadata.name=web"),
+        );
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stream = std::pin::pin!(stream);
+            let mut synced = Some(synced_tx);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = synced.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(d)) if synced.is_none() => {
+                        if let Some(r) = d.spec.and_then(|s| s.replicas) {
+                            values.lock().unwrap().push(r);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    synced_rx.await?;
+    deployments
+        .patch_scale(
+            "web",
+            &PatchParams {
+                field_manager: Some("kubectl".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({ "spec": { "replicas": 7 } })),
+        )
+        .await?;
+    let seen = eventually("the scale to be healed", WAIT, || {
+        let values = values.clone();
+        async move {
+            let v = values.lock().unwrap().clone();
+            let healed = v.iter().skip_while(|r| **r != 7).skip(1).any(|r| *r != 7);
+            Ok(healed.then_some(v))
+        }
+    })
+    .await?;
+    recorder.abort();
+    // Status updates repeat a value: the sequence of distinct values is what matters.
+    let mut after_scale: Vec<i32> = seen.iter().copied().skip_while(|r| *r != 7).collect();
+    after_scale.dedup();
+    assert_eq!(
+        after_scale.get(1),
+        Some(&3),
+        "the scale must be healed to B's replicas (3), never A's (0): {seen:?}"
+    );
+    assert!(
+        !after_scale.contains(&0),
+        "the Deployment was set back to revision A: {seen:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
+
+/// A Sync `app` whose first revision (returned) holds a ConfigMap and a Deployment that never
+/// becomes healthy, with a ten-minute wait that is running when this returns.
+async fn stuck_in_a_long_wait(w: &World) -> Result<String> {
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "1")),
+            ("app/stuck.yaml", &stuck_deployment("stuck", 1)),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec("app", waiting_sync("10m")).await?;
+    w.wait_applying("app", &first).await?;
+    w.wait_value("settings", "1").await?;
+    Ok(first)
+}
+
+#[tokio::test]
+async fn a_new_revision_cancels_a_running_health_wait() -> Result<()> {
+    let w = World::new("cancelrev").await?;
+    let broken = stuck_in_a_long_wait(&w).await?;
+    // The revert: the broken Deployment goes; applied long before the ten minutes are over.
+    w.wt.remove("app/stuck.yaml")?;
+    let revert = w.commit(&[("app/cm.yaml", &configmap("settings", "2"))], &w.signing)?;
+    w.poke_source().await?;
+    w.wait_applied("app", &revert).await?;
+    w.wait_value("settings", "2").await?;
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    assert!(deployments.get_opt("stuck").await?.is_none(), "not pruned");
+    let notes = w.events("app", "HealthCheckCancelled").await?;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&broken) && n.contains("new revision") && n.contains(&revert)),
+        "{notes:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spec_change_cancels_a_running_health_wait() -> Result<()> {
+    let w = World::new("cancelspec").await?;
+    let first = stuck_in_a_long_wait(&w).await?;
+    // Turning the wait off: the revision is applied again at once, without waiting.
+    let sync = w
+        .syncs()
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "wait": false } })),
+        )
+        .await?;
+    let sync_now = w.wait_applied("app", &first).await?;
+    assert_eq!(
+        sync_now.status.unwrap_or_default().observed_generation,
+        sync.metadata.generation
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reconcile_request_cancels_a_running_health_wait() -> Result<()> {
+    let (client, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("cancelreq", Some(client)).await?;
+    stuck_in_a_long_wait(&w).await?;
+    requests.lock().unwrap().clear();
+    w.request_reconcile("app").await?;
+    // A request applies everything again, each object dry-run first: long before the running
+    // wait's ten minutes are over.
+    eventually(
+        "the requested apply to dry-run the Deployment",
+        WAIT,
+        || {
+            let requests = requests.clone();
+            async move {
+                let seen = requests.lock().unwrap().clone();
+                Ok(requests_for(&seen, "deployments/stuck")
+                    .iter()
+                    .any(|r| r.starts_with("PATCH") && r.contains("dryRun"))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    w.stop().await;
+    Ok(())
+}
+
+// ---- deletion ----
+
+#[tokio::test]
+async fn a_deleted_sync_with_prune_deletes_its_objects_and_is_healed_no_more() -> Result<()> {
+    let (client, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("delprune", Some(client)).await?;
+    w.commit(
+        &[("control/cm.yaml", &configmap("control", "1"))],
+        &w.signing,
+    )?;
+    stuck_in_a_long_wait(&w).await?;
+    w.create_sync_spec(
+        "control",
+        json!({ "sourceRef": { "name": "repo" }, "path": "control", "interval": "1h" }),
+    )
+    .await?;
+    w.wait_value("control", "1").await?;
+    let sync = w.syncs().get("app").await?;
+    assert!(
+        sync.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == plumb_agent::finalize::FINALIZER),
+        "{:?}",
+        sync.metadata.finalizers
+    );
+
+    // Deleted during its ten-minute health wait: cleaned up at once.
+    w.syncs().delete("app", &Default::default()).await?;
+    w.wait_sync_gone("app", WAIT).await?;
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), w.ns.name());
+    assert!(w.configmaps().get_opt("settings").await?.is_none());
+    assert!(deployments.get_opt("stuck").await?.is_none());
+    let notes = w.events("app", "ObjectsDeleted").await?;
+    assert!(notes.iter().any(|n| n.contains("2 pruned")), "{notes:?}");
+
+    // The deletions were the last word: the drift watch re-created nothing.
+    let mark = requests.lock().unwrap().len();
+    w.drift_watch_caught_up().await?;
+    let after = requests.lock().unwrap()[mark..].to_vec();
+    assert!(
+        requests_for(&after, "configmaps/settings").is_empty(),
+        "{after:#?}"
+    );
+    assert!(w.configmaps().get_opt("settings").await?.is_none());
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_sync_without_prune_leaves_its_objects_and_is_healed_no_more() -> Result<()> {
+    let (client, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("delorphan", Some(client)).await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("kept", "1")),
+            ("control/cm.yaml", &configmap("control", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h" }),
+    )
+    .await?;
+    w.create_sync_spec(
+        "control",
+        json!({ "sourceRef": { "name": "repo" }, "path": "control", "interval": "1h" }),
+    )
+    .await?;
+    w.wait_applied("app", &first).await?;
+    w.wait_applied("control", &first).await?;
+
+    w.syncs().delete("app", &Default::default()).await?;
+    w.wait_sync_gone("app", WAIT).await?;
+    let kept = w.configmaps().get("kept").await?;
+    assert_eq!(
+        kept.metadata.labels.unwrap_or_default()[plumb_core::SYNC_NAME_LABEL],
+        "app",
+        "orphaned objects are left as they are, labels included"
+    );
+    let notes = w.events("app", "ObjectsOrphaned").await?;
+    assert!(
+        notes.iter().any(|n| n.contains("prune: false")),
+        "{notes:?}"
+    );
+
+    // An edit of the orphan is not healed: no request for it, and it keeps the edit.
+    w.edit_by_hand("kept", "mine now").await?;
+    let mark = requests.lock().unwrap().len();
+    w.drift_watch_caught_up().await?;
+    let after = requests.lock().unwrap()[mark..].to_vec();
+    assert!(
+        requests_for(&after, "configmaps/kept").is_empty(),
+        "the orphan was checked or healed: {after:#?}"
+    );
+    w.wait_value("kept", "mine now").await?;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sync_whose_objects_cannot_be_deleted_gives_up_and_lets_its_namespace_go() -> Result<()> {
+    let w = World::new("delstuck").await?;
+    let ns = w.ns.name().to_owned();
+    // The Sync applies as an account that may write ConfigMaps but not delete them.
+    let objects: Vec<serde_json::Value> = vec![
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "writer" } }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": "writer" },
+            "rules": [{ "apiGroups": [""], "resources": ["configmaps"],
+                        "verbs": ["get", "list", "watch", "create", "patch", "update"] }]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "writer" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "writer", "namespace": ns }]
+        }),
+    ];
+    for o in objects {
+        let o: kube::api::DynamicObject = serde_json::from_value(o)?;
+        let gvk = kube::api::GroupVersionKind::try_from(o.types.as_ref().unwrap())?;
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            w.client.clone(),
+            &ns,
+            &kube::api::ApiResource::from_gvk(&gvk),
+        );
+        api.create(&PostParams::default(), &o).await?;
+    }
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("sticky", "1")),
+            ("other/cm.yaml", &configmap("other", "1")),
+        ],
+        &w.signing,
+    )?;
+    w.create_source("range").await?;
+    let spec = |path: &str| {
+        json!({ "sourceRef": { "name": "repo" }, "path": path, "prune": true, "interval": "1h",
+                "serviceAccountName": "writer" })
+    };
+    w.create_sync_spec("app", spec("app")).await?;
+    w.create_sync_spec("other", spec("other")).await?;
+    w.wait_applied("app", &first).await?;
+    w.wait_applied("other", &first).await?;
+
+    // Deleting the objects is forbidden: bounded retries, then the Sync goes and says what it
+    // left behind.
+    w.syncs().delete("app", &Default::default()).await?;
+    w.wait_sync_gone("app", WAIT).await?;
+    let notes = w.events("app", "DeletionIncomplete").await?;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("sticky") && n.contains("forbidden")),
+        "{notes:?}"
+    );
+    assert!(w.configmaps().get_opt("sticky").await?.is_some());
+
+    // Deleting the namespace is not blocked by a Sync that cannot clean up either.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    namespaces.delete(&ns, &Default::default()).await?;
+    eventually(&format!("namespace {ns} to be deleted"), 2 * WAIT, || {
+        let namespaces = namespaces.clone();
+        let ns = ns.clone();
+        async move { Ok(namespaces.get_opt(&ns).await?.is_none().then_some(())) }
+    })
+    .await?;
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_git_source_takes_its_artifacts_and_a_new_one_starts_afresh() -> Result<()> {
+    let w = World::without_agent("delsource").await?;
+    let ns = w.ns.name().to_owned();
+    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], &w.signing)?;
+    let (task, stop) = w
+        .start_agent("gs", |c| c.agent_namespace = Some(ns.clone()))
+        .await?;
+    w.create_source("range").await?;
+    let sources = w.sources();
+    eventually("the GitSource to store its artifact", WAIT, || {
+        let sources = sources.clone();
+        let first = first.clone();
+        async move {
+            let gs = sources.get("repo").await?;
+            Ok(gs
+                .status
+                .and_then(|s| s.artifact)
+                .filter(|a| a.commit == first)
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    let artifacts = w.cache_dir("gs").join("artifacts").join(&ns).join("repo");
+    assert!(
+        !files_under(&artifacts).is_empty(),
+        "no artifact in {}",
+        artifacts.display()
+    );
+    let ledger_entry = || {
+        let cms = w.configmaps();
+        let key = format!("{ns}.repo");
+        async move {
+            Ok::<_, anyhow::Error>(
+                cms.get_opt(plumb_agent::gitsource::VERIFIED_LEDGER)
+                    .await?
+                    .and_then(|c| c.data)
+                    .and_then(|mut d| d.remove(&key)),
+            )
+        }
+    };
+    assert_eq!(ledger_entry().await?.as_deref(), Some(first.as_str()));
+
+    w.sources().delete("repo", &Default::default()).await?;
+    eventually("the GitSource to be gone", WAIT, || {
+        let sources = sources.clone();
+        async move { Ok(sources.get_opt("repo").await?.is_none().then_some(())) }
+    })
+    .await?;
+    assert!(!artifacts.exists(), "{:?}", files_under(&artifacts));
+    assert_eq!(ledger_entry().await?, None);
+
+    // A GitSource of the same name, on another repository (whose history does not hold the
+    // first one's verified commit): verified from scratch, not refused as a rollback.
+    let other = Repo::local("delsource-other")?;
+    let other_wt = other.work_tree()?;
+    other_wt.write("app/cm.yaml", configmap("settings", "other"))?;
+    let fresh = other_wt.commit("other history", &w.signing)?;
+    other_wt.push()?;
+    let gs: GitSource = serde_json::from_value(json!({
+        "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
+        "metadata": { "name": "repo" },
+        "spec": {
+            "url": other.file_url(), "ref": { "branch": "main" }, "interval": "1h",
+            "verify": { "mode": "range", "allowedSignersRef": { "name": "signers", "key": "allowed_signers" } }
+        }
+    }))?;
+    sources.create(&PostParams::default(), &gs).await?;
+    let (status, reason, message) = eventually("the new GitSource to be fetched", WAIT, || {
+        let sources = sources.clone();
+        async move { source_condition(&sources, "repo", "Ready").await }
+    })
+    .await?;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "Succeeded"),
+        "{message}"
+    );
+    assert!(message.contains(&fresh), "{message}");
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
     Ok(())

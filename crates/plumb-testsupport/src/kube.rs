@@ -75,9 +75,20 @@ impl Drop for TestNamespace {
                 .build()?;
             rt.block_on(async {
                 let client = client().await?;
+                match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    Api::<Namespace>::all(client.clone())
+                        .delete(&name, &DeleteParams::background()),
+                )
+                .await?
+                {
+                    // The test deleted it itself.
+                    Err(kube::Error::Api(e)) if e.code == 404 => return anyhow::Ok(()),
+                    other => other?,
+                };
                 tokio::time::timeout(
                     Duration::from_secs(10),
-                    Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()),
+                    release_plumb_finalizers(&client, &name),
                 )
                 .await??;
                 anyhow::Ok(())
@@ -91,6 +102,43 @@ impl Drop for TestNamespace {
             );
         }
     }
+}
+
+/// Removes the finalizers of Plumb's objects (Syncs, GitSources) in `namespace`: a test's agent
+/// has stopped by the time its namespace goes, and nothing else would let them go. Kinds that
+/// are not installed are skipped.
+pub async fn release_plumb_finalizers(client: &Client, namespace: &str) -> Result<()> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+    for kind in ["Sync", "GitSource"] {
+        let gvk = GroupVersionKind::gvk("plumb.dev", "v1alpha1", kind);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk));
+        let objects = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for obj in objects {
+            let Some(name) = obj.metadata.name.as_deref() else {
+                continue;
+            };
+            if obj
+                .metadata
+                .finalizers
+                .as_ref()
+                .is_none_or(|f| f.is_empty())
+            {
+                continue;
+            }
+            let patch = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
+            match api.patch(name, &PatchParams::default(), &patch).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Applies every CustomResourceDefinition in the multi-document YAML file `path` (server-side

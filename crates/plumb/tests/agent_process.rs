@@ -208,6 +208,34 @@ impl Agent {
         Ok(())
     }
 
+    /// SIGTERM, as the kubelet sends it when a Pod is deleted (a rollout, a drain); returns
+    /// the exit status and how long the process took to exit, failing after `within`.
+    async fn terminate(
+        &mut self,
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, Duration)> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", self.child.id());
+        }
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, sent.elapsed()));
+            }
+            if sent.elapsed() > within {
+                bail!(
+                    "agent {} still running {within:?} after SIGTERM",
+                    self.identity
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the agent at the end of a passing test, without printing its log.
     fn finish(mut self) {
         self.quiet = true;
@@ -392,6 +420,17 @@ impl World {
             }
         }))?;
         self.sources().create(&PostParams::default(), &gs).await?;
+        Ok(())
+    }
+
+    /// A Sync `app` with `spec`.
+    async fn create_sync_spec(&self, spec: Value) -> Result<()> {
+        let sync: Sync = serde_json::from_value(json!({
+            "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
+            "metadata": { "name": "app" },
+            "spec": spec
+        }))?;
+        self.syncs().create(&PostParams::default(), &sync).await?;
         Ok(())
     }
 
@@ -887,5 +926,99 @@ async fn two_agent_processes_fail_over() -> Result<()> {
 
     a.finish();
     b.finish();
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_during_a_long_health_wait_exits_at_once_and_releases_the_lease() -> Result<()> {
+    let w = World::new("sigterm").await?;
+    let lease = format!("plumb-agent-{}", w.suffix());
+    let mut agent = w
+        .spawn(AgentSpec {
+            identity: "waiter".to_owned(),
+            lease: Some(lease.clone()),
+            ..Default::default()
+        })
+        .await?;
+    // A Deployment whose pods fit no node never becomes Available: a ten-minute health wait.
+    let stuck = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: stuck
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: stuck}
+  template:
+    metadata:
+      labels: {app: stuck}
+    spec:
+      nodeSelector: {plumb.dev/nowhere: \"true\"}
+      containers:
+      - name: app
+        image: nginx:1.27
+";
+    let first = w.commit(&[
+        ("app/cm.yaml", &configmap("settings", "1")),
+        ("app/stuck.yaml", stuck),
+    ])?;
+    w.create_source(None).await?;
+    w.create_sync_spec(json!({
+        "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+        "wait": true, "timeout": "10m"
+    }))
+    .await?;
+    let syncs = w.syncs();
+    eventually("the Sync to wait for health", WAIT, || {
+        let syncs = syncs.clone();
+        let first = first.clone();
+        async move {
+            let st = syncs.get("app").await?.status.unwrap_or_default();
+            Ok(st
+                .conditions
+                .iter()
+                .any(|c| {
+                    c.type_ == "Reconciling"
+                        && c.message.contains(&first)
+                        && c.message.contains("waiting up to 600s")
+                })
+                .then_some(()))
+        }
+    })
+    .await?;
+    let leases: Api<Lease> = Api::namespaced(w.client.clone(), w.ns.name());
+    let holder = || {
+        let leases = leases.clone();
+        let lease = lease.clone();
+        async move {
+            Ok::<_, anyhow::Error>(
+                leases
+                    .get_opt(&lease)
+                    .await?
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity),
+            )
+        }
+    };
+    assert_eq!(holder().await?.as_deref(), Some("waiter"));
+
+    // Well within the kubelet's default grace period (30 s) before it sends SIGKILL: the wait
+    // is cancelled, the Lease released, the process gone.
+    let (status, took) = agent.terminate(Duration::from_secs(20)).await?;
+    eprintln!("the agent exited {took:.1?} after SIGTERM, during a 10-minute health wait");
+    assert!(status.success(), "{status}\n{}", agent.log_tail());
+    // Cancelled, not abandoned after the shutdown grace period.
+    let log = std::fs::read_to_string(&agent.log)?;
+    assert!(
+        log.contains("health wait cancelled") && !log.contains("abandoning"),
+        "{}",
+        agent.log_tail()
+    );
+    assert_eq!(
+        holder().await?,
+        None,
+        "the Lease must be released (a standby takes over at once)"
+    );
+    agent.finish();
     Ok(())
 }

@@ -1,0 +1,769 @@
+//! The drift watch's decisions, without I/O: which objects are registered for which Sync and at
+//! which revision, what a watched change means, which checks run now, later or not at all.
+//!
+//! Invariants (each has a unit test below):
+//! - An object is registered at the newest revision written for it: a registration from an
+//!   older apply (an older [`Ticket`]) never replaces one from a newer apply, and a partly
+//!   failed apply moves only the objects it wrote.
+//! - While a Sync is writing ([`Registry::begin_apply`] .. [`Registry::end_apply`]) a change
+//!   to one of its objects is not checked (the writes may have read the object before the
+//!   change) but deferred, and checked when the writes end; health waits come after.
+//! - A change to an object no Sync has registered (any more) means nothing: an unregistered
+//!   (deleted, suspended) Sync's objects are never healed.
+//! - At most one check per object runs at a time; a change during a check runs it again.
+//!
+//! The payloads are opaque: `O` is what a check needs of one object (its manifest), `S` what
+//! it needs of the Sync (client, mode).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use plumb_core::ObjectKey;
+
+/// A Sync's identity: (namespace, name).
+pub type SyncKey = (String, String);
+
+/// The order in which applies started. A registration carries its apply's ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// What was last seen of one object: its change signature.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Seen {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// Field managers of the spec and metadata (not the status), with their times.
+    pub managers: BTreeSet<(String, String)>,
+}
+
+/// Whether the change from `prev` to `now` may be drift: the set of non-status field managers
+/// changed, the generation grew, or (kinds without a generation) the resourceVersion changed.
+/// Status-only churn of workloads is not.
+pub fn is_candidate(prev: &Seen, now: &Seen) -> bool {
+    if now.managers != prev.managers {
+        return true;
+    }
+    match (prev.generation, now.generation) {
+        (Some(a), Some(b)) if a > 0 && b > 0 => b > a,
+        _ => now.resource_version != prev.resource_version,
+    }
+}
+
+/// Which of a Sync's objects a registration covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every object the revision wants (its writes all succeeded): replaces what was registered,
+    /// so objects the revision no longer wants are no longer healed. `rendered` is the digest
+    /// of the revision's rendering.
+    Complete {
+        /// Digest of the rendered manifests.
+        rendered: String,
+    },
+    /// Only the objects that were written (the apply partly failed): they move to the
+    /// revision; every other registered object keeps the revision it was written at.
+    Written,
+}
+
+/// One Sync's objects, as one apply (or comparison) left them.
+#[derive(Clone, Debug)]
+pub struct Registration<O, S> {
+    /// The Sync.
+    pub sync: SyncKey,
+    /// The apply's ticket ([`Registry::begin_apply`] or [`Registry::ticket`]).
+    pub ticket: Ticket,
+    /// The revision the objects were written from.
+    pub revision: String,
+    /// Which objects this is.
+    pub scope: Scope,
+    /// The objects, by key.
+    pub objects: BTreeMap<ObjectKey, O>,
+    /// What a check needs of the Sync.
+    pub shared: S,
+}
+
+/// One registered object.
+#[derive(Clone, Debug)]
+struct Object<O> {
+    revision: String,
+    payload: O,
+}
+
+#[derive(Debug)]
+struct Entry<O, S> {
+    objects: BTreeMap<ObjectKey, Object<O>>,
+    shared: S,
+    ticket: Ticket,
+    revision: String,
+    /// The rendering digest, when the newest registration was complete.
+    rendered: Option<String>,
+}
+
+/// What [`Registry::register`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// Registered; these objects changed since the apply saw them and must be checked.
+    Accepted {
+        /// Objects to check now.
+        check: Vec<ObjectKey>,
+    },
+    /// Refused: a newer apply registered already.
+    Stale,
+}
+
+/// What to do about a change of one object ([`Registry::target`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<O, S> {
+    /// No Sync has it registered: nothing.
+    Unowned,
+    /// Its Sync is writing: checked when the writes end.
+    Deferred,
+    /// Compare it with this (and, in correct mode, apply it). The caller must call
+    /// [`Registry::check_done`] with `sync` afterwards.
+    Check {
+        /// Its Sync.
+        sync: SyncKey,
+        /// The revision the payload was written from.
+        revision: String,
+        /// The object.
+        object: O,
+        /// The Sync's part.
+        shared: S,
+    },
+}
+
+/// The registry. Not synchronised: the tracker holds it under one lock and does all I/O
+/// outside it.
+#[derive(Debug)]
+pub struct Registry<O, S> {
+    syncs: HashMap<SyncKey, Entry<O, S>>,
+    owners: HashMap<ObjectKey, SyncKey>,
+    seen: HashMap<ObjectKey, Seen>,
+    /// Drifted objects per Sync (detect mode, or checks that keep failing), id -> reason.
+    drifted: HashMap<SyncKey, BTreeMap<String, String>>,
+    /// Objects with a check scheduled or running, and whether another change arrived meanwhile.
+    in_flight: HashMap<ObjectKey, bool>,
+    /// Checks holding a target right now, per Sync (between `target` and `check_done`).
+    running: HashMap<SyncKey, usize>,
+    /// Syncs writing right now: changes to their objects may be their own writes and prunes.
+    writing: HashMap<SyncKey, usize>,
+    /// Objects that changed while their Sync was writing.
+    deferred: HashMap<SyncKey, BTreeSet<ObjectKey>>,
+    next_ticket: u64,
+}
+
+impl<O, S> Default for Registry<O, S> {
+    fn default() -> Self {
+        Self {
+            syncs: HashMap::new(),
+            owners: HashMap::new(),
+            seen: HashMap::new(),
+            drifted: HashMap::new(),
+            in_flight: HashMap::new(),
+            running: HashMap::new(),
+            writing: HashMap::new(),
+            deferred: HashMap::new(),
+            next_ticket: 0,
+        }
+    }
+}
+
+impl<O: Clone, S: Clone> Registry<O, S> {
+    /// A ticket for a registration that is not an apply (a comparison after a restart).
+    pub fn ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket(self.next_ticket)
+    }
+
+    /// `sync` starts writing: until [`Registry::end_apply`], changes to its objects are
+    /// deferred. Returns the apply's ticket.
+    pub fn begin_apply(&mut self, sync: &SyncKey) -> Ticket {
+        *self.writing.entry(sync.clone()).or_insert(0) += 1;
+        self.ticket()
+    }
+
+    /// `sync`'s writes are over. Returns the objects that changed meanwhile: check them now,
+    /// against what is registered.
+    pub fn end_apply(&mut self, sync: &SyncKey) -> Vec<ObjectKey> {
+        let Some(n) = self.writing.get_mut(sync) else {
+            return Vec::new();
+        };
+        *n -= 1;
+        if *n > 0 {
+            return Vec::new();
+        }
+        self.writing.remove(sync);
+        self.deferred
+            .remove(sync)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+
+    /// Whether `sync` is writing.
+    pub fn is_writing(&self, sync: &SyncKey) -> bool {
+        self.writing.contains_key(sync)
+    }
+
+    /// Registers what an apply wrote. `seen` is each object's metadata signature as the apply
+    /// left it: an object the watch has seen differently since is to be checked.
+    pub fn register(
+        &mut self,
+        registration: Registration<O, S>,
+        seen: BTreeMap<ObjectKey, Seen>,
+    ) -> Registered {
+        let Registration {
+            sync,
+            ticket,
+            revision,
+            scope,
+            objects,
+            shared,
+        } = registration;
+        if self.syncs.get(&sync).is_some_and(|e| e.ticket > ticket) {
+            return Registered::Stale;
+        }
+        let written: BTreeMap<ObjectKey, Object<O>> = objects
+            .into_iter()
+            .map(|(key, payload)| {
+                let object = Object {
+                    revision: revision.clone(),
+                    payload,
+                };
+                (key, object)
+            })
+            .collect();
+        let (objects, rendered) = match scope {
+            Scope::Complete { rendered } => {
+                self.drifted.remove(&sync);
+                (written, Some(rendered))
+            }
+            Scope::Written => {
+                let mut kept = self
+                    .syncs
+                    .remove(&sync)
+                    .map(|e| e.objects)
+                    .unwrap_or_default();
+                if let Some(d) = self.drifted.get_mut(&sync) {
+                    d.retain(|id, _| !written.keys().any(|k| k.to_string() == *id));
+                }
+                kept.extend(written);
+                (kept, None)
+            }
+        };
+        self.owners.retain(|_, owner| owner != &sync);
+        for key in objects.keys() {
+            self.owners.insert(key.clone(), sync.clone());
+        }
+        let mut check = Vec::new();
+        for (key, applied) in seen {
+            match self.seen.get(&key) {
+                // A watch that starts later compares its first sight with the apply's result,
+                // so an edit right after the apply is not taken for the applied state.
+                None => {
+                    self.seen.insert(key, applied);
+                }
+                Some(watched) if objects.contains_key(&key) && is_candidate(&applied, watched) => {
+                    check.push(key)
+                }
+                Some(_) => {}
+            }
+        }
+        self.syncs.insert(
+            sync,
+            Entry {
+                objects,
+                shared,
+                ticket,
+                revision,
+                rendered,
+            },
+        );
+        Registered::Accepted { check }
+    }
+
+    /// Forgets `sync` (deleted or suspended): its objects are no longer checked, and its
+    /// outstanding drift and deferred checks are dropped. Returns whether it was registered.
+    pub fn unregister(&mut self, sync: &SyncKey) -> bool {
+        self.owners.retain(|_, owner| owner != sync);
+        self.drifted.remove(sync);
+        self.deferred.remove(sync);
+        self.syncs.remove(sync).is_some()
+    }
+
+    /// The watch saw `key` (created or changed) with signature `now`. Returns whether to check it.
+    pub fn observe(&mut self, key: &ObjectKey, now: Seen) -> bool {
+        // Every labelled object is remembered, owned yet or not: the event of our own create may
+        // arrive before the Sync registers it, and the next change must still compare.
+        let previous = self.seen.insert(key.clone(), now.clone());
+        // First sight is the state just applied (or found): not drift.
+        self.owners.contains_key(key) && previous.is_some_and(|prev| is_candidate(&prev, &now))
+    }
+
+    /// The watch saw `key` deleted. Returns whether to check it.
+    pub fn deleted(&mut self, key: &ObjectKey) -> bool {
+        self.seen.remove(key);
+        self.owners.contains_key(key)
+    }
+
+    /// A check of `key` is wanted. Returns whether to start one; if one is scheduled or
+    /// running already, it runs once more when it ends.
+    pub fn begin_check(&mut self, key: &ObjectKey) -> bool {
+        if let Some(again) = self.in_flight.get_mut(key) {
+            *again = true;
+            return false;
+        }
+        self.in_flight.insert(key.clone(), false);
+        true
+    }
+
+    /// The check of `key` ended. Returns whether to run it again (a change arrived meanwhile).
+    pub fn end_check(&mut self, key: &ObjectKey) -> bool {
+        match self.in_flight.get_mut(key) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                self.in_flight.remove(key);
+                false
+            }
+        }
+    }
+
+    /// What a check of `key` compares with, or why there is none.
+    pub fn target(&mut self, key: &ObjectKey) -> Target<O, S> {
+        let Some(sync) = self.owners.get(key).cloned() else {
+            return Target::Unowned;
+        };
+        if self.writing.contains_key(&sync) {
+            self.deferred.entry(sync).or_default().insert(key.clone());
+            return Target::Deferred;
+        }
+        let Some(entry) = self.syncs.get(&sync) else {
+            return Target::Unowned;
+        };
+        let Some(object) = entry.objects.get(key) else {
+            return Target::Unowned;
+        };
+        let target = Target::Check {
+            sync: sync.clone(),
+            revision: object.revision.clone(),
+            object: object.payload.clone(),
+            shared: entry.shared.clone(),
+        };
+        *self.running.entry(sync).or_insert(0) += 1;
+        target
+    }
+
+    /// A check that [`Registry::target`] started for `sync` is over.
+    pub fn check_done(&mut self, sync: &SyncKey) {
+        if let Some(n) = self.running.get_mut(sync) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(sync);
+            }
+        }
+    }
+
+    /// How many checks of `sync`'s objects are running (a correction may be writing).
+    pub fn checks_running(&self, sync: &SyncKey) -> usize {
+        self.running.get(sync).copied().unwrap_or(0)
+    }
+
+    /// Records (`Some(reason)`) or clears (`None`) the drift of `key`. Returns the Sync's whole
+    /// drift list when it changed; `None` when nothing changed or the Sync is not registered.
+    pub fn set_drift(
+        &mut self,
+        sync: &SyncKey,
+        key: &ObjectKey,
+        reason: Option<&str>,
+    ) -> Option<Vec<(String, String)>> {
+        if !self.syncs.contains_key(sync) {
+            return None;
+        }
+        let id = key.to_string();
+        let entry = self.drifted.entry(sync.clone()).or_default();
+        let changed = match reason {
+            Some(r) => entry.insert(id, r.to_owned()).as_deref() != Some(r),
+            None => entry.remove(&id).is_some(),
+        };
+        changed.then(|| {
+            entry
+                .iter()
+                .map(|(id, reason)| (id.clone(), reason.clone()))
+                .collect()
+        })
+    }
+
+    /// Marks the Sync owning `key` drifted: its check keeps failing, so the next periodic
+    /// reconcile must apply everything instead of skipping.
+    pub fn mark_dirty(&mut self, key: &ObjectKey) {
+        if let Some(sync) = self.owners.get(key).cloned() {
+            self.drifted
+                .entry(sync)
+                .or_default()
+                .insert(key.to_string(), "check failed".to_owned());
+        }
+    }
+
+    /// Records drift found outside the watch (a comparison after a restart).
+    pub fn note_drift(&mut self, sync: SyncKey, id: String, reason: String) {
+        self.drifted.entry(sync).or_default().insert(id, reason);
+    }
+
+    /// `sync`'s drifted objects, id -> reason.
+    pub fn drifted(&self, sync: &SyncKey) -> Vec<(String, String)> {
+        self.drifted
+            .get(sync)
+            .map(|d| d.iter().map(|(a, b)| (a.clone(), b.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn clean(&self, sync: &SyncKey) -> Option<&Entry<O, S>> {
+        let entry = self.syncs.get(sync)?;
+        self.drifted
+            .get(sync)
+            .is_none_or(|d| d.is_empty())
+            .then_some(entry)
+    }
+
+    /// Whether `sync` is registered.
+    pub fn is_registered(&self, sync: &SyncKey) -> bool {
+        self.syncs.contains_key(sync)
+    }
+
+    /// Whether `sync` is registered with no drift outstanding.
+    pub fn is_clean(&self, sync: &SyncKey) -> bool {
+        self.clean(sync).is_some()
+    }
+
+    /// The revision and rendering digest of `sync`'s newest registration, if it was complete
+    /// and no drift is outstanding.
+    pub fn clean_rendering(&self, sync: &SyncKey) -> Option<(String, String)> {
+        let entry = self.clean(sync)?;
+        Some((entry.revision.clone(), entry.rendered.clone()?))
+    }
+
+    /// `sync`'s registered objects if no drift is outstanding: what the watch has seen
+    /// unchanged since they were written.
+    pub fn vouched(&self, sync: &SyncKey) -> Vec<(ObjectKey, O)> {
+        self.clean(sync)
+            .map(|e| {
+                e.objects
+                    .iter()
+                    .map(|(k, o)| (k.clone(), o.payload.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The revision `key` is registered at, and for which Sync.
+    pub fn registered_at(&self, key: &ObjectKey) -> Option<(&SyncKey, &str)> {
+        let sync = self.owners.get(key)?;
+        let object = self.syncs.get(sync)?.objects.get(key)?;
+        Some((sync, object.revision.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Reg = Registry<&'static str, ()>;
+
+    fn sync(name: &str) -> SyncKey {
+        ("ns".to_owned(), name.to_owned())
+    }
+
+    fn cm(name: &str) -> ObjectKey {
+        ObjectKey::new("", "ConfigMap", Some("ns"), name)
+    }
+
+    fn seen(generation: Option<i64>, rv: &str, managers: &[(&str, &str)]) -> Seen {
+        Seen {
+            generation,
+            resource_version: Some(rv.to_owned()),
+            managers: managers
+                .iter()
+                .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn registration(
+        s: &SyncKey,
+        ticket: Ticket,
+        revision: &str,
+        scope: Scope,
+        objects: &[(&ObjectKey, &'static str)],
+    ) -> Registration<&'static str, ()> {
+        Registration {
+            sync: s.clone(),
+            ticket,
+            revision: revision.to_owned(),
+            scope,
+            objects: objects.iter().map(|(k, o)| ((*k).clone(), *o)).collect(),
+            shared: (),
+        }
+    }
+
+    fn complete(rendered: &str) -> Scope {
+        Scope::Complete {
+            rendered: rendered.to_owned(),
+        }
+    }
+
+    /// Registers `objects` at `revision` as a whole apply would: begin, register, end.
+    fn apply(
+        reg: &mut Reg,
+        s: &SyncKey,
+        revision: &str,
+        scope: Scope,
+        objects: &[(&ObjectKey, &'static str)],
+    ) -> Vec<ObjectKey> {
+        let ticket = reg.begin_apply(s);
+        let r = reg.register(
+            registration(s, ticket, revision, scope, objects),
+            BTreeMap::new(),
+        );
+        assert!(matches!(r, Registered::Accepted { .. }), "{r:?}");
+        reg.end_apply(s)
+    }
+
+    fn check_of(reg: &mut Reg, key: &ObjectKey) -> Option<(String, &'static str)> {
+        match reg.target(key) {
+            Target::Check {
+                sync,
+                revision,
+                object,
+                ..
+            } => {
+                reg.check_done(&sync);
+                Some((revision, object))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn status_churn_of_a_generation_tracked_object_is_not_a_candidate() {
+        let a = seen(Some(3), "100", &[("plumb", "t1")]);
+        let b = seen(Some(3), "101", &[("plumb", "t1")]);
+        assert!(!is_candidate(&a, &b));
+    }
+
+    #[test]
+    fn spec_changes_and_foreign_managers_are_candidates() {
+        let a = seen(Some(3), "100", &[("plumb", "t1")]);
+        assert!(is_candidate(&a, &seen(Some(4), "101", &[("plumb", "t1")])));
+        assert!(is_candidate(
+            &a,
+            &seen(Some(3), "101", &[("plumb", "t1"), ("kubectl-label", "t2")])
+        ));
+    }
+
+    #[test]
+    fn kinds_without_generation_compare_resource_versions() {
+        let a = seen(None, "100", &[("plumb", "t1")]);
+        assert!(is_candidate(&a, &seen(None, "101", &[("plumb", "t1")])));
+        assert!(!is_candidate(&a, &seen(None, "100", &[("plumb", "t1")])));
+    }
+
+    #[test]
+    fn a_change_is_checked_against_the_newest_revision_written() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let web = cm("web");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&web, "replicas: 2")]);
+        assert_eq!(check_of(&mut reg, &web), Some(("A".into(), "replicas: 2")));
+        // B's writes end (before any health wait): B is what a change is healed towards.
+        apply(&mut reg, &s, "B", complete("dB"), &[(&web, "replicas: 3")]);
+        assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "replicas: 3")));
+        assert_eq!(reg.clean_rendering(&s), Some(("B".into(), "dB".into())));
+    }
+
+    #[test]
+    fn a_registration_from_an_older_apply_never_replaces_a_newer_one() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let web = cm("web");
+        let older = reg.begin_apply(&s);
+        let newer = reg.begin_apply(&s);
+        let r = reg.register(
+            registration(&s, newer, "B", complete("dB"), &[(&web, "B")]),
+            BTreeMap::new(),
+        );
+        assert_eq!(r, Registered::Accepted { check: vec![] });
+        let r = reg.register(
+            registration(&s, older, "A", complete("dA"), &[(&web, "A")]),
+            BTreeMap::new(),
+        );
+        assert_eq!(r, Registered::Stale);
+        reg.end_apply(&s);
+        reg.end_apply(&s);
+        assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "B")));
+    }
+
+    #[test]
+    fn a_partly_failed_apply_moves_only_what_it_wrote() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let (a, b, gone) = (cm("a"), cm("b"), cm("gone"));
+        apply(
+            &mut reg,
+            &s,
+            "A",
+            complete("dA"),
+            &[(&a, "a@A"), (&b, "b@A"), (&gone, "gone@A")],
+        );
+        // B wrote `a`, failed on `b`; `gone` left Git but is not pruned after a failure.
+        apply(&mut reg, &s, "B", Scope::Written, &[(&a, "a@B")]);
+        assert_eq!(check_of(&mut reg, &a), Some(("B".into(), "a@B")));
+        assert_eq!(check_of(&mut reg, &b), Some(("A".into(), "b@A")));
+        assert_eq!(check_of(&mut reg, &gone), Some(("A".into(), "gone@A")));
+        // A partial registration vouches for no rendering: the next apply is a full one.
+        assert_eq!(reg.clean_rendering(&s), None);
+        // A complete registration replaces everything: `gone` is no longer healed.
+        apply(
+            &mut reg,
+            &s,
+            "C",
+            complete("dC"),
+            &[(&a, "a@C"), (&b, "b@C")],
+        );
+        assert_eq!(check_of(&mut reg, &gone), None);
+        assert_eq!(reg.registered_at(&b), Some((&s, "C")));
+    }
+
+    #[test]
+    fn changes_during_the_writes_are_deferred_until_they_end_not_until_the_wait_ends() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let cfg = cm("cfg");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+
+        let ticket = reg.begin_apply(&s);
+        assert_eq!(reg.target(&cfg), Target::Deferred);
+        reg.register(
+            registration(&s, ticket, "B", complete("dB"), &[(&cfg, "B")]),
+            BTreeMap::new(),
+        );
+        // The writes end; the health wait (if any) comes after and defers nothing.
+        assert_eq!(reg.end_apply(&s), vec![cfg.clone()]);
+        assert!(!reg.is_writing(&s));
+        assert_eq!(check_of(&mut reg, &cfg), Some(("B".into(), "B")));
+    }
+
+    #[test]
+    fn an_unregistered_sync_is_never_healed() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let cfg = cm("cfg");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+        assert!(!reg.observe(&cfg, seen(None, "1", &[("plumb", "t")])));
+        assert!(reg.observe(&cfg, seen(None, "2", &[("plumb", "t"), ("kubectl", "t")])));
+        assert!(reg.unregister(&s));
+        assert!(!reg.observe(&cfg, seen(None, "3", &[("kubectl", "t2")])));
+        assert!(!reg.deleted(&cfg));
+        assert_eq!(reg.target(&cfg), Target::Unowned);
+        assert!(!reg.is_registered(&s));
+        assert_eq!(reg.set_drift(&s, &cfg, Some("modified")), None);
+        assert!(reg.drifted(&s).is_empty());
+    }
+
+    #[test]
+    fn unregistering_during_the_writes_drops_the_deferred_checks() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let cfg = cm("cfg");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+        reg.begin_apply(&s);
+        assert_eq!(reg.target(&cfg), Target::Deferred);
+        reg.unregister(&s);
+        assert!(reg.end_apply(&s).is_empty());
+    }
+
+    #[test]
+    fn an_edit_right_after_the_apply_is_checked_when_the_watch_saw_it_first() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let cfg = cm("cfg");
+        // The watch saw the apply's result and then an edit, before the Sync registered.
+        assert!(!reg.observe(&cfg, seen(None, "5", &[("plumb", "t1")])));
+        assert!(!reg.observe(&cfg, seen(None, "6", &[("plumb", "t1"), ("kubectl", "t2")])));
+        let ticket = reg.begin_apply(&s);
+        let applied = BTreeMap::from([(cfg.clone(), seen(None, "5", &[("plumb", "t1")]))]);
+        let r = reg.register(
+            registration(&s, ticket, "A", complete("dA"), &[(&cfg, "A")]),
+            applied,
+        );
+        assert_eq!(
+            r,
+            Registered::Accepted {
+                check: vec![cfg.clone()]
+            }
+        );
+        // An object the watch never saw takes the apply's signature as its first sight.
+        let other = cm("other");
+        let ticket = reg.ticket();
+        let applied = BTreeMap::from([(other.clone(), seen(None, "9", &[("plumb", "t1")]))]);
+        reg.register(
+            registration(
+                &s,
+                ticket,
+                "A",
+                complete("dA"),
+                &[(&cfg, "A"), (&other, "o")],
+            ),
+            applied,
+        );
+        assert!(!reg.observe(&other, seen(None, "9", &[("plumb", "t1")])));
+        assert!(reg.observe(&other, seen(None, "10", &[("kubectl", "t3")])));
+    }
+
+    #[test]
+    fn one_check_per_object_at_a_time_and_a_change_meanwhile_runs_it_again() {
+        let mut reg = Reg::default();
+        let cfg = cm("cfg");
+        assert!(reg.begin_check(&cfg));
+        assert!(!reg.begin_check(&cfg));
+        assert!(!reg.begin_check(&cfg));
+        assert!(reg.end_check(&cfg), "a change arrived during the check");
+        assert!(!reg.end_check(&cfg));
+        assert!(reg.begin_check(&cfg));
+    }
+
+    #[test]
+    fn running_checks_are_counted_per_sync() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let cfg = cm("cfg");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+        assert!(matches!(reg.target(&cfg), Target::Check { .. }));
+        assert_eq!(reg.checks_running(&s), 1);
+        reg.check_done(&s);
+        assert_eq!(reg.checks_running(&s), 0);
+    }
+
+    #[test]
+    fn drift_keeps_a_sync_from_vouching_until_a_complete_registration() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let (a, b) = (cm("a"), cm("b"));
+        apply(&mut reg, &s, "A", complete("dA"), &[(&a, "a"), (&b, "b")]);
+        assert_eq!(reg.vouched(&s).len(), 2);
+        let list = reg.set_drift(&s, &a, Some("modified"));
+        assert_eq!(list, Some(vec![(a.to_string(), "modified".to_owned())]));
+        assert_eq!(reg.set_drift(&s, &a, Some("modified")), None, "no change");
+        assert!(!reg.is_clean(&s));
+        assert!(reg.vouched(&s).is_empty());
+        // Writing `a` again resolves its drift; `b` was never drifted.
+        apply(&mut reg, &s, "A", Scope::Written, &[(&a, "a")]);
+        assert!(reg.is_clean(&s));
+        reg.mark_dirty(&b);
+        assert!(!reg.is_clean(&s));
+        apply(&mut reg, &s, "B", complete("dB"), &[(&a, "a"), (&b, "b")]);
+        assert!(reg.is_clean(&s));
+    }
+}
