@@ -129,18 +129,18 @@ async fn nodes_stay_ready_and_a_deployment_stays_available_for_three_minutes() {
     .unwrap();
 
     enum Seen {
-        Node(Node),
-        Deployment(Deployment),
+        Node(Box<Node>),
+        Deployment(Box<Deployment>),
     }
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .applied_objects()
-        .map(|e| e.map(Seen::Node))
+        .map(|e| e.map(|n| Seen::Node(Box::new(n))))
         .boxed();
     let deployments = watcher(api, watcher::Config::default().fields("metadata.name=web"))
         .default_backoff()
         .applied_objects()
-        .map(|e| e.map(Seen::Deployment))
+        .map(|e| e.map(|d| Seen::Deployment(Box::new(d))))
         .boxed();
     let mut events = futures::stream::select(nodes, deployments);
     let started = tokio::time::Instant::now();
