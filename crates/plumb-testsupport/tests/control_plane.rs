@@ -174,7 +174,9 @@ async fn nodes_stay_ready_and_a_deployment_stays_available_for_three_minutes() {
         panic!(
             "after {}s of {}s: {problem}\nThe heartbeats of kwok's nodes must reach the node \
              lifecycle controller well inside its --node-monitor-grace-period (scripts/testenv: \
-             kwok --node-lease-duration-seconds)",
+             kwok --node-lease-duration-seconds; a control plane started by an older \
+             scripts/testenv lacks it: restart it with `scripts/testenv down && scripts/testenv \
+             up`)",
             started.elapsed().as_secs(),
             OBSERVE.as_secs()
         );
