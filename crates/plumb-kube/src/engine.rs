@@ -160,6 +160,9 @@ pub trait Progress: Sync {
     fn start(&self, _total: usize) {}
     /// One object is done.
     fn done(&self, _key: &ObjectKey, _action: Action) {}
+    /// A health wait ([`Engine::wait_healthy_with`]) looked at every object again: `pending`
+    /// are the verdicts of those not healthy yet (in the order given), of `total`.
+    fn waiting(&self, _pending: &[(ObjectKey, HealthVerdict)], _total: usize) {}
 }
 
 /// No progress reporting.
@@ -940,6 +943,17 @@ impl Engine {
         objects: &[Manifest],
         timeout: Duration,
     ) -> Result<Vec<(ObjectKey, HealthVerdict)>> {
+        self.wait_healthy_with(objects, timeout, &NoProgress).await
+    }
+
+    /// [`Engine::wait_healthy`], telling `progress` after every look which objects are still
+    /// awaited and why ([`Progress::waiting`]).
+    pub async fn wait_healthy_with(
+        &self,
+        objects: &[Manifest],
+        timeout: Duration,
+        progress: &dyn Progress,
+    ) -> Result<Vec<(ObjectKey, HealthVerdict)>> {
         let resolver = Resolver::new(self.client.clone()).await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -971,13 +985,18 @@ impl Engine {
             let ready = |v: &HealthVerdict| {
                 matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended)
             };
-            if verdicts.iter().all(|(_, v)| ready(v)) {
+            let pending: Vec<(ObjectKey, HealthVerdict)> = verdicts
+                .iter()
+                .filter(|(_, v)| !ready(v))
+                .cloned()
+                .collect();
+            progress.waiting(&pending, verdicts.len());
+            if pending.is_empty() {
                 return Ok(verdicts);
             }
             if tokio::time::Instant::now() >= deadline {
-                let unhealthy = verdicts
+                let unhealthy = pending
                     .iter()
-                    .filter(|(_, v)| !ready(v))
                     .map(|(k, v)| format!("  {k}: {} ({})", v.status, v.reason))
                     .collect();
                 return Err(Error::Unhealthy {

@@ -121,7 +121,7 @@ pub struct SyncArgs {
     /// Delete objects that this sync unit applied before and the directory no longer holds.
     #[arg(long)]
     pub prune: bool,
-    /// Wait until every applied object is healthy.
+    /// Wait until every applied object is healthy, showing the ones still awaited and why.
     #[arg(long)]
     pub wait: bool,
     /// How long --wait waits (e.g. 90s, 5m).

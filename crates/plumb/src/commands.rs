@@ -50,15 +50,22 @@ fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot open directory {}", dir.display()))?;
-    let root = match &root.root {
-        Some(r) => r
-            .canonicalize()
-            .with_context(|| format!("cannot open root directory {}", r.display()))?,
-        None => dir
-            .ancestors()
-            .find(|a| a.join(".git").exists())
-            .unwrap_or(&dir)
-            .to_path_buf(),
+    // Like the agent, which renders a path of the repository with the whole repository as
+    // the root, so that a Kustomize overlay may use bases in sibling directories.
+    let (root, note) = match &root.root {
+        Some(r) => (
+            r.canonicalize()
+                .with_context(|| format!("cannot open root directory {}", r.display()))?,
+            "",
+        ),
+        None => match dir.ancestors().find(|a| a.join(".git").exists()) {
+            Some(work_tree) => (work_tree.to_path_buf(), ""),
+            None => (
+                dir.clone(),
+                "; no Git work tree holds it, so nothing outside it may be read: pass --root to \
+                 allow more",
+            ),
+        },
     };
     let relative = dir.strip_prefix(&root).map_err(|_| {
         anyhow::anyhow!(
@@ -73,7 +80,13 @@ fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
     } else {
         plumb_render::render_path(&root, relative, &opts)
     };
-    rendered.with_context(|| format!("rendering {}", dir.display()))
+    rendered.with_context(|| {
+        format!(
+            "rendering {} (root {}{note})",
+            dir.display(),
+            root.display()
+        )
+    })
 }
 
 fn render(args: &RenderArgs) -> Result<()> {
@@ -193,7 +206,12 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     let mut health = Vec::new();
     let mut wait_error = None;
     if args.wait && !args.dry_run && !report.changes.has_failures() {
-        match engine.wait_healthy(&report.applied, args.timeout).await {
+        let waiting = HealthWait::new(report.applied.len());
+        let waited = engine
+            .wait_healthy_with(&report.applied, args.timeout, &waiting)
+            .await;
+        waiting.finish();
+        match waited {
             Ok(verdicts) => health = verdicts,
             Err(plumb_kube::Error::Unhealthy {
                 verdicts,
@@ -358,6 +376,91 @@ impl Bar {
     fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// How many awaited objects a health wait shows at once.
+const AWAITED_SHOWN: usize = 5;
+
+/// Shows a health wait: on a terminal, a bar of the healthy objects and below it the first few
+/// still awaited with their health; elsewhere a line on stderr when that changes (at most every
+/// few seconds: a wait of a thousand objects must not flood a CI log).
+struct HealthWait {
+    bar: Option<ProgressBar>,
+    /// The last line printed (not on a terminal) and when.
+    last: std::sync::Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// The least time between two lines of a health wait that is not on a terminal.
+const WAIT_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl HealthWait {
+    /// A display for a wait of `total` objects.
+    fn new(total: usize) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} waiting for health [{bar:30}] {pos}/{len} healthy ({elapsed})\n{msg}",
+                )
+                .expect("the template is valid")
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        Self {
+            bar,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `  Deployment/demo/web: Progressing: 1 of 2 updated replicas are available` for the first
+/// [`AWAITED_SHOWN`] of `pending`, and how many more there are.
+fn awaited_lines(pending: &[(ObjectKey, HealthVerdict)]) -> Vec<String> {
+    let mut lines: Vec<String> = pending
+        .iter()
+        .take(AWAITED_SHOWN)
+        .map(|(key, v)| format!("  {key}: {}: {}", v.status, v.reason))
+        .collect();
+    if pending.len() > AWAITED_SHOWN {
+        lines.push(format!("  ... and {} more", pending.len() - AWAITED_SHOWN));
+    }
+    lines
+}
+
+impl Progress for HealthWait {
+    fn waiting(&self, pending: &[(ObjectKey, HealthVerdict)], total: usize) {
+        let healthy = total - pending.len();
+        if let Some(bar) = &self.bar {
+            bar.set_length(total as u64);
+            bar.set_position(healthy as u64);
+            bar.set_message(awaited_lines(pending).join("\n"));
+            return;
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let text = format!(
+            "waiting for health: {healthy} of {total} healthy; awaiting:\n{}",
+            awaited_lines(pending).join("\n")
+        );
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let due = match &*last {
+            None => true,
+            Some((previous, at)) => *previous != text && at.elapsed() >= WAIT_LINE_EVERY,
+        };
+        if due {
+            eprintln!("{text}");
+            *last = Some((text, std::time::Instant::now()));
         }
     }
 }

@@ -699,8 +699,27 @@ async fn reconcile_times_out_clearly_without_an_agent() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("timed out after 2s"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no agent has handled the reconcile request ({RECONCILE_REQUEST_ANNOTATION}="
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("its status did not change while waiting"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Is the agent running?"), "{stderr}");
-    assert!(stderr.contains(RECONCILE_REQUEST_ANNOTATION), "{stderr}");
+    // What it waited for, and what the status said meanwhile.
+    assert!(
+        stdout(&out).contains("until its status.lastHandledReconcileAt is"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains(&format!("  Sync {}/web: no status yet", ns.name())),
+        "{stderr}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     // The request stays on the object for the agent to pick up later.
     let sync = Api::<Sync>::namespaced(client, ns.name())
@@ -709,6 +728,136 @@ async fn reconcile_times_out_clearly_without_an_agent() -> anyhow::Result<()> {
     assert!(
         sync.annotations()
             .contains_key(RECONCILE_REQUEST_ANNOTATION)
+    );
+    Ok(())
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": 1,
+        "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    })
+}
+
+/// Waits for a line containing `needle` among the lines `lines` receives.
+async fn line_with(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    needle: &str,
+) -> anyhow::Result<String> {
+    let wait = async {
+        while let Some(line) = lines.recv().await {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => anyhow::bail!("the output ended without a line containing {needle:?}"),
+        Err(_) => anyhow::bail!("no line containing {needle:?} within 30s"),
+    }
+}
+
+#[tokio::test]
+async fn reconcile_shows_a_busy_agents_progress_and_says_so_when_it_gives_up() -> anyhow::Result<()>
+{
+    ensure_crds();
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "busy").await?;
+    create_pair(ns.name());
+    let syncs = Api::<Sync>::namespaced(client.clone(), ns.name());
+    let reconciling = |message: &str| {
+        json!({ "status": {
+            "conditions": [
+                ready_condition("True", "ReconciliationSucceeded", "applied revision main@sha1:aaaa"),
+                condition("Reconciling", "True", "Progressing", message),
+            ],
+            "lastAttemptedRevision": "main@sha1:bbbb",
+        }})
+    };
+    // The agent is applying a revision (with a long health wait) when the request comes.
+    syncs
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(reconciling("applying revision main@sha1:bbbb")),
+        )
+        .await?;
+    let mut child = spawn_plumb(&[
+        "reconcile",
+        "sync",
+        "web",
+        "-n",
+        ns.name(),
+        "--timeout",
+        "8s",
+    ]);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut all = Vec::new();
+        let mut stderr = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all.join("\n")
+    });
+
+    // Not on a terminal, each new state is a line of its own.
+    let first = line_with(&mut lines, "applying revision main@sha1:bbbb").await?;
+    assert_eq!(
+        first,
+        format!(
+            "  Sync {}/web: Reconciling (Progressing): applying revision main@sha1:bbbb",
+            ns.name()
+        )
+    );
+    syncs
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(reconciling(
+                "applying revision main@sha1:bbbb: waiting for Deployment.apps/demo/web",
+            )),
+        )
+        .await?;
+    line_with(&mut lines, "waiting for Deployment.apps/demo/web").await?;
+
+    let out = child.wait_with_output().await?;
+    let stderr = reader.await?;
+    assert_eq!(out.status.code(), Some(1), "{}\n{stderr}", text(&out));
+    assert!(
+        stderr.contains(&format!(
+            "timed out after 8s: the agent is still working on Sync {}/web (Reconciling for ",
+            ns.name()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "Progressing: applying revision main@sha1:bbbb: waiting for Deployment.apps/demo/web)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("has not handled the reconcile request"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Is the agent running?"), "{stderr}");
+    // Each state was printed once, not once per look at it.
+    assert_eq!(
+        stderr
+            .matches("Reconciling (Progressing): applying revision")
+            .count(),
+        2,
+        "{stderr}"
     );
     Ok(())
 }

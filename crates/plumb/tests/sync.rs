@@ -263,6 +263,54 @@ async fn kustomize_overlay() {
 }
 
 #[tokio::test]
+async fn a_git_work_tree_is_the_default_root_of_render_diff_and_sync() {
+    let (client, ns, dir) = setup("gitroot").await;
+    let d = dir.path();
+    write(d, "base/kustomization.yaml", "resources:\n- cm.yaml\n");
+    write(d, "base/cm.yaml", &configmap("settings", "base"));
+    write(
+        d,
+        "overlays/prod/kustomization.yaml",
+        "resources:\n- ../../base\nnamePrefix: prod-\n",
+    );
+    let overlay = d.join("overlays/prod");
+    let overlay = overlay.to_str().unwrap();
+
+    // Outside a Git work tree the directory itself is the root: the base is out of bounds.
+    let out = plumb(&["render", overlay]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("../../base")
+            && err.contains("no Git work tree holds it")
+            && err.contains("--root"),
+        "{err}"
+    );
+
+    let git = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(d)
+        .status()
+        .expect("git runs");
+    assert!(git.success());
+    let out = plumb(&["render", overlay]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("name: prod-settings"));
+    let out = plumb(&["diff", overlay, "--name", "g", "-n", ns.name()]);
+    assert_eq!(out.status.code(), Some(1), "differences: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("prod-settings"));
+    let out = plumb(&["sync", overlay, "--name", "g", "-n", ns.name()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cm = Api::<ConfigMap>::namespaced(client, ns.name())
+        .get("prod-settings")
+        .await
+        .unwrap();
+    assert_eq!(cm.data.unwrap()["value"], "base");
+    let out = plumb(&["diff", overlay, "--name", "g", "-n", ns.name()]);
+    assert_eq!(out.status.code(), Some(0), "no differences: {}", text(&out));
+}
+
+#[tokio::test]
 async fn manual_edit_shows_in_diff_and_sync_restores_it() {
     let (client, ns, dir) = setup("drift").await;
     let d = dir.path();
@@ -536,6 +584,18 @@ async fn wait_reports_health_and_names_what_never_becomes_ready() {
     assert!(
         !err.contains("/web"),
         "healthy objects are not blamed: {err}"
+    );
+    // While it waits, it says what it waits for and why (not on a terminal: as lines).
+    assert!(
+        err.contains("waiting for health: 1 of 2 healthy; awaiting:"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "  Deployment.apps/{}/stuck: Progressing: ",
+            ns.name()
+        )),
+        "{err}"
     );
 }
 

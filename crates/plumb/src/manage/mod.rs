@@ -42,6 +42,8 @@ pub enum ManageCommand {
     Get(get::GetCommand),
     /// Ask the agent for an immediate reconcile and wait for its result.
     ///
+    /// While waiting, shows what the object's status says (Reconciling, Stalled or Ready). On
+    /// timeout, says whether the agent is still working on it or no agent has handled it.
     /// Exit 0 when the object is Ready afterwards; 1 when it is not, or on timeout.
     #[command(subcommand)]
     Reconcile(reconcile::ReconcileCommand),

@@ -1,15 +1,18 @@
 //! `plumb reconcile`, `plumb suspend`, `plumb resume`: ask the agent to act, and wait for it.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use plumb_agent::api::{GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
@@ -19,6 +22,11 @@ use crate::cli::Global;
 
 /// How often to look at the status while waiting.
 const POLL: Duration = Duration::from_millis(500);
+
+/// What one reconcile may take besides a Sync's health wait: fetching, rendering, dry-run and
+/// apply. A Reconciling condition older than that (plus the health timeout) with no status
+/// change is no longer taken as a sign of a busy agent.
+const WORK_ALLOWANCE: Duration = Duration::from_secs(120);
 
 /// What to reconcile.
 #[derive(Debug, Subcommand)]
@@ -106,14 +114,31 @@ trait Reconciled:
     + Clone
     + std::fmt::Debug
     + DeserializeOwned
+    + Serialize
 {
     fn conditions(&self) -> &[Condition];
     fn last_handled(&self) -> Option<&str>;
     fn revision(&self) -> Option<&str>;
     fn suspended(&self) -> bool;
+    /// The longest one reconcile of it may take (a Sync's health wait included).
+    fn work_limit(&self) -> Duration {
+        WORK_ALLOWANCE
+    }
 }
 
 impl Reconciled for Sync {
+    fn work_limit(&self) -> Duration {
+        let health = if self.spec.wait {
+            self.spec
+                .timeout
+                .as_deref()
+                .and_then(|t| plumb_core::parse_duration(t).ok())
+                .unwrap_or(plumb_agent::syncs::DEFAULT_TIMEOUT)
+        } else {
+            Duration::ZERO
+        };
+        health + WORK_ALLOWANCE
+    }
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
@@ -280,7 +305,8 @@ async fn request_and_wait<K: Reconciled>(
     wait_handled(client, &ns, &name, &token, deadline).await
 }
 
-/// Polls until `status.lastHandledReconcileAt` is `token`.
+/// Polls until `status.lastHandledReconcileAt` is `token`, showing what the status says
+/// meanwhile; on timeout, says as precisely as the status allows why the request is unhandled.
 async fn wait_handled<K: Reconciled>(
     client: &Client,
     ns: &str,
@@ -290,30 +316,212 @@ async fn wait_handled<K: Reconciled>(
 ) -> Result<K> {
     let kind = K::kind(&());
     let api = Api::<K>::namespaced(client.clone(), ns);
-    println!("◎ waiting for the agent to reconcile {kind} {ns}/{name}");
+    println!(
+        "◎ waiting for the agent to reconcile {kind} {ns}/{name} (until its \
+         status.lastHandledReconcileAt is {token})"
+    );
+    let mut display = WaitDisplay::new(&format!("{kind} {ns}/{name}"));
+    let mut first_status = None;
+    let mut changed = false;
     loop {
         let obj = get(&api, ns, name).await?;
         if obj.last_handled() == Some(token) {
             return Ok(obj);
         }
+        let status = serde_json::to_value(&obj)?
+            .get("status")
+            .cloned()
+            .unwrap_or_default();
+        match &first_status {
+            None => first_status = Some(status),
+            Some(first) => changed |= *first != status,
+        }
+        let state = status_line(obj.conditions());
+        display.show(&state);
         if Instant::now() >= deadline.at {
-            let waited = super::human_duration(deadline.total);
-            let hint = match ready(obj.conditions()) {
-                Some(c) => format!(
-                    "; its Ready condition is {} ({}): {}",
-                    c.status, c.reason, c.message
-                ),
-                None => String::new(),
+            let now = Timestamp::now();
+            let stuck = diagnose(obj.conditions(), changed, now, obj.work_limit());
+            let request = Request {
+                kind: &kind,
+                ns,
+                name,
+                token,
             };
             bail!(
-                "timed out after {waited} waiting for the agent to handle the reconcile request \
-                 of {kind} {ns}/{name} (annotation {RECONCILE_REQUEST_ANNOTATION}={token}){hint}. \
-                 Is the agent running? Check `kubectl -n plumb-system get pods` (or run `plumb \
-                 agent`), then `plumb events {name} -n {ns}`"
+                "{}",
+                give_up_message(&stuck, &request, deadline.total, now, &state)
             );
         }
         let left = deadline.at.saturating_duration_since(Instant::now());
         tokio::time::sleep(POLL.min(left)).await;
+    }
+}
+
+/// Shows what an object's status says while the CLI waits for the agent: on a terminal, a
+/// spinner line updated in place; elsewhere a line on stderr each time it changes.
+struct WaitDisplay {
+    what: String,
+    bar: Option<ProgressBar>,
+    last: Option<String>,
+}
+
+impl WaitDisplay {
+    fn new(what: &str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .expect("the template is valid"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Self {
+            what: what.to_owned(),
+            bar,
+            last: None,
+        }
+    }
+
+    fn show(&mut self, line: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{}: {line}", self.what));
+            return;
+        }
+        if self.last.as_deref() != Some(line) {
+            eprintln!("  {}: {line}", self.what);
+            self.last = Some(line.to_owned());
+        }
+    }
+}
+
+/// Clears the spinner however the wait ends, before anything else is printed.
+impl Drop for WaitDisplay {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// What the status says now, in one line: Reconciling while it is True, else Stalled while it
+/// is True, else Ready.
+fn status_line(conditions: &[Condition]) -> String {
+    let is_true = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    match is_true("Reconciling").or_else(|| is_true("Stalled")) {
+        Some(c) => format!("{} ({}): {}", c.type_, c.reason, c.message),
+        None => match ready(conditions) {
+            Some(c) => format!("Ready={} ({}): {}", c.status, c.reason, c.message),
+            None => "no status yet".to_owned(),
+        },
+    }
+}
+
+/// Why a reconcile request is still unhandled, as far as the status tells.
+#[derive(Debug, PartialEq)]
+enum Stuck<'a> {
+    /// Reconciling is True, and the status changed while waiting or Reconciling began within
+    /// the time one reconcile may take: the agent is working on it (a long apply, a health
+    /// wait, a dependency) and handles the request when done.
+    Busy(&'a Condition),
+    /// Reconciling is True since longer than a reconcile may take, and nothing changed while
+    /// waiting: the agent may have stopped in the middle.
+    StaleReconciling(&'a Condition),
+    /// The status changed while waiting, without Reconciling: an agent is at work, the request
+    /// has not had its turn yet.
+    Active,
+    /// Nothing changed: no agent has looked at the object.
+    Untouched,
+}
+
+fn diagnose(
+    conditions: &[Condition],
+    changed: bool,
+    now: Timestamp,
+    work_limit: Duration,
+) -> Stuck<'_> {
+    let reconciling = conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling" && c.status == "True");
+    match reconciling {
+        Some(c) => {
+            let since = since(c, now);
+            if changed || since <= work_limit {
+                Stuck::Busy(c)
+            } else {
+                Stuck::StaleReconciling(c)
+            }
+        }
+        None if changed => Stuck::Active,
+        None => Stuck::Untouched,
+    }
+}
+
+/// How long ago condition `c` last changed its status.
+fn since(c: &Condition, now: Timestamp) -> Duration {
+    let secs = now.as_second() - c.last_transition_time.0.as_second();
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+/// The request a message is about.
+struct Request<'a> {
+    kind: &'a str,
+    ns: &'a str,
+    name: &'a str,
+    token: &'a str,
+}
+
+/// The error of a wait that timed out after `waited`; `state` is the [`status_line`].
+fn give_up_message(
+    stuck: &Stuck<'_>,
+    r: &Request<'_>,
+    waited: Duration,
+    now: Timestamp,
+    state: &str,
+) -> String {
+    let waited = super::human_duration(waited);
+    let Request {
+        kind,
+        ns,
+        name,
+        token,
+    } = r;
+    let request = format!("the reconcile request ({RECONCILE_REQUEST_ANNOTATION}={token})");
+    let is_agent_running = format!(
+        "Is the agent running? Check `kubectl -n plumb-system get pods` (or run `plumb agent`), \
+         then `plumb events {name} -n {ns}`"
+    );
+    match stuck {
+        Stuck::Busy(c) => format!(
+            "timed out after {waited}: the agent is still working on {kind} {ns}/{name} \
+             (Reconciling for {}, {}: {}) and has not handled {request} yet; it does when that \
+             is done. Wait longer with --timeout, or follow it with `plumb events {name} -n {ns}`",
+            super::human_duration(since(c, now)),
+            c.reason,
+            c.message
+        ),
+        Stuck::StaleReconciling(c) => format!(
+            "timed out after {waited}: {request} of {kind} {ns}/{name} is unhandled. Its status \
+             says Reconciling for {} ({}: {}), longer than one reconcile of it may take, and did \
+             not change while waiting: the agent may have stopped in the middle. \
+             {is_agent_running}",
+            super::human_duration(since(c, now)),
+            c.reason,
+            c.message
+        ),
+        Stuck::Active => format!(
+            "timed out after {waited}: the agent updated the status of {kind} {ns}/{name} while \
+             waiting ({state}) but has not handled {request} yet (it may be busy with other \
+             objects). Wait longer with --timeout, or see `plumb events {name} -n {ns}`"
+        ),
+        Stuck::Untouched => format!(
+            "timed out after {waited}: no agent has handled {request} of {kind} {ns}/{name}; its \
+             status did not change while waiting ({state}). {is_agent_running}"
+        ),
     }
 }
 
@@ -343,5 +551,163 @@ fn report<K: Reconciled>(obj: &K) -> bool {
             println!("✗ {id} has no Ready condition yet");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn condition(type_: &str, reason: &str, message: &str, secs_ago: i64) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: "True".to_owned(),
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            observed_generation: Some(1),
+            last_transition_time: Time(
+                Timestamp::from_second(now().as_second() - secs_ago).unwrap(),
+            ),
+        }
+    }
+
+    fn message(stuck: &Stuck<'_>, state: &str) -> String {
+        let request = Request {
+            kind: "Sync",
+            ns: "apps",
+            name: "web",
+            token: "2026-12-01T10:00:00Z",
+        };
+        give_up_message(stuck, &request, Duration::from_secs(90), now(), state)
+    }
+
+    const LIMIT: Duration = Duration::from_secs(420);
+
+    #[test]
+    fn a_recent_reconciling_condition_means_the_agent_is_busy_with_it() {
+        let applying = condition(
+            "Reconciling",
+            "Progressing",
+            "applying revision main@sha1:ab",
+            100,
+        );
+        let conditions = [applying.clone()];
+        let stuck = diagnose(&conditions, false, now(), LIMIT);
+        assert_eq!(stuck, Stuck::Busy(&applying));
+        let text = message(&stuck, &status_line(&conditions));
+        assert!(text.contains("timed out after 90s"), "{text}");
+        assert!(
+            text.contains("the agent is still working on Sync apps/web"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Reconciling for 100s, Progressing: applying revision main@sha1:ab"),
+            "{text}"
+        );
+        assert!(
+            text.contains("has not handled the reconcile request"),
+            "{text}"
+        );
+        assert!(text.contains("plumb.dev/reconcile-requested-at=2026-12-01T10:00:00Z"));
+        assert!(!text.contains("Is the agent running?"), "{text}");
+    }
+
+    #[test]
+    fn an_old_reconciling_condition_is_busy_only_if_the_status_moves() {
+        let applying = condition("Reconciling", "Progressing", "applying revision r", 3600);
+        let conditions = [applying.clone()];
+        assert_eq!(
+            diagnose(&conditions, true, now(), LIMIT),
+            Stuck::Busy(&applying)
+        );
+        let stuck = diagnose(&conditions, false, now(), LIMIT);
+        assert_eq!(stuck, Stuck::StaleReconciling(&applying));
+        let text = message(&stuck, &status_line(&conditions));
+        assert!(text.contains("Reconciling for 60m"), "{text}");
+        assert!(text.contains("may have stopped"), "{text}");
+        assert!(text.contains("Is the agent running?"), "{text}");
+    }
+
+    #[test]
+    fn an_untouched_status_means_no_agent_handled_it() {
+        let ready = Condition {
+            status: "False".to_owned(),
+            ..condition("Ready", "HealthCheckFailed", "web is not Available", 50)
+        };
+        let conditions = [ready];
+        let stuck = diagnose(&conditions, false, now(), LIMIT);
+        assert_eq!(stuck, Stuck::Untouched);
+        let text = message(&stuck, &status_line(&conditions));
+        assert!(
+            text.contains("no agent has handled the reconcile request"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Ready=False (HealthCheckFailed): web is not Available"),
+            "{text}"
+        );
+        assert!(text.contains("Is the agent running?"), "{text}");
+    }
+
+    #[test]
+    fn a_status_that_moved_without_reconciling_means_the_request_waits_its_turn() {
+        let stuck = diagnose(&[], true, now(), LIMIT);
+        assert_eq!(stuck, Stuck::Active);
+        let text = message(&stuck, "no status yet");
+        assert!(
+            text.contains("has not handled the reconcile request"),
+            "{text}"
+        );
+        assert!(!text.contains("Is the agent running?"), "{text}");
+    }
+
+    #[test]
+    fn status_lines_prefer_reconciling_then_stalled_then_ready() {
+        let ready = condition("Ready", "ReconciliationSucceeded", "applied revision a", 10);
+        let stalled = condition("Stalled", "VerificationFailed", "not signed", 10);
+        let reconciling = condition("Reconciling", "Progressing", "applying revision b", 10);
+        assert_eq!(status_line(&[]), "no status yet");
+        assert_eq!(
+            status_line(std::slice::from_ref(&ready)),
+            "Ready=True (ReconciliationSucceeded): applied revision a"
+        );
+        assert_eq!(
+            status_line(&[ready.clone(), stalled.clone()]),
+            "Stalled (VerificationFailed): not signed"
+        );
+        assert_eq!(
+            status_line(&[ready, stalled, reconciling]),
+            "Reconciling (Progressing): applying revision b"
+        );
+    }
+
+    #[test]
+    fn a_sync_may_take_its_health_timeout_and_then_some() {
+        let sync = |spec: serde_json::Value| -> Sync {
+            serde_json::from_value(json!({
+                "apiVersion": "plumb.dev/v1alpha1", "kind": "Sync",
+                "metadata": { "name": "web", "namespace": "apps" },
+                "spec": spec
+            }))
+            .unwrap()
+        };
+        let plain = sync(json!({ "sourceRef": { "name": "repo" } }));
+        assert_eq!(plain.work_limit(), WORK_ALLOWANCE);
+        let waits =
+            sync(json!({ "sourceRef": { "name": "repo" }, "wait": true, "timeout": "10m" }));
+        assert_eq!(
+            waits.work_limit(),
+            Duration::from_secs(600) + WORK_ALLOWANCE
+        );
+        let default = sync(json!({ "sourceRef": { "name": "repo" }, "wait": true }));
+        assert_eq!(
+            default.work_limit(),
+            plumb_agent::syncs::DEFAULT_TIMEOUT + WORK_ALLOWANCE
+        );
     }
 }
