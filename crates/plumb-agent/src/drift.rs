@@ -40,6 +40,9 @@ pub use registry::{Scope, SyncKey, Ticket};
 
 /// How often a failing drift check is tried before the Sync is marked dirty (~1 minute).
 const CHECK_ATTEMPTS: u32 = 7;
+/// Most targeted checks running at once: a namespace wipe of thousands of objects must not
+/// start thousands of dry-runs together (each object's checks are deduplicated already).
+const MAX_CONCURRENT_CHECKS: usize = 16;
 /// How long an apply (or a deletion) waits for running corrections of its objects to finish
 /// before it writes: a correction holds an object's previous revision and must not land after
 /// the new one. A check is a few requests; this only bounds a hung one.
@@ -111,6 +114,10 @@ pub struct DriftTracker {
     state: Arc<Mutex<State>>,
     /// Bumped whenever a check releases its target: what [`DriftTracker::drain`] waits on.
     checks_done: Arc<watch::Sender<u64>>,
+    /// Bounds the checks running at once.
+    check_slots: Arc<tokio::sync::Semaphore>,
+    /// Where a Sync whose checks keep failing is sent for a full reconcile.
+    dirty: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<SyncKey>>>>,
 }
 
 /// A Sync's writes, from [`DriftTracker::begin_apply`] until [`ApplyPhase::end`] (or drop):
@@ -164,7 +171,15 @@ impl DriftTracker {
                 watchers: HashMap::new(),
             })),
             checks_done: Arc::new(watch::Sender::new(0)),
+            check_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
+            dirty: Arc::default(),
         }
+    }
+
+    /// Sends the key of every Sync whose checks keep failing (its namespace was deleted, say)
+    /// to `tx`, for a full reconcile that reports what is wrong in its status.
+    pub fn notify_dirty(&self, tx: tokio::sync::mpsc::UnboundedSender<SyncKey>) {
+        *self.dirty.lock().expect("drift notifier lock poisoned") = Some(tx);
     }
 
     /// `sync` starts writing: changes to its objects are deferred until the returned phase
@@ -371,14 +386,30 @@ impl DriftTracker {
         runtime.spawn(async move {
             loop {
                 // A failed check (e.g. its namespace is still terminating after a wipe) is
-                // retried with backoff; if it keeps failing the Sync is marked dirty, so that its
-                // next periodic reconcile applies everything instead of skipping.
+                // retried with backoff; if it keeps failing the Sync is marked dirty and
+                // reconciled at once, applying everything and reporting what fails.
                 let mut delay = Duration::from_secs(1);
                 let mut attempts = 0;
-                while !self.check_once(&key).await {
+                loop {
+                    let passed = {
+                        let _slot = self.check_slots.acquire().await;
+                        self.check_once(&key).await
+                    };
+                    if passed {
+                        break;
+                    }
                     attempts += 1;
                     if attempts >= CHECK_ATTEMPTS {
-                        self.lock().registry.mark_dirty(&key);
+                        let owner = self.lock().registry.mark_dirty(&key);
+                        if let (Some(sync), Some(tx)) = (
+                            owner,
+                            self.dirty
+                                .lock()
+                                .expect("drift notifier lock poisoned")
+                                .as_ref(),
+                        ) {
+                            let _ = tx.send(sync);
+                        }
                         break;
                     }
                     tokio::time::sleep(delay).await;

@@ -288,6 +288,14 @@ async fn sync_controller(
         .inspect_ok(move |s| seen.supersede.saw_sync(s))
         .predicate_filter(spec_or_request, Default::default());
     let controller = Controller::for_stream(stream, reader);
+    // A Sync whose drift checks keep failing is reconciled at once, so that its status says
+    // what is wrong (e.g. its namespace is gone) instead of waiting for its interval.
+    let (dirty_tx, dirty_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    ctx.drift.notify_dirty(dirty_tx);
+    let dirty = futures::stream::unfold(dirty_rx, |mut rx| async move {
+        let (ns, name) = rx.recv().await?;
+        Some((ObjectRef::<Sync>::new(&name).within(&ns), rx))
+    });
     let store = controller.store();
     let dependents = controller.store();
     let sources: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
@@ -334,6 +342,7 @@ async fn sync_controller(
                 .map(|s| ObjectRef::from_obj(s.as_ref()))
                 .collect::<Vec<_>>()
         })
+        .reconcile_on(dirty)
         .graceful_shutdown_on(stop)
         .run(crate::syncs::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {

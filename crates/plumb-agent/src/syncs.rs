@@ -309,7 +309,13 @@ async fn apply(
     // failure the objects that were written), so that a change made during the health wait
     // is healed at once, and towards this revision, never an older one.
     let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await?;
+    if let Err(e) = register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await {
+        // This revision was (partly) written but cannot be registered (e.g. the API server
+        // went away mid-apply): healing towards the older registered revision would undo
+        // it, so the Sync's objects are not healed until a later apply registers them.
+        ctx.drift.unregister(&skey);
+        return Err(e);
+    }
     phase.end();
 
     if report.changes.has_failures() {

@@ -21,14 +21,13 @@
 //! The API server and etcd drills kill parts of a control plane of their own
 //! ([`PrivateControlPlane`]; one at a time), never of the shared one other tests run on.
 //!
-//! Three known agent bugs keep tests here `#[ignore]`d (run them with `--ignored`; the drills
-//! themselves report them when they see them): a failed apply is set back to the previous
-//! revision by drift correction (`a_failed_apply_is_not_reverted_to_the_previous_revision`,
-//! `a_revision_failing_its_health_wait_is_not_reverted`); a Sync whose target namespace is
-//! deleted goes on saying Ready until its interval
-//! (`a_deleted_target_namespace_outside_the_manifests_is_reported`); a reconcile from a stale
-//! cached Sync writes over the status just written, losing a history entry
-//! (`a_restarted_agent_never_writes_a_stale_status_over_its_own`, intermittent).
+//! One known agent bug keeps a test here `#[ignore]`d (run it with `--ignored`; the drill
+//! itself reports it when it sees it): a reconcile from a stale cached Sync may write over the
+//! status just written, losing a history entry
+//! (`a_restarted_agent_never_writes_a_stale_status_over_its_own`, intermittent; applies now
+//! read the status fresh, other status writes do not yet). The drills found two more, fixed
+//! since and tested here: a failed apply set back to the previous revision by drift
+//! correction, and a Sync whose target namespace was deleted saying Ready until its interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -939,15 +938,12 @@ async fn etcd_restarted_mid_apply_converges_without_wrong_prunes() -> Result<()>
     control_plane_fault_mid_apply(PlaneFault::StopEtcd, NoRevert::Report).await
 }
 
-/// Known bug: when an apply fails half-way, the drift watch still holds the previous
-/// revision's objects, and the checks it deferred during the apply "correct" the objects the
-/// failed apply wrote back to the previous revision; the retry writes the new revision again
-/// (a flip-flop of e.g. a Deployment's image on every failed attempt). DESIGN.md: "healing ...
-/// always towards the newest revision written". The fix belongs in the Sync reconciler / drift
-/// tracker (register what was written before the apply ends, also on failure).
+/// An apply cut off half-way (the API server killed) must not have its writes "corrected" back
+/// to the previous revision by the drift watch (found by this drill: the checks deferred during
+/// the apply ran against the old registration when the new one could not be made; now the Sync
+/// is not healed until a later apply registers it). DESIGN.md: "healing ... always towards the
+/// newest revision written".
 #[tokio::test]
-#[ignore = "known bug: a failed apply's writes are reverted to the previous revision by drift \
-            correction (crates/plumb-agent/src/syncs.rs + drift.rs, being rewritten)"]
 async fn a_failed_apply_is_not_reverted_to_the_previous_revision() -> Result<()> {
     control_plane_fault_mid_apply(PlaneFault::KillApiServer, NoRevert::Assert).await
 }
@@ -957,8 +953,6 @@ async fn a_failed_apply_is_not_reverted_to_the_previous_revision() -> Result<()>
 /// objects; drift correction then sets them back to the previous revision, and every retry
 /// writes them forward again (seen: `keep-000` 2, 1, 2, 1, 2, 1, ... every few seconds).
 #[tokio::test]
-#[ignore = "known bug: a failed apply's writes are reverted to the previous revision by drift \
-            correction (crates/plumb-agent/src/syncs.rs + drift.rs, being rewritten)"]
 async fn a_revision_failing_its_health_wait_is_not_reverted() -> Result<()> {
     let w = World::shared("unhealthy", Remote::Local).await?;
     let ns = w.ns.clone();
@@ -1422,14 +1416,10 @@ async fn a_deleted_target_namespace_outside_the_manifests_is_reported_on_request
     deleted_target_namespace_outside_the_manifests(Notice::Request).await
 }
 
-/// Known bug: the drift watch sees every object of the Sync deleted, its checks fail with
-/// "namespaces ... not found" (logged only), and after ~1 minute of retries it marks the Sync
-/// dirty, but nothing reconciles the Sync until its interval: it stays Ready=True ("applied
-/// revision ...: 20 created") with none of its objects left.
+/// The drift watch sees every object of the Sync deleted and its checks fail with "namespaces
+/// ... not found"; after its retries (~1 minute) the Sync is reconciled at once and reports
+/// the missing namespace, instead of saying Ready until its interval (found by this drill).
 #[tokio::test]
-#[ignore = "known bug: a Sync whose target namespace is deleted stays Ready=True until its \
-            interval; failing drift checks are only logged (crates/plumb-agent/src/drift.rs, \
-            being rewritten)"]
 async fn a_deleted_target_namespace_outside_the_manifests_is_reported() -> Result<()> {
     deleted_target_namespace_outside_the_manifests(Notice::Watch).await
 }

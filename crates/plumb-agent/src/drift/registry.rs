@@ -398,13 +398,14 @@ impl<O: Clone, S: Clone> Registry<O, S> {
 
     /// Marks the Sync owning `key` drifted: its check keeps failing, so the next periodic
     /// reconcile must apply everything instead of skipping.
-    pub fn mark_dirty(&mut self, key: &ObjectKey) {
-        if let Some(sync) = self.owners.get(key).cloned() {
-            self.drifted
-                .entry(sync)
-                .or_default()
-                .insert(key.to_string(), "check failed".to_owned());
-        }
+    /// Returns the Sync marked.
+    pub fn mark_dirty(&mut self, key: &ObjectKey) -> Option<SyncKey> {
+        let sync = self.owners.get(key).cloned()?;
+        self.drifted
+            .entry(sync.clone())
+            .or_default()
+            .insert(key.to_string(), "check failed".to_owned());
+        Some(sync)
     }
 
     /// Records drift found outside the watch (a comparison after a restart).
