@@ -2541,3 +2541,80 @@ async fn a_retry_of_the_same_revision_keeps_the_signer_in_history() -> Result<()
     w.stop().await;
     Ok(())
 }
+
+/// A client that tracks how many of its requests are in flight, and the most at once.
+fn concurrency_client(
+    config: kube::Config,
+) -> Result<(Client, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let now = std::sync::Arc::new(AtomicUsize::new(0));
+    let peak = std::sync::Arc::new(AtomicUsize::new(0));
+    let (up, down, top) = (now.clone(), now, peak.clone());
+    let enter = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let n = up.fetch_add(1, Ordering::SeqCst) + 1;
+        top.fetch_max(n, Ordering::SeqCst);
+        req
+    });
+    let leave = tower::util::MapResultLayer::new(move |result| {
+        down.fetch_sub(1, Ordering::SeqCst);
+        result
+    });
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&leave)
+        .with_layer(&enter)
+        .build();
+    Ok((client, peak))
+}
+
+/// Deleting 120 managed objects at once starts a drift check for each: they are healed, but
+/// never with more than a bounded number of requests in flight at a time.
+#[tokio::test]
+async fn a_mass_deletion_is_healed_with_bounded_concurrency() -> Result<()> {
+    let (client, peak) = concurrency_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("mass", Some(client)).await?;
+    let files: Vec<(String, String)> = (0..120)
+        .map(|i| {
+            (
+                format!("app/cm-{i:03}.yaml"),
+                configmap(&format!("cm-{i:03}"), "1"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let first = w.commit(&refs, &w.signing)?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    peak.store(0, std::sync::atomic::Ordering::SeqCst);
+    w.configmaps()
+        .delete_collection(
+            &Default::default(),
+            &kube::api::ListParams::default().labels("plumb.dev/sync-name=app"),
+        )
+        .await?;
+    for i in [0, 60, 119] {
+        w.wait_value(&format!("cm-{i:03}"), "1").await?;
+    }
+    let cms = w.configmaps();
+    eventually("all 120 ConfigMaps to be back", WAIT, || {
+        let cms = cms.clone();
+        async move {
+            let n = cms
+                .list(&kube::api::ListParams::default().labels("plumb.dev/sync-name=app"))
+                .await?
+                .items
+                .len();
+            Ok((n == 120).then_some(()))
+        }
+    })
+    .await?;
+    let most = peak.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("at most {most} requests in flight");
+    // 16 checks, plus the agent's watches, lease and status traffic.
+    assert!(most <= 24, "{most} requests were in flight at once");
+    w.stop().await;
+    Ok(())
+}
