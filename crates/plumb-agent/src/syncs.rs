@@ -51,7 +51,10 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         .and_then(|i| duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT).map(|_| i))
     {
         Ok(i) => i,
-        Err(e) => return fail(&sync, &ctx, st, None, e, Instant::now()).await,
+        Err(e) => {
+            let st = current_status(&ctx, &ns, &name, st).await;
+            return fail(&sync, &ctx, st, None, e, Instant::now()).await;
+        }
     };
     let mut st = st;
 
@@ -61,29 +64,29 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         Err(Error::NotReady(message)) => {
             let changed =
                 status::ready(&st.conditions).map(|c| c.message.as_str()) != Some(message.as_str());
-            st.observed_generation = sync.metadata.generation;
-            status::set_condition(
-                &mut st.conditions,
-                types::READY,
-                false,
-                "DependencyNotReady",
-                &message,
-                st.observed_generation,
-            );
-            status::set_condition(
-                &mut st.conditions,
-                types::RECONCILING,
-                true,
-                "DependencyNotReady",
-                &message,
-                st.observed_generation,
-            );
             if changed {
-                ctx.write_status::<Sync>(&ns, &name, &st).await?;
+                // Written onto the status as the API server has it: the cached copy may
+                // predate this agent's own last write (its inventory and history).
+                let mut fresh = current_status(&ctx, &ns, &name, st).await;
+                fresh.observed_generation = sync.metadata.generation;
+                for type_ in [types::READY, types::RECONCILING] {
+                    status::set_condition(
+                        &mut fresh.conditions,
+                        type_,
+                        type_ == types::RECONCILING,
+                        "DependencyNotReady",
+                        &message,
+                        fresh.observed_generation,
+                    );
+                }
+                ctx.write_status::<Sync>(&ns, &name, &fresh).await?;
             }
             return Ok(Action::requeue(NOT_READY_RETRY));
         }
-        Err(e) => return fail(&sync, &ctx, st, None, e, Instant::now()).await,
+        Err(e) => {
+            let st = current_status(&ctx, &ns, &name, st).await;
+            return fail(&sync, &ctx, st, None, e, Instant::now()).await;
+        }
     };
     let Prepared { source, artifact } = prepared;
 
@@ -101,6 +104,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     }
     if same_target && detect {
         // After a restart in detect mode: compare, register, report; write nothing.
+        let mut st = current_status(&ctx, &ns, &name, st).await;
         return match detect_only(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await {
             Ok(()) => {
                 ctx.write_status::<Sync>(&ns, &name, &st).await?;
@@ -137,6 +141,14 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
 struct Prepared {
     source: GitSource,
     artifact: SourceArtifact,
+}
+
+/// The status to write onto: as the API server has it now, else (unreadable) `cached`.
+async fn current_status(ctx: &Context, ns: &str, name: &str, cached: SyncStatus) -> SyncStatus {
+    match fresh_status(ctx, ns, name).await {
+        Ok(Some(fresh)) => fresh,
+        _ => cached,
+    }
 }
 
 /// The status of Sync `ns/name` read from the API server; `None` when the Sync is gone.

@@ -21,13 +21,10 @@
 //! The API server and etcd drills kill parts of a control plane of their own
 //! ([`PrivateControlPlane`]; one at a time), never of the shared one other tests run on.
 //!
-//! One known agent bug keeps a test here `#[ignore]`d (run it with `--ignored`; the drill
-//! itself reports it when it sees it): a reconcile from a stale cached Sync may write over the
-//! status just written, losing a history entry
-//! (`a_restarted_agent_never_writes_a_stale_status_over_its_own`, intermittent; applies now
-//! read the status fresh, other status writes do not yet). The drills found two more, fixed
-//! since and tested here: a failed apply set back to the previous revision by drift
-//! correction, and a Sync whose target namespace was deleted saying Ready until its interval.
+//! The drills found three agent bugs, fixed since and tested here: a failed apply set back to
+//! the previous revision by drift correction; a Sync whose target namespace was deleted saying
+//! Ready until its interval; a reconcile from a stale cached Sync writing over the status just
+//! written (every status write now starts from the status as the API server has it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -1114,16 +1111,12 @@ async fn agent_killed_mid_prune_resumes_without_wrong_prunes() -> Result<()> {
     agent_killed_mid_prune(Strict::Report).await
 }
 
-/// Known bug, seen in about one run of three of the drill above: right after the restarted
-/// agent recorded the revision ("... 150 pruned"), another reconcile of the Sync, started from
-/// the agent's cached copy of the Sync from before that status write, writes its status over
-/// it: lastAppliedRevision goes back to the previous revision, the previous inventory (all 220
-/// objects) comes back, and its own apply then records "20 unchanged, 200 skipped" as the
-/// revision's history entry: the entry of the apply that pruned is lost from the audit trail.
+/// Found by the drill above (about one run in three): right after the restarted agent recorded
+/// the revision ("... 150 pruned"), another reconcile of the Sync, started from the agent's
+/// cached copy of the Sync from before that status write, wrote its status over it (the
+/// previous revision and inventory came back, the pruning apply's history entry was lost).
+/// Every status write now starts from the status as the API server has it.
 #[tokio::test]
-#[ignore = "known bug (intermittent): a reconcile from a stale cached Sync overwrites the \
-            status just written, losing its history entry (crates/plumb-agent/src/syncs.rs, \
-            being rewritten)"]
 async fn a_restarted_agent_never_writes_a_stale_status_over_its_own() -> Result<()> {
     agent_killed_mid_prune(Strict::Assert).await
 }
