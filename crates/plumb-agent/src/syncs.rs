@@ -94,15 +94,20 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     // applied objects: nothing to do and no requests (the watch reports any change). With
     // drift: detect, outstanding drift is reported, never applied over.
     let request = requested_at(sync.as_ref());
-    let same_target = st.last_applied_revision.as_deref() == Some(artifact.revision.as_str())
-        && st.observed_generation == sync.metadata.generation
-        && request == st.last_handled_reconcile_at
-        && status::is_true(&st.conditions, types::READY);
-    let detect = sync.spec.drift == DriftMode::Detect;
-    if same_target && ctx.drift.is_registered(&skey) && (detect || ctx.drift.is_clean(&skey)) {
+    let seen = Seen {
+        same_target: st.last_applied_revision.as_deref() == Some(artifact.revision.as_str())
+            && st.observed_generation == sync.metadata.generation
+            && request == st.last_handled_reconcile_at
+            && status::is_true(&st.conditions, types::READY),
+        detect: sync.spec.drift == DriftMode::Detect,
+        registered: ctx.drift.is_registered(&skey),
+        clean: ctx.drift.is_clean(&skey),
+    };
+    let step = next_step(&seen);
+    if step == Step::Nothing {
         return Ok(Action::requeue(interval));
     }
-    if same_target && detect {
+    if step == Step::DetectOnly {
         // After a restart in detect mode: compare, register, report; write nothing.
         let mut st = current_status(&ctx, &ns, &name, st).await;
         return match detect_only(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await {
@@ -141,6 +146,49 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
 struct Prepared {
     source: GitSource,
     artifact: SourceArtifact,
+}
+
+/// What a reconcile found, for [`next_step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// The status records this revision applied, for this generation, with no newer reconcile
+    /// request, and Ready.
+    same_target: bool,
+    /// `drift: detect`.
+    detect: bool,
+    /// The drift watch holds the Sync's objects.
+    registered: bool,
+    /// ... and has seen none of them drift since.
+    clean: bool,
+}
+
+/// What a reconcile does once dependencies and the source are ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The cluster holds the revision and the watch vouches for it: no request at all.
+    Nothing,
+    /// detect mode, after a restart: compare and report, write nothing.
+    DetectOnly,
+    /// Apply the revision (new revision, spec change, request, drift, or unknown state).
+    Apply,
+}
+
+/// The decision of [`reconcile`], without I/O: see [`Step`].
+fn next_step(seen: &Seen) -> Step {
+    match seen {
+        Seen {
+            same_target: true,
+            registered: true,
+            detect,
+            clean,
+        } if *detect || *clean => Step::Nothing,
+        Seen {
+            same_target: true,
+            detect: true,
+            ..
+        } => Step::DetectOnly,
+        _ => Step::Apply,
+    }
 }
 
 /// The status to write onto: as the API server has it now, else (unreadable) `cached`.
@@ -735,5 +783,44 @@ fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Durati
             plumb_core::parse_duration(t).map_err(|e| Error::Spec(format!("spec.{field}: {e}")))
         }
         None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(same_target: bool, detect: bool, registered: bool, clean: bool) -> Seen {
+        Seen {
+            same_target,
+            detect,
+            registered,
+            clean,
+        }
+    }
+
+    #[test]
+    fn the_next_step_of_a_sync() {
+        // Applied, watched and clean: nothing, in either mode.
+        assert_eq!(next_step(&seen(true, false, true, true)), Step::Nothing);
+        assert_eq!(next_step(&seen(true, true, true, true)), Step::Nothing);
+        // Detect mode reports drift, never applies over it.
+        assert_eq!(next_step(&seen(true, true, true, false)), Step::Nothing);
+        // After a restart (nothing watched) detect mode compares; correct mode applies.
+        assert_eq!(next_step(&seen(true, true, false, false)), Step::DetectOnly);
+        assert_eq!(next_step(&seen(true, false, false, false)), Step::Apply);
+        // Drift outstanding in correct mode: apply.
+        assert_eq!(next_step(&seen(true, false, true, false)), Step::Apply);
+        // A new revision, spec change or request: apply, in both modes.
+        for detect in [false, true] {
+            for registered in [false, true] {
+                for clean in [false, true] {
+                    assert_eq!(
+                        next_step(&seen(false, detect, registered, clean)),
+                        Step::Apply
+                    );
+                }
+            }
+        }
     }
 }
