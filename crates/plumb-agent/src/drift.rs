@@ -294,6 +294,11 @@ impl DriftTracker {
         self.lock().registry.is_registered(sync)
     }
 
+    /// See [`Registry::advance`].
+    pub fn advance(&self, sync: &SyncKey, from: &str, rendered: &str, revision: &str) -> bool {
+        self.lock().registry.advance(sync, from, rendered, revision)
+    }
+
     /// The revision and rendering digest `sync` was last completely registered from, if it has
     /// no drift outstanding.
     pub fn clean_rendering(&self, sync: &SyncKey) -> Option<(String, String)> {

@@ -338,6 +338,12 @@ async fn apply(
             ..Default::default()
         };
         let note = " (renders the objects already applied)";
+        // The registration now stands for this revision: a later reconcile of it (e.g. from a
+        // cached Sync that predates this status write) compares with the newest revision.
+        if let Some(from) = st.last_applied_revision.clone() {
+            ctx.drift
+                .advance(&skey, &from, &rendered, &artifact.revision);
+        }
         record_applied(st, sync, artifact, counts, note, started.elapsed());
         return Ok(Applied::Done);
     }

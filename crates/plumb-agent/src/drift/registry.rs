@@ -429,6 +429,23 @@ impl<O: Clone, S: Clone> Registry<O, S> {
             .then_some(entry)
     }
 
+    /// `sync`'s complete registration now stands for `revision` too: a revision that renders
+    /// exactly what is registered (recorded without writes). Later comparisons use the newest
+    /// revision; nothing else changes.
+    pub fn advance(&mut self, sync: &SyncKey, from: &str, rendered: &str, revision: &str) -> bool {
+        let Some(entry) = self.syncs.get_mut(sync) else {
+            return false;
+        };
+        if entry.revision != from || entry.rendered.as_deref() != Some(rendered) {
+            return false;
+        }
+        entry.revision = revision.to_owned();
+        for object in entry.objects.values_mut() {
+            object.revision = revision.to_owned();
+        }
+        true
+    }
+
     /// Whether `sync` is registered.
     pub fn is_registered(&self, sync: &SyncKey) -> bool {
         self.syncs.contains_key(sync)
@@ -582,6 +599,22 @@ mod tests {
         apply(&mut reg, &s, "B", complete("dB"), &[(&web, "replicas: 3")]);
         assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "replicas: 3")));
         assert_eq!(reg.clean_rendering(&s), Some(("B".into(), "dB".into())));
+    }
+
+    #[test]
+    fn a_revision_rendering_what_is_registered_advances_the_registration() {
+        let mut reg = Reg::default();
+        let s = sync("app");
+        let web = cm("web");
+        apply(&mut reg, &s, "A", complete("dA"), &[(&web, "replicas: 2")]);
+        // B renders exactly A's objects: recorded without writes, and from then on the
+        // registration stands for B.
+        assert!(reg.advance(&s, "A", "dA", "B"));
+        assert_eq!(reg.clean_rendering(&s), Some(("B".into(), "dA".into())));
+        assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "replicas: 2")));
+        // Not from another revision or rendering.
+        assert!(!reg.advance(&s, "A", "dA", "C"));
+        assert!(!reg.advance(&s, "B", "dX", "C"));
     }
 
     #[test]
