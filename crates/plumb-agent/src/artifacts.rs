@@ -88,7 +88,8 @@ impl ArtifactStore {
         }
     }
 
-    fn source_dir(&self, ns: &str, name: &str) -> PathBuf {
+    /// The directory holding every export of GitSource `ns/name`.
+    pub fn source_dir(&self, ns: &str, name: &str) -> PathBuf {
         self.root.join(ns).join(name)
     }
 

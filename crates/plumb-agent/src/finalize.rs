@@ -34,7 +34,7 @@ use serde_json::json;
 use crate::api::{GitSource, Sync};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::gitsource::{artifacts_dir, ledger_remove};
+use crate::gitsource::ledger_remove;
 
 /// The finalizer on every Sync and GitSource the agent reconciled.
 pub const FINALIZER: &str = "plumb.dev/finalizer";
@@ -204,7 +204,7 @@ async fn source_deleted(gs: &GitSource, ctx: &Context) -> Result<Action> {
     // No Sync gets this source's artifact any more; one rendering it right now fails (and
     // so prunes nothing), since the directory goes below.
     ctx.artifacts.remove(&ns, &name);
-    let dir = artifacts_dir(ctx, &ns, &name);
+    let dir = ctx.artifacts.source_dir(&ns, &name);
     let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(format!("{}: {e}", dir.display()))

@@ -57,14 +57,7 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
             ctx.reset_backoff(&key);
             let new_commit = st.artifact.as_ref().map(|a| &a.commit) != Some(&artifact.commit);
             let mut message = format!("stored artifact for revision {}", artifact.revision);
-            if gs.spec.insecure
-                && gs
-                    .spec
-                    .url
-                    .trim()
-                    .to_ascii_lowercase()
-                    .starts_with("http://")
-            {
+            if gs.spec.insecure && plumb_source::fetch::is_http(&gs.spec.url) {
                 message
                     .push_str(" (insecure: fetched over plain http, without transport security)");
             }
@@ -214,11 +207,6 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
         author,
         signer: tip.map(|c| format!("{} ({})", c.signer, c.fingerprint)),
     })
-}
-
-/// Where a GitSource's artifacts are exported.
-pub fn artifacts_dir(ctx: &Context, ns: &str, name: &str) -> PathBuf {
-    ctx.config.cache_dir.join("artifacts").join(ns).join(name)
 }
 
 /// The ConfigMap in the agent's namespace that records, per GitSource (key

@@ -88,7 +88,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
             return fail(&sync, &ctx, st, None, e, Instant::now()).await;
         }
     };
-    let Prepared { source, artifact } = prepared;
+    let Prepared { record, artifact } = prepared;
 
     // Steady state: same revision, same spec, no request, and the drift watch holds the
     // applied objects: nothing to do and no requests (the watch reports any change). With
@@ -110,7 +110,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     if step == Step::DetectOnly {
         // After a restart in detect mode: compare, register, report; write nothing.
         let mut st = current_status(&ctx, &ns, &name, st).await;
-        return match detect_only(&sync, &ctx, &ns, &name, &source, &artifact, &mut st).await {
+        return match detect_only(&sync, &ctx, &ns, &name, record, &artifact, &mut st).await {
             Ok(()) => {
                 ctx.write_status::<Sync>(&ns, &name, &st).await?;
                 Ok(Action::requeue(interval))
@@ -128,7 +128,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     }
     let started = Instant::now();
     let phase = ctx.drift.begin_apply(&skey).await;
-    let applied = apply(&sync, &ctx, &ns, &name, &source, &artifact, &mut st, phase).await;
+    let applied = apply(&sync, &ctx, &ns, &name, record, &artifact, &mut st, phase).await;
     match applied {
         Ok(Applied::Cancelled(why)) => cancelled(&sync, &ctx, st, &artifact, why, started).await,
         Ok(Applied::Done) => {
@@ -144,7 +144,8 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 struct Prepared {
-    source: GitSource,
+    /// The artifact to render, held from the check to the end of the render.
+    record: Arc<crate::artifacts::Artifact>,
     artifact: SourceArtifact,
 }
 
@@ -283,8 +284,8 @@ async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
         })?;
     // Only what this agent fetched and verified itself is applied (the status may have been
     // written by anyone allowed to patch it).
-    own_artifact(ctx, &source, &artifact)?;
-    Ok(Prepared { source, artifact })
+    let record = own_artifact(ctx, &source, &artifact)?;
+    Ok(Prepared { record, artifact })
 }
 
 /// How an apply ended, if not in an error.
@@ -303,7 +304,7 @@ async fn apply(
     ctx: &Context,
     ns: &str,
     name: &str,
-    source: &GitSource,
+    record: Arc<crate::artifacts::Artifact>,
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
     phase: ApplyPhase,
@@ -311,7 +312,6 @@ async fn apply(
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
     // Held for the whole render; its digest is checked on disk first.
-    let record = own_artifact(ctx, source, artifact)?;
     let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
     let rendered = digest(&desired);
 
@@ -663,13 +663,12 @@ async fn detect_only(
     ctx: &Context,
     ns: &str,
     name: &str,
-    source: &GitSource,
+    record: Arc<crate::artifacts::Artifact>,
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
 ) -> Result<()> {
     let ticket = ctx.drift.ticket();
     // Held for the whole render; its digest is checked on disk first.
-    let record = own_artifact(ctx, source, artifact)?;
     let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
     let rendered = digest(&desired);
     let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;

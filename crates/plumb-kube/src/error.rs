@@ -99,9 +99,7 @@ impl Error {
             Error::Connect(_) | Error::Discovery(_) | Error::Timeout { .. } => true,
             Error::Unhealthy { .. } => true,
             Error::Inventory { .. } => true,
-            Error::Api { source, .. } => {
-                !matches!(source, kube::Error::Api(s) if s.code < 500 && s.code != 429)
-            }
+            Error::Api { source, .. } => is_transient(source),
             Error::DryRun { retryable, .. } | Error::Apply { retryable, .. } => *retryable,
             Error::UnknownKind { .. } | Error::Plan(_) => false,
         }

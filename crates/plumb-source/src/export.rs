@@ -723,7 +723,7 @@ fn hfs_ignorable(c: char) -> bool {
 }
 
 /// A name as a case-insensitive filesystem that drops ignorable code points sees it.
-fn fold(name: &str) -> String {
+pub(crate) fn fold(name: &str) -> String {
     name.chars()
         .filter(|c| !hfs_ignorable(*c))
         .flat_map(char::to_lowercase)

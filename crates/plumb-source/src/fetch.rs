@@ -641,7 +641,7 @@ async fn resolve(
 }
 
 /// Whether `url` is plain `http://`.
-fn is_http(url: &str) -> bool {
+pub fn is_http(url: &str) -> bool {
     url.trim()
         .split_once("://")
         .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("http"))

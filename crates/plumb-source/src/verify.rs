@@ -597,7 +597,7 @@ impl Repo {
         let mut names = HashSet::new();
         let mut entries = Vec::with_capacity(tree.entries.len());
         for e in &tree.entries {
-            let folded = String::from_utf8_lossy(e.filename).to_lowercase();
+            let folded = crate::export::fold(&String::from_utf8_lossy(e.filename));
             if !names.insert(folded) {
                 return Ok(Err(join(prefix, &String::from_utf8_lossy(e.filename))));
             }
