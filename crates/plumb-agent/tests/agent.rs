@@ -2385,29 +2385,7 @@ async fn a_failure_after_written_stages_says_what_was_written() -> Result<()> {
 
     let w = World::new("partial").await?;
     let group = format!("{}.plumb.test", w.ns.name());
-    let crd = format!(
-        "apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {{type: integer}}
-"
-    );
+    let crd = plumb_testsupport::kube::widget_crd_yaml(&group);
     // The Widget can only be validated once its CRD exists, i.e. after the first stage.
     let widget = format!(
         "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: big\n"

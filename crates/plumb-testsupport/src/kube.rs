@@ -210,3 +210,32 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A namespaced CRD `widgets.<group>` (kind `Widget`, `spec.size` an integer), for tests of
+/// custom resources applied together with their CRD. Use a group unique to the test (CRDs are
+/// cluster-scoped), e.g. `<test namespace>.plumb.test`.
+pub fn widget_crd_yaml(group: &str) -> String {
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {{type: integer}}
+"
+    )
+}

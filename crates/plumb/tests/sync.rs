@@ -170,29 +170,7 @@ async fn crd_and_its_custom_resources_in_one_sync() {
     write(
         d,
         "crd.yaml",
-        &format!(
-            "apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {{type: integer}}
-"
-        ),
+        &plumb_testsupport::kube::widget_crd_yaml(&group),
     );
     write(
         d,
