@@ -77,8 +77,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Metrics,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// One discovery for every Sync's engine (see [`plumb_kube::DiscoveryCache`]).
+    pub discovery: plumb_kube::DiscoveryCache,
+    /// The retry delays of each failing object (exponential), by [`backoff_key`].
+    failures: Mutex<HashMap<String, backon::ExponentialBackoff>>,
     /// Clients impersonating ServiceAccounts, by `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
 }
@@ -111,6 +113,7 @@ impl Context {
             config,
             recorder,
             metrics,
+            discovery: plumb_kube::DiscoveryCache::default(),
             failures: Mutex::default(),
             impersonated: Mutex::default(),
         }
@@ -176,11 +179,21 @@ impl Context {
     /// Records a failure of `key` and returns how long to wait before retrying: 2s, 4s, ...
     /// up to 5 minutes.
     pub fn backoff(&self, key: &str) -> Duration {
+        use backon::BackoffBuilder;
+        const MAX: Duration = Duration::from_secs(300);
         let mut failures = self.failures.lock().expect("failures lock poisoned");
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        *n = n.saturating_add(1);
-        let secs = 2u64.saturating_pow((*n).min(9)).min(300);
-        Duration::from_secs(secs)
+        failures
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                backon::ExponentialBuilder::new()
+                    .with_min_delay(Duration::from_secs(2))
+                    .with_factor(2.0)
+                    .with_max_delay(MAX)
+                    .without_max_times()
+                    .build()
+            })
+            .next()
+            .unwrap_or(MAX)
     }
 
     /// Forgets the failures of `key` after a success.

@@ -51,6 +51,14 @@ impl Error {
         }
     }
 
+    /// The objects that failed to validate, apply or prune, each with its kind of failure.
+    pub fn object_failures(&self) -> &[plumb_kube::ObjectError] {
+        match self {
+            Error::Kube(e) => e.object_failures(),
+            _ => &[],
+        }
+    }
+
     /// Whether this is a commit signature verification failure.
     pub fn is_verification_failure(&self) -> bool {
         matches!(self, Error::Source(plumb_source::Error::Verify(_)))

@@ -194,7 +194,17 @@ async fn campaign(
     let lease = format!("{}/{}", target.namespace, target.lease_name);
     // Followers watch the Lease so a released one is taken at once, not at its old expiry.
     let mut events = Some(lease_events(&target));
-    let mut backoff = Duration::from_millis(250);
+    // Retry delays after a failed renewal: 250 ms doubling up to 10 s, reset by a success.
+    let retry_delays = || {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(250))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = retry_delays();
     loop {
         let leader = *tx.borrow();
         let step = {
@@ -245,7 +255,7 @@ async fn campaign(
                 }
             }
             Step::Changed(Ok(is_leader)) => {
-                backoff = Duration::from_millis(250);
+                backoff = retry_delays();
                 if is_leader {
                     tracing::info!(%lease, %identity, "became leader");
                 } else {
@@ -270,9 +280,8 @@ async fn campaign(
                             }
                             return;
                         }
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     match target.manager().await {
                         Ok(fresh) => {
                             manager = fresh;

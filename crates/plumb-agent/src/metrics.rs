@@ -113,6 +113,13 @@ struct SyncLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectFailureLabels {
+    sync: String,
+    /// [`plumb_kube::FailureKind::as_str`].
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: Outcome,
 }
@@ -200,6 +207,7 @@ pub struct Metrics {
     drift_detected: Family<SyncLabels, Counter>,
     drift_corrected: Family<SyncLabels, Counter>,
     managed_objects: Family<SyncLabels, Gauge>,
+    object_failures: Family<ObjectFailureLabels, Counter>,
     fetch_duration: HistogramFamily<ResultLabels>,
     verification_failures: Counter,
     webhook_requests: Family<WebhookLabels, Counter>,
@@ -222,6 +230,7 @@ impl Metrics {
             drift_detected: Family::default(),
             drift_corrected: Family::default(),
             managed_objects: Family::default(),
+            object_failures: Family::default(),
             fetch_duration: Family::new_with_constructor(duration_histogram),
             verification_failures: Counter::default(),
             webhook_requests: Family::default(),
@@ -264,6 +273,12 @@ impl Metrics {
             "plumb_managed_objects",
             "Objects in each Sync's inventory",
             self.managed_objects.clone(),
+        );
+        registry.register(
+            "plumb_object_failures",
+            "Objects a Sync could not validate, apply or prune, by Sync and kind of failure \
+             (conflict, immutable, invalid, forbidden, not_found, transient, other)",
+            self.object_failures.clone(),
         );
         registry.register_with_unit(
             "plumb_fetch_duration",
@@ -335,12 +350,28 @@ impl Metrics {
             .set(count);
     }
 
+    /// Counts one object of `sync` (`namespace/name`) that failed with `kind`.
+    pub fn object_failed(&self, sync: &str, kind: plumb_kube::FailureKind) {
+        self.object_failures
+            .get_or_create(&ObjectFailureLabels {
+                sync: sync.to_owned(),
+                kind: kind.as_str().to_owned(),
+            })
+            .inc();
+    }
+
     /// Drops the per-Sync series of a deleted Sync, so they do not linger in the output.
     pub fn forget_sync(&self, sync: &str) {
         let labels = sync_labels(sync);
         self.drift_detected.remove(&labels);
         self.drift_corrected.remove(&labels);
         self.managed_objects.remove(&labels);
+        for kind in plumb_kube::FailureKind::ALL {
+            self.object_failures.remove(&ObjectFailureLabels {
+                sync: sync.to_owned(),
+                kind: kind.as_str().to_owned(),
+            });
+        }
     }
 
     /// Records a finished Git fetch.
@@ -409,6 +440,7 @@ mod tests {
         metrics.observe_fetch(Outcome::Success, Duration::from_millis(250));
         metrics.verification_failed();
         metrics.webhook_request("github", WebhookResult::Unauthorized);
+        metrics.object_failed("apps/web", plumb_kube::FailureKind::Forbidden);
 
         let text = encode(&registry);
         for line in [
@@ -426,6 +458,7 @@ mod tests {
             r#"plumb_fetch_duration_seconds_count{result="success"} 1"#,
             "plumb_verification_failures_total 1",
             r#"plumb_webhook_requests_total{receiver="github",result="unauthorized"} 1"#,
+            r#"plumb_object_failures_total{sync="apps/web",kind="forbidden"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -528,6 +561,7 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         metrics.set_managed_objects("apps/web", 4);
         metrics.drift_detected("apps/web");
+        metrics.object_failed("apps/web", plumb_kube::FailureKind::Conflict);
         metrics.forget_sync("apps/web");
         assert!(!encode(&registry).contains("apps/web"));
     }

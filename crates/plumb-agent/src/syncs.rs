@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use plumb_core::{Manifest, SyncId};
-use plumb_kube::discovery::{Resolved, Resolver};
+use plumb_kube::discovery::Resolved;
 use plumb_kube::{Engine, NoProgress, SyncOptions};
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
@@ -384,8 +384,8 @@ async fn apply(
     }
     phase.end();
 
-    if report.changes.has_failures() {
-        return Err(Error::Kube(apply_failure(&report)));
+    if let Some(failure) = report.error() {
+        return Err(Error::Kube(failure));
     }
     if sync.spec.wait {
         // What was written is recorded before the wait: a Sync deleted, or an agent stopped,
@@ -474,37 +474,6 @@ async fn cancelled(
     Ok(Action::requeue(Duration::ZERO))
 }
 
-/// The error of an apply in which some objects failed: which ones, how many others were
-/// written (earlier stages are not rolled back), and whether only transient failures occurred.
-fn apply_failure(report: &plumb_kube::SyncReport) -> plumb_kube::Error {
-    let failed: Vec<&plumb_core::Change> = report
-        .changes
-        .entries
-        .iter()
-        .filter(|c| c.action == plumb_core::Action::Failed)
-        .collect();
-    plumb_kube::Error::Apply {
-        failures: failed
-            .iter()
-            .map(|c| format!("  {}: {}", c.key, c.message.clone().unwrap_or_default()))
-            .collect(),
-        written: report
-            .changes
-            .entries
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c.action,
-                    plumb_core::Action::Created | plumb_core::Action::Configured
-                )
-            })
-            .count(),
-        retryable: failed
-            .iter()
-            .all(|c| report.transient_failures.contains(&c.key)),
-    }
-}
-
 /// Marks `artifact` applied with `counts`: revision, generation, Ready, a history entry.
 /// Returns the Ready message (`note` is appended to it).
 fn record_applied(
@@ -558,7 +527,7 @@ pub(crate) fn engine_for(
             context: "building an impersonating client".into(),
             source,
         })?;
-    let engine = Engine::new(client.clone());
+    let engine = Engine::new(client.clone()).sharing(ctx.discovery.clone());
     let (inventory, bad) = status::inventory_from_items(&st.inventory);
     if !bad.is_empty() {
         tracing::warn!(?bad, "ignoring unreadable inventory entries");
@@ -615,7 +584,10 @@ async fn register_drift(
         .applied
         .iter()
         .filter(|m| written.as_ref().is_none_or(|w| w.contains(&m.key())));
-    let resolver = Resolver::new(client.clone()).await?;
+    let resolver = Engine::new(client.clone())
+        .sharing(ctx.discovery.clone())
+        .resolver()
+        .await?;
     let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
     let mut objects = BTreeMap::new();
     for m in applied {
@@ -720,6 +692,10 @@ async fn fail(
         .observe_reconcile(ReconcileKind::Sync, Outcome::Failure, started.elapsed());
     let message = error.to_string();
     tracing::warn!(object = %key, error = %message, "reconcile failed");
+    for f in error.object_failures() {
+        ctx.metrics.object_failed(&format!("{ns}/{name}"), f.kind);
+        tracing::debug!(object = %key, target = %f.object, failure = %f.kind, "object failed");
+    }
     st.observed_generation = sync.metadata.generation;
     st.last_handled_reconcile_at = requested_at(sync);
     status::set_condition(

@@ -2,6 +2,7 @@
 //! the desired state itself (their kinds are not served until they are applied).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kube::Client;
 use kube::core::GroupVersionKind;
@@ -22,33 +23,85 @@ pub struct Resolved {
     pub served: bool,
 }
 
-/// Resolves kinds to resources. Refresh after applying CRDs.
+/// Every kind the API server serves, by (group, version, kind): what one discovery found.
+#[derive(Debug, Clone, Default)]
+pub struct Kinds {
+    served: BTreeMap<(String, String, String), (ApiResource, bool)>,
+}
+
+impl Kinds {
+    /// The kinds `discovery` found.
+    pub fn from_discovery(discovery: &Discovery) -> Self {
+        let mut kinds = Kinds::default();
+        for group in discovery.groups() {
+            for version in group.versions() {
+                for (resource, caps) in group.versioned_resources(version) {
+                    kinds.insert(resource, is_namespaced(&caps));
+                }
+            }
+        }
+        kinds
+    }
+
+    /// Adds (or replaces) one served kind.
+    pub fn insert(&mut self, resource: ApiResource, namespaced: bool) {
+        let key = (
+            resource.group.clone(),
+            resource.version.clone(),
+            resource.kind.clone(),
+        );
+        self.served.insert(key, (resource, namespaced));
+    }
+
+    /// Number of served (group, version, kind)s.
+    pub fn len(&self) -> usize {
+        self.served.len()
+    }
+
+    /// Whether nothing is served.
+    pub fn is_empty(&self) -> bool {
+        self.served.is_empty()
+    }
+
+    fn get(&self, group: &str, version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
+        self.served
+            .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))
+    }
+}
+
+/// Resolves kinds to resources: one discovery's [`Kinds`] plus the kinds that CRDs of the
+/// desired state define ([`Resolver::learn_crds`]). Refresh after applying CRDs.
+#[derive(Debug, Clone)]
 pub struct Resolver {
-    discovery: Discovery,
+    kinds: Arc<Kinds>,
     /// Kinds defined by CRDs in the desired state: (group, version, kind) -> (plural, namespaced).
     pending: BTreeMap<(String, String, String), (String, bool)>,
 }
 
 impl Resolver {
-    /// Runs discovery against the cluster.
+    /// Runs discovery against the cluster. Code that holds an [`crate::Engine`] should take its
+    /// [`crate::Engine::resolver`] instead, which shares one discovery.
     pub async fn new(client: Client) -> Result<Self> {
         let discovery = Discovery::new(client)
             .run_aggregated()
             .await
             .map_err(Error::Discovery)?;
-        Ok(Self {
-            discovery,
-            pending: BTreeMap::new(),
-        })
+        Ok(Self::from_kinds(Arc::new(Kinds::from_discovery(
+            &discovery,
+        ))))
     }
 
-    /// Runs discovery again (after CRDs became Established).
-    pub async fn refresh(&mut self, client: Client) -> Result<()> {
-        self.discovery = Discovery::new(client)
-            .run_aggregated()
-            .await
-            .map_err(Error::Discovery)?;
-        Ok(())
+    /// A resolver over `kinds`.
+    pub fn from_kinds(kinds: Arc<Kinds>) -> Self {
+        Self {
+            kinds,
+            pending: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the served kinds (after CRDs became Established), keeping the learnt ones.
+    pub fn replace_kinds(&mut self, kinds: Arc<Kinds>) {
+        self.kinds = kinds;
     }
 
     /// Learns the kinds that CRDs in `desired` define, so that their custom resources can be
@@ -85,17 +138,17 @@ impl Resolver {
 
     /// Resolves group/version/kind.
     pub fn resolve_gvk(&self, group: &str, version: &str, kind: &str) -> Option<Resolved> {
-        let gvk = GroupVersionKind::gvk(group, version, kind);
-        if let Some((resource, caps)) = self.discovery.resolve_gvk(&gvk) {
+        if let Some((resource, namespaced)) = self.kinds.get(group, version, kind) {
             return Some(Resolved {
-                resource,
-                namespaced: is_namespaced(&caps),
+                resource: resource.clone(),
+                namespaced: *namespaced,
                 served: true,
             });
         }
         let (plural, namespaced) =
             self.pending
                 .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))?;
+        let gvk = GroupVersionKind::gvk(group, version, kind);
         Some(Resolved {
             resource: ApiResource::from_gvk_with_plural(&gvk, plural),
             namespaced: *namespaced,

@@ -9,7 +9,7 @@ use kube::{Api, Client};
 use plumb_core::{Inventory, SyncId};
 use serde_json::json;
 
-use crate::engine::FIELD_MANAGER;
+use crate::cluster::FIELD_MANAGER;
 use crate::error::{Error, Result};
 
 /// The data key holding the inventory JSON.

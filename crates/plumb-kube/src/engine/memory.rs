@@ -1,0 +1,323 @@
+//! An in-memory [`Cluster`] for the engine's unit tests: objects in a map, every request
+//! recorded in order, and failures injected per object and request kind.
+//!
+//! It is not an API server: an apply stores the applied body (no field merge), and only
+//! what the safety rules depend on is modelled (dry-run stores nothing, namespaced objects
+//! need their Namespace, a delete checks its uid precondition, CRD kinds are served once the
+//! CRD is Established).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::core::{ApiResource, GroupVersionKind, Status};
+use serde_json::{Value, json};
+
+use crate::cluster::{ApplyMode, Cluster, Page};
+use crate::discovery::{Kinds, Resolved};
+use crate::error::Result;
+
+/// One recorded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Discover,
+    Get(String),
+    List(String),
+    Apply {
+        name: String,
+        dry_run: bool,
+        force: bool,
+    },
+    Delete {
+        name: String,
+        uid: Option<String>,
+    },
+    AwaitCrd(String),
+}
+
+/// Which request of an object fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum On {
+    DryRun,
+    Write,
+    Delete,
+}
+
+#[derive(Default)]
+struct State {
+    kinds: Kinds,
+    /// (plural, namespace, name) -> object.
+    objects: BTreeMap<(String, Option<String>, String), Value>,
+    log: Vec<Request>,
+    failures: BTreeMap<(String, On), (u16, String, String)>,
+    next_uid: u64,
+}
+
+/// The in-memory cluster.
+#[derive(Default)]
+pub struct Memory {
+    state: Mutex<State>,
+}
+
+/// A served kind.
+pub fn kind(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Resolved {
+    Resolved {
+        resource: ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            plural,
+        ),
+        namespaced,
+        served: true,
+    }
+}
+
+fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+    kube::Error::Api(Status::failure(message, reason).with_code(code).boxed())
+}
+
+impl Memory {
+    /// A cluster serving Namespaces, ConfigMaps, Deployments and CRDs.
+    pub fn new() -> Self {
+        let memory = Memory::default();
+        {
+            let mut st = memory.lock();
+            for r in [
+                kind("", "v1", "Namespace", "namespaces", false),
+                kind("", "v1", "ConfigMap", "configmaps", true),
+                kind("apps", "v1", "Deployment", "deployments", true),
+                kind(
+                    "apiextensions.k8s.io",
+                    "v1",
+                    "CustomResourceDefinition",
+                    "customresourcedefinitions",
+                    false,
+                ),
+            ] {
+                st.kinds.insert(r.resource, r.namespaced);
+            }
+        }
+        memory
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory cluster lock")
+    }
+
+    /// Stores `object` as if someone had created it; returns it with its uid.
+    pub fn put(&self, plural: &str, mut object: Value) -> Value {
+        let mut st = self.lock();
+        st.next_uid += 1;
+        object["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid));
+        object["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
+        let key = (
+            plural.to_owned(),
+            object["metadata"]["namespace"].as_str().map(str::to_owned),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        st.objects.insert(key, object.clone());
+        object
+    }
+
+    /// The stored object, if any.
+    pub fn object(&self, plural: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let key = (
+            plural.to_owned(),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        );
+        self.lock().objects.get(&key).cloned()
+    }
+
+    /// Makes request `on` of the object `name` fail with `code`, `reason`, `message`.
+    pub fn fail(&self, name: &str, on: On, code: u16, reason: &str, message: &str) {
+        self.lock().failures.insert(
+            (name.to_owned(), on),
+            (code, reason.to_owned(), message.to_owned()),
+        );
+    }
+
+    /// Every request so far, in order.
+    pub fn log(&self) -> Vec<Request> {
+        self.lock().log.clone()
+    }
+
+    fn injected(st: &State, name: &str, on: On) -> Option<kube::Error> {
+        st.failures
+            .get(&(name.to_owned(), on))
+            .map(|(code, reason, message)| api_error(*code, reason, message))
+    }
+
+    fn key(
+        kind: &Resolved,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> (String, Option<String>, String) {
+        (
+            kind.resource.plural.clone(),
+            namespace.filter(|_| kind.namespaced).map(str::to_owned),
+            name.to_owned(),
+        )
+    }
+}
+
+impl Cluster for Memory {
+    async fn discover(&self) -> Result<Kinds> {
+        let mut st = self.lock();
+        st.log.push(Request::Discover);
+        Ok(st.kinds.clone())
+    }
+
+    async fn get(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, kube::Error> {
+        let mut st = self.lock();
+        st.log.push(Request::Get(name.to_owned()));
+        Ok(st.objects.get(&Self::key(kind, namespace, name)).cloned())
+    }
+
+    async fn list(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<Page, kube::Error> {
+        let mut st = self.lock();
+        st.log.push(Request::List(kind.resource.plural.clone()));
+        let skip: usize = continue_token.map_or(0, |t| t.parse().unwrap_or(0));
+        let all: Vec<Value> = st
+            .objects
+            .iter()
+            .filter(|((plural, ns, _), _)| {
+                *plural == kind.resource.plural
+                    && (namespace.is_none() || ns.as_deref() == namespace)
+            })
+            .map(|(_, v)| v.clone())
+            .collect();
+        let end = (skip + limit as usize).min(all.len());
+        Ok(Page {
+            items: all[skip..end].to_vec(),
+            continue_token: (end < all.len()).then(|| end.to_string()),
+        })
+    }
+
+    async fn apply(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        name: &str,
+        body: &Value,
+        mode: ApplyMode,
+    ) -> Result<Value, kube::Error> {
+        let mut st = self.lock();
+        st.log.push(Request::Apply {
+            name: name.to_owned(),
+            dry_run: mode.dry_run,
+            force: mode.force,
+        });
+        let on = if mode.dry_run { On::DryRun } else { On::Write };
+        // A forced apply takes fields over: an injected conflict does not stop it.
+        match Self::injected(&st, name, on) {
+            Some(kube::Error::Api(s)) if s.code == 409 && mode.force => {}
+            Some(e) => return Err(e),
+            None => {}
+        }
+        if let Some(ns) = namespace.filter(|_| kind.namespaced)
+            && !st
+                .objects
+                .contains_key(&("namespaces".to_owned(), None, ns.to_owned()))
+        {
+            return Err(api_error(
+                404,
+                "NotFound",
+                &format!("namespaces \"{ns}\" not found"),
+            ));
+        }
+        let key = Self::key(kind, namespace, name);
+        let mut stored = body.clone();
+        match st.objects.get(&key) {
+            Some(live) => {
+                stored["metadata"]["uid"] = live["metadata"]["uid"].clone();
+                stored["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+            }
+            None => {
+                stored["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid + 1));
+                stored["metadata"]["resourceVersion"] = json!("0");
+            }
+        }
+        if !mode.dry_run {
+            st.next_uid += 1;
+            if st.objects.get(&key) != Some(&stored) {
+                stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
+            }
+            st.objects.insert(key, stored.clone());
+        }
+        Ok(stored)
+    }
+
+    async fn delete(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let mut st = self.lock();
+        st.log.push(Request::Delete {
+            name: name.to_owned(),
+            uid: uid.map(str::to_owned),
+        });
+        if let Some(e) = Self::injected(&st, name, On::Delete) {
+            return Err(e);
+        }
+        let key = Self::key(kind, namespace, name);
+        let Some(live) = st.objects.get(&key) else {
+            return Err(api_error(404, "NotFound", "not found"));
+        };
+        if uid.is_some_and(|u| live["metadata"]["uid"].as_str() != Some(u)) {
+            return Err(api_error(
+                409,
+                "Conflict",
+                "Precondition failed: UID in precondition does not match",
+            ));
+        }
+        st.objects.remove(&key);
+        Ok(())
+    }
+
+    async fn await_crd_established(&self, name: &str, _timeout: Duration) -> Result<()> {
+        let mut st = self.lock();
+        st.log.push(Request::AwaitCrd(name.to_owned()));
+        // Established at once: its kinds are served from now on.
+        let key = (
+            "customresourcedefinitions".to_owned(),
+            None,
+            name.to_owned(),
+        );
+        let Some(crd) = st.objects.get(&key).cloned() else {
+            return Ok(());
+        };
+        let spec = &crd["spec"];
+        let group = spec["group"].as_str().unwrap_or_default();
+        let kind_name = spec["names"]["kind"].as_str().unwrap_or_default();
+        let plural = spec["names"]["plural"].as_str().unwrap_or_default();
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            let r = kind(
+                group,
+                v["name"].as_str().unwrap_or_default(),
+                kind_name,
+                plural,
+                namespaced,
+            );
+            st.kinds.insert(r.resource, r.namespaced);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,438 @@
+//! One sync of a rendered revision: resolve, snapshot, plan, validate with a server-side
+//! dry-run, apply in stages, prune what this sync owns and no longer wants.
+//!
+//! The steps live in their own modules: [`prepare`] (resolve, snapshot, plan, dry-run; no
+//! writes), `apply` (staged writes), `prune`, `wait` (CRDs, health) and `check` (one
+//! object's drift). Every request goes through a [`Cluster`]; the unit tests in `tests` run
+//! the safety rules against an in-memory one.
+
+mod apply;
+mod check;
+mod prepare;
+mod prune;
+mod snapshot;
+mod wait;
+
+#[cfg(test)]
+mod memory;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plumb_core::{Action, ChangeSet, HealthVerdict, Inventory, Manifest, ObjectKey, Stage, SyncId};
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::cluster::{Cluster, KubeCluster};
+use crate::discovery::{Kinds, Resolver};
+use crate::error::{Error, ObjectError, Result};
+
+pub use check::{ObjectCheck, ObjectState};
+
+/// Options of one sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The sync unit: owns the applied objects; its namespace is the default namespace of
+    /// namespaced objects that name none, unless `target_namespace` is set.
+    pub sync: SyncId,
+    /// Namespace for namespaced objects that name none (default: the sync's namespace).
+    pub target_namespace: Option<String>,
+    /// Delete objects that left the desired state (only those this sync owns).
+    pub prune: bool,
+    /// Permit an empty desired state to prune everything.
+    pub allow_empty: bool,
+    /// Take over fields that another field manager owns.
+    pub force_conflicts: bool,
+    /// Take over objects that carry another Sync's ownership labels.
+    pub adopt: bool,
+    /// Validate and report, write nothing.
+    pub dry_run: bool,
+    /// How many objects are applied at once within a stage.
+    pub concurrency: usize,
+    /// How long to wait for CRDs to become Established.
+    pub crd_timeout: Duration,
+    /// Objects the caller vouches are live exactly as last applied, with that manifest as
+    /// compact JSON (after namespace defaulting and ownership labels, as in
+    /// [`SyncReport::applied`]). A planned object whose manifest is identical, and which
+    /// exists, is reported unchanged without a dry-run or a write. The agent passes the
+    /// objects its drift watch has seen unchanged since its last apply.
+    pub vouched: BTreeMap<ObjectKey, String>,
+}
+
+impl SyncOptions {
+    /// Defaults for a sync unit: no prune, no force, concurrency 8.
+    pub fn new(sync: SyncId) -> Self {
+        Self {
+            sync,
+            target_namespace: None,
+            prune: false,
+            allow_empty: false,
+            force_conflicts: false,
+            adopt: false,
+            dry_run: false,
+            concurrency: 8,
+            crd_timeout: Duration::from_secs(60),
+            vouched: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    /// One entry per object: created, configured, unchanged, pruned, skipped or failed.
+    pub changes: ChangeSet,
+    /// The inventory to record for the next sync. After a failure it still holds every object
+    /// that was in the previous inventory, so that nothing escapes a later prune.
+    pub inventory: Inventory,
+    /// The desired objects as applied (namespaces filled in, ownership labels set), in apply
+    /// order: what a health wait looks at.
+    pub applied: Vec<Manifest>,
+    /// The `metadata` of each applied object as the sync last saw it (returned by its write,
+    /// or read before it when unchanged): what a watch compares later changes with.
+    pub live_meta: BTreeMap<ObjectKey, Value>,
+    /// Every object whose write or prune failed, in the order of `changes`.
+    pub failures: Vec<ObjectError>,
+}
+
+impl SyncReport {
+    /// The error of a sync in which some objects failed ([`Error::Apply`]: which ones, and how
+    /// many others were written; earlier stages are not rolled back), or `None`.
+    pub fn error(&self) -> Option<Error> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        let written = self
+            .changes
+            .entries
+            .iter()
+            .filter(|c| matches!(c.action, Action::Created | Action::Configured))
+            .count();
+        Some(Error::Apply {
+            failures: self.failures.clone(),
+            written,
+        })
+    }
+}
+
+/// One object's difference between the cluster and the desired state.
+#[derive(Debug, Clone)]
+pub struct ObjectDiff {
+    /// The object.
+    pub key: ObjectKey,
+    /// What a sync would do with it.
+    pub action: Action,
+    /// The live object, if any.
+    pub live: Option<Value>,
+    /// What the server would make of the desired object (dry-run result); the manifest itself
+    /// when the server cannot dry-run it yet (its CRD or Namespace is part of this sync).
+    /// `None` for objects that would be pruned.
+    pub desired: Option<Value>,
+}
+
+/// Receives each object's outcome as soon as it is known (progress bars, logs).
+pub trait Progress: Sync {
+    /// The number of objects the sync will handle.
+    fn start(&self, _total: usize) {}
+    /// One object is done.
+    fn done(&self, _key: &ObjectKey, _action: Action) {}
+    /// A health wait ([`Engine::wait_healthy_with`]) looked at every object again: `pending`
+    /// are the verdicts of those not healthy yet (in the order given), of `total`.
+    fn waiting(&self, _pending: &[(ObjectKey, HealthVerdict)], _total: usize) {}
+}
+
+/// No progress reporting.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// One discovery, shared by every engine that holds a clone: a sync, its health wait and
+/// its drift registration resolve kinds with one discovery, and so do the agent's
+/// concurrent reconciles. Reused while younger than its maximum age; a kind it does not know
+/// makes the engine discover again once before calling the kind unknown, and applying CRDs
+/// refreshes it.
+#[derive(Clone)]
+pub struct DiscoveryCache {
+    state: Arc<Mutex<Option<Discovered>>>,
+    max_age: Duration,
+}
+
+/// One discovery and when it ran.
+type Discovered = (Instant, Arc<Kinds>);
+
+impl DiscoveryCache {
+    /// How long a discovery is reused by default.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(30);
+
+    /// An empty cache whose discoveries are reused for `max_age`.
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(None)),
+            max_age,
+        }
+    }
+
+    /// The cached kinds, discovering when there are none or they are too old. The flag says
+    /// whether they were discovered by this call.
+    async fn get<C: Cluster>(&self, cluster: &C) -> Result<(Arc<Kinds>, bool)> {
+        let mut state = self.state.lock().await;
+        if let Some((at, kinds)) = state.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return Ok((kinds.clone(), false));
+        }
+        let kinds = Arc::new(cluster.discover().await?);
+        *state = Some((Instant::now(), kinds.clone()));
+        Ok((kinds, true))
+    }
+
+    /// Discovers again.
+    async fn refresh<C: Cluster>(&self, cluster: &C) -> Result<Arc<Kinds>> {
+        let mut state = self.state.lock().await;
+        let kinds = Arc::new(cluster.discover().await?);
+        *state = Some((Instant::now(), kinds.clone()));
+        Ok(kinds)
+    }
+}
+
+impl Default for DiscoveryCache {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_MAX_AGE)
+    }
+}
+
+/// The sync engine: Plumb's pipeline from rendered manifests to cluster state, over a
+/// [`Cluster`] (the real one by default).
+#[derive(Clone)]
+pub struct Engine<C = KubeCluster> {
+    cluster: C,
+    discovery: DiscoveryCache,
+}
+
+impl Engine<KubeCluster> {
+    /// An engine talking to the cluster through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self::with_cluster(KubeCluster::new(client))
+    }
+
+    /// The client.
+    pub fn client(&self) -> &kube::Client {
+        self.cluster.client()
+    }
+}
+
+impl<C: Cluster> Engine<C> {
+    /// An engine over `cluster`, with its own discovery cache.
+    pub fn with_cluster(cluster: C) -> Self {
+        Self {
+            cluster,
+            discovery: DiscoveryCache::default(),
+        }
+    }
+
+    /// The same engine, resolving kinds through `cache` (shared with other engines).
+    pub fn sharing(mut self, cache: DiscoveryCache) -> Self {
+        self.discovery = cache;
+        self
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &C {
+        &self.cluster
+    }
+
+    /// A resolver over the shared discovery.
+    pub async fn resolver(&self) -> Result<Resolver> {
+        Ok(Resolver::from_kinds(
+            self.discovery.get(&self.cluster).await?.0,
+        ))
+    }
+
+    /// A resolver knowing the CRDs in `desired`, in which every kind of `desired` resolves
+    /// if the cluster serves it: a kind the cached discovery does not know makes it discover
+    /// again (once).
+    async fn resolver_for(&self, desired: &[Manifest]) -> Result<Resolver> {
+        let (kinds, fresh) = self.discovery.get(&self.cluster).await?;
+        let mut resolver = Resolver::from_kinds(kinds);
+        resolver.learn_crds(desired);
+        if !fresh && desired.iter().any(|m| resolver.resolve(m).is_none()) {
+            resolver.replace_kinds(self.discovery.refresh(&self.cluster).await?);
+        }
+        Ok(resolver)
+    }
+
+    /// Applies `desired` as the sync unit `opts.sync`, pruning (if asked) what `inventory` holds
+    /// and `desired` no longer does.
+    ///
+    /// Nothing is written unless every object passes a server-side dry-run first (objects whose
+    /// CRD or Namespace this same sync creates are validated right after that stage). Objects
+    /// whose dry-run result equals the live object are reported unchanged without a write.
+    /// Nothing is pruned when anything failed.
+    pub async fn sync(
+        &self,
+        desired: Vec<Manifest>,
+        inventory: &Inventory,
+        opts: &SyncOptions,
+        progress: &dyn Progress,
+    ) -> Result<SyncReport> {
+        let mut prep = self.prepare(desired, inventory, opts).await?;
+        progress.start(prep.plan.apply_len() + prep.plan.prune.len());
+        let mut changes = ChangeSet::new();
+
+        if opts.dry_run {
+            for m in prep.plan.manifests() {
+                let key = m.key();
+                let action = prep.predicted_action(&key);
+                progress.done(&key, action);
+                changes.push(key, action, Some("dry run".to_owned()));
+            }
+            for entry in &prep.plan.prune {
+                progress.done(&entry.key, Action::Pruned);
+                changes.push(
+                    entry.key.clone(),
+                    Action::Pruned,
+                    Some("dry run".to_owned()),
+                );
+            }
+            report_prune_skipped(&prep.plan, &mut changes, progress);
+            return Ok(SyncReport {
+                changes,
+                inventory: inventory.clone(),
+                applied: prep.plan.manifests().cloned().collect(),
+                live_meta: BTreeMap::new(),
+                failures: Vec::new(),
+            });
+        }
+
+        report_prune_skipped(&prep.plan, &mut changes, progress);
+        let stages = prep.plan.stages.clone();
+        let mut failed = false;
+        let mut failures = Vec::new();
+        for (stage, manifests) in &stages {
+            if failed {
+                for m in manifests {
+                    progress.done(&m.key(), Action::Skipped);
+                    changes.push(
+                        m.key(),
+                        Action::Skipped,
+                        Some("not applied: an earlier stage failed".to_owned()),
+                    );
+                }
+                continue;
+            }
+            let stage_changes = self
+                .apply_stage(&mut prep, manifests, opts, progress, &mut failures)
+                .await;
+            failed = stage_changes.has_failures();
+            let crds_touched = stage_changes.entries.iter().any(|c| {
+                c.key.kind == "CustomResourceDefinition"
+                    && matches!(c.action, Action::Created | Action::Configured)
+            });
+            changes.extend(stage_changes);
+            if *stage == Stage::Definitions && crds_touched && !failed {
+                self.await_crds_established(manifests, opts.crd_timeout)
+                    .await?;
+                let kinds = self.discovery.refresh(&self.cluster).await?;
+                prep.resolver.replace_kinds(kinds);
+                self.resolve_pending(&mut prep).await?;
+            }
+        }
+
+        if failed {
+            for entry in &prep.plan.prune {
+                progress.done(&entry.key, Action::Skipped);
+                changes.push(
+                    entry.key.clone(),
+                    Action::Skipped,
+                    Some("not pruned: the sync had failures".to_owned()),
+                );
+            }
+        } else {
+            for entry in &prep.plan.prune {
+                match self.prune(&prep, entry).await {
+                    Ok(()) => {
+                        progress.done(&entry.key, Action::Pruned);
+                        changes.push(entry.key.clone(), Action::Pruned, None);
+                    }
+                    Err(failure) => {
+                        progress.done(&entry.key, Action::Failed);
+                        changes.push(
+                            entry.key.clone(),
+                            Action::Failed,
+                            Some(failure.message.clone()),
+                        );
+                        failures.push(failure);
+                    }
+                }
+            }
+        }
+        let inventory_out = plumb_core::inventory_after(inventory, &prep.plan, &changes, failed);
+
+        let live_meta = prep
+            .targets
+            .iter()
+            .filter_map(|(key, t)| Some((key.clone(), t.live.as_ref()?.get("metadata")?.clone())))
+            .collect();
+        Ok(SyncReport {
+            changes,
+            inventory: inventory_out,
+            applied: prep.plan.manifests().cloned().collect(),
+            live_meta,
+            failures,
+        })
+    }
+
+    /// What a sync would change, object by object, including objects it would prune. Writes
+    /// nothing. Unchanged objects are left out.
+    pub async fn diff(
+        &self,
+        desired: Vec<Manifest>,
+        inventory: &Inventory,
+        opts: &SyncOptions,
+    ) -> Result<Vec<ObjectDiff>> {
+        let prep = self.prepare(desired, inventory, opts).await?;
+        let mut diffs = Vec::new();
+        for m in prep.plan.manifests() {
+            let key = m.key();
+            let action = prep.predicted_action(&key);
+            if action == Action::Unchanged {
+                continue;
+            }
+            let desired = prep
+                .dry_run
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| m.object.clone());
+            diffs.push(ObjectDiff {
+                live: prep.live.get(&key).cloned(),
+                desired: Some(desired),
+                key,
+                action,
+            });
+        }
+        for entry in &prep.plan.prune {
+            diffs.push(ObjectDiff {
+                key: entry.key.clone(),
+                action: Action::Pruned,
+                live: prep.live.get(&entry.key).cloned(),
+                desired: None,
+            });
+        }
+        Ok(diffs)
+    }
+}
+
+/// Stale objects that are not deleted, and why (not owned by this sync, already gone, ...).
+fn report_prune_skipped(plan: &plumb_core::Plan, changes: &mut ChangeSet, progress: &dyn Progress) {
+    for (entry, why) in &plan.prune_skipped {
+        progress.done(&entry.key, Action::Skipped);
+        changes.push(
+            entry.key.clone(),
+            Action::Skipped,
+            Some(format!("not pruned: {why}")),
+        );
+    }
+}

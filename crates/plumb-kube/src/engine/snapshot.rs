@@ -1,0 +1,100 @@
+//! Reading the live state of many objects cheaply: one LIST per kind and namespace where
+//! many objects share them, single GETs otherwise.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use plumb_core::ObjectKey;
+use serde_json::Value;
+
+use super::Engine;
+use crate::cluster::Cluster;
+use crate::discovery::Resolved;
+use crate::error::{Error, Result};
+
+/// From this many objects of one kind in one namespace on, a LIST is cheaper.
+const LIST_FROM: usize = 5;
+/// Objects per LIST page.
+const PAGE: u32 = 500;
+
+impl<C: Cluster> Engine<C> {
+    /// Reads the live copy of `wanted` (a large sync costs a handful of requests, not one per
+    /// object).
+    pub(super) async fn snapshot(
+        &self,
+        wanted: Vec<(ObjectKey, Resolved)>,
+        concurrency: usize,
+    ) -> Result<BTreeMap<ObjectKey, Value>> {
+        type Group = (String, String, String, Option<String>);
+        let mut groups: BTreeMap<Group, Vec<(ObjectKey, Resolved)>> = BTreeMap::new();
+        for (key, r) in wanted {
+            let ns = if r.namespaced {
+                key.namespace.clone()
+            } else {
+                None
+            };
+            let g = (
+                r.resource.group.clone(),
+                r.resource.version.clone(),
+                r.resource.plural.clone(),
+                ns,
+            );
+            groups.entry(g).or_default().push((key, r));
+        }
+        let mut singles = Vec::new();
+        let mut lists = Vec::new();
+        for (_, members) in groups {
+            if members.len() >= LIST_FROM {
+                lists.push(members);
+            } else {
+                singles.extend(members);
+            }
+        }
+        let mut live: BTreeMap<ObjectKey, Value> = stream::iter(singles)
+            .map(|(key, r)| async move {
+                let obj = self
+                    .cluster
+                    .get(&r, key.namespace.as_deref(), &key.name)
+                    .await
+                    .map_err(|source| Error::Api {
+                        context: format!("reading {key}"),
+                        source,
+                    })?;
+                Ok::<_, Error>(obj.map(|o| (key, o)))
+            })
+            .buffer_unordered(concurrency.max(1) * 2)
+            .try_filter_map(|x| async move { Ok(x) })
+            .try_collect()
+            .await?;
+        for members in lists {
+            let (first_key, r) = &members[0];
+            let namespace = first_key.namespace.as_deref().filter(|_| r.namespaced);
+            let by_name: BTreeMap<&str, &ObjectKey> =
+                members.iter().map(|(k, _)| (k.name.as_str(), k)).collect();
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .cluster
+                    .list(r, namespace, PAGE, token.as_deref())
+                    .await
+                    .map_err(|source| Error::Api {
+                        context: format!("listing {} in {:?}", r.resource.plural, namespace),
+                        source,
+                    })?;
+                for obj in page.items {
+                    if let Some(key) = obj["metadata"]["name"]
+                        .as_str()
+                        .and_then(|n| by_name.get(n))
+                    {
+                        live.insert((*key).clone(), obj);
+                    }
+                }
+                match page.continue_token {
+                    Some(t) => token = Some(t),
+                    None => break,
+                }
+            }
+        }
+        Ok(live)
+    }
+}

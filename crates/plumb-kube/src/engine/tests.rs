@@ -1,0 +1,525 @@
+//! The engine's safety rules, each against the in-memory cluster (no API server): dry-run
+//! before the first write, nothing written when a dry-run is refused, no prune after a
+//! failure, the inventory after a partial failure, stage skipping, the CRD wait, the uid
+//! precondition on prune, conflicts, one discovery per sync. The same rules are proved
+//! end to end against the real control plane in crates/plumb/tests and crates/plumb-agent/tests.
+
+use plumb_core::{Action, Inventory, Manifest, SourceLocation, SyncId, mark_owned};
+use serde_json::{Value, json};
+
+use super::memory::{Memory, On, Request};
+use super::{Engine, NoProgress, SyncOptions};
+use crate::error::{Error, FailureKind};
+
+fn engine() -> Engine<Memory> {
+    let engine = Engine::with_cluster(Memory::new());
+    engine.cluster().put(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}),
+    );
+    engine
+}
+
+fn cm(name: &str, value: &str) -> Manifest {
+    let source = SourceLocation {
+        file: format!("{name}.yaml").into(),
+        line: 3,
+        document: 0,
+    };
+    Manifest::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "ns"}, "data": {"k": value}}),
+        Some(source),
+    )
+    .expect("valid")
+}
+
+fn namespace(name: &str) -> Manifest {
+    Manifest::from_value(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        None,
+    )
+    .expect("valid")
+}
+
+fn opts() -> SyncOptions {
+    let mut o = SyncOptions::new(SyncId::new("ns", "s"));
+    o.prune = true;
+    o
+}
+
+/// A live ConfigMap owned by the sync `ns/s`, as an earlier sync left it.
+fn owned(engine: &Engine<Memory>, name: &str) -> Value {
+    let mut m = cm(name, "old");
+    mark_owned(&mut m, &SyncId::new("ns", "s"));
+    engine.cluster().put("configmaps", m.object)
+}
+
+fn writes(log: &[Request]) -> Vec<String> {
+    log.iter()
+        .filter_map(|r| match r {
+            Request::Apply {
+                name,
+                dry_run: false,
+                ..
+            } => Some(format!("apply {name}")),
+            Request::Delete { name, .. } => Some(format!("delete {name}")),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn sync(
+    engine: &Engine<Memory>,
+    desired: Vec<Manifest>,
+    inventory: &Inventory,
+    opts: &SyncOptions,
+) -> crate::Result<super::SyncReport> {
+    engine.sync(desired, inventory, opts, &NoProgress).await
+}
+
+#[tokio::test]
+async fn every_object_is_dry_run_before_the_first_write() {
+    let engine = engine();
+    let report = sync(
+        &engine,
+        vec![cm("a", "1"), cm("b", "1"), cm("c", "1")],
+        &Inventory::default(),
+        &opts(),
+    )
+    .await
+    .expect("syncs");
+    assert_eq!(report.changes.counts().created, 3);
+    let log = engine.cluster().log();
+    let first_write = log
+        .iter()
+        .position(|r| matches!(r, Request::Apply { dry_run: false, .. }))
+        .expect("writes");
+    let dry_runs = log[..first_write]
+        .iter()
+        .filter(|r| matches!(r, Request::Apply { dry_run: true, .. }))
+        .count();
+    assert_eq!(dry_runs, 3, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_refused_dry_run_writes_nothing_and_names_the_object_and_its_file() {
+    let engine = engine();
+    let stale = owned(&engine, "stale");
+    let inventory = Inventory::from_manifests(&[Manifest::from_value(stale, None).expect("valid")]);
+    engine
+        .cluster()
+        .fail("b", On::DryRun, 422, "Invalid", "data.k: Invalid value");
+    let err = sync(
+        &engine,
+        vec![cm("a", "1"), cm("b", "1")],
+        &inventory,
+        &opts(),
+    )
+    .await
+    .expect_err("refused");
+    let Error::DryRun { failures } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].kind, FailureKind::Invalid);
+    assert_eq!(failures[0].object.name, "b");
+    assert!(
+        err.to_string().contains("ConfigMap/ns/b (b.yaml:3"),
+        "{err}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(writes(&engine.cluster().log()), Vec::<String>::new());
+    assert!(
+        engine
+            .cluster()
+            .object("configmaps", Some("ns"), "stale")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_pruned_after_a_failure_and_the_inventory_keeps_every_old_object() {
+    let engine = engine();
+    let stale = Manifest::from_value(owned(&engine, "stale"), None).expect("valid");
+    let inventory = Inventory::from_manifests(&[stale]);
+    engine.cluster().fail(
+        "b",
+        On::Write,
+        403,
+        "Forbidden",
+        "configmaps \"b\" is forbidden",
+    );
+    let report = sync(
+        &engine,
+        vec![cm("a", "1"), cm("b", "1")],
+        &inventory,
+        &opts(),
+    )
+    .await
+    .expect("a write failure is a report, not an error");
+    assert!(
+        !writes(&engine.cluster().log())
+            .iter()
+            .any(|w| w.starts_with("delete")),
+        "{:?}",
+        engine.cluster().log()
+    );
+    assert!(
+        engine
+            .cluster()
+            .object("configmaps", Some("ns"), "stale")
+            .is_some()
+    );
+    let names: Vec<&str> = report
+        .inventory
+        .entries
+        .iter()
+        .map(|e| e.key.name.as_str())
+        .collect();
+    assert_eq!(names, ["a", "stale"], "written + every old object");
+    let stale_change = report
+        .changes
+        .entries
+        .iter()
+        .find(|c| c.key.name == "stale")
+        .expect("reported");
+    assert_eq!(stale_change.action, Action::Skipped);
+    let err = report.error().expect("failed");
+    assert_eq!(err.object_failures()[0].kind, FailureKind::Forbidden);
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_transient_write_failure_is_retryable() {
+    let engine = engine();
+    engine.cluster().fail(
+        "a",
+        On::Write,
+        503,
+        "ServiceUnavailable",
+        "etcd leader changed",
+    );
+    let report = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &opts())
+        .await
+        .expect("report");
+    let err = report.error().expect("failed");
+    assert_eq!(err.object_failures()[0].kind, FailureKind::Transient);
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn a_failed_stage_skips_every_later_stage() {
+    let engine = engine();
+    engine.cluster().fail(
+        "team",
+        On::Write,
+        403,
+        "Forbidden",
+        "namespaces is forbidden",
+    );
+    let mut in_team = cm("a", "1");
+    in_team.set_namespace(Some("team"));
+    let report = sync(
+        &engine,
+        vec![namespace("team"), in_team, cm("b", "1")],
+        &Inventory::default(),
+        &opts(),
+    )
+    .await
+    .expect("report");
+    let actions: Vec<(String, Action)> = report
+        .changes
+        .entries
+        .iter()
+        .map(|c| (c.key.name.clone(), c.action))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("team".into(), Action::Failed),
+            ("b".into(), Action::Skipped),
+            ("a".into(), Action::Skipped),
+        ]
+    );
+    // Objects of the later stage were validated (b) or not even that (a, in the new
+    // Namespace), never written.
+    assert_eq!(writes(&engine.cluster().log()), ["apply team"]);
+}
+
+#[tokio::test]
+async fn objects_in_a_new_namespace_are_validated_after_it_is_created() {
+    let engine = engine();
+    let mut in_team = cm("a", "1");
+    in_team.set_namespace(Some("team"));
+    let report = sync(
+        &engine,
+        vec![namespace("team"), in_team],
+        &Inventory::default(),
+        &opts(),
+    )
+    .await
+    .expect("syncs");
+    assert_eq!(report.changes.counts().created, 2);
+    let log = engine.cluster().log();
+    let ns_written = log
+        .iter()
+        .position(|r| matches!(r, Request::Apply { name, dry_run: false, .. } if name == "team"))
+        .expect("namespace written");
+    let a_dry = log
+        .iter()
+        .position(|r| matches!(r, Request::Apply { name, dry_run: true, .. } if name == "a"))
+        .expect("a validated");
+    assert!(ns_written < a_dry, "{log:?}");
+}
+
+fn crd() -> Manifest {
+    Manifest::from_value(
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+               "metadata": {"name": "widgets.example.com"},
+               "spec": {"group": "example.com", "scope": "Namespaced",
+                        "names": {"kind": "Widget", "plural": "widgets"},
+                        "versions": [{"name": "v1", "served": true, "storage": true}]}}),
+        None,
+    )
+    .expect("valid")
+}
+
+fn widget() -> Manifest {
+    Manifest::from_value(
+        json!({"apiVersion": "example.com/v1", "kind": "Widget",
+               "metadata": {"name": "w", "namespace": "ns"}, "spec": {"size": 1}}),
+        None,
+    )
+    .expect("valid")
+}
+
+#[tokio::test]
+async fn custom_resources_wait_for_their_crd_and_a_new_discovery() {
+    let engine = engine();
+    let report = sync(
+        &engine,
+        vec![crd(), widget()],
+        &Inventory::default(),
+        &opts(),
+    )
+    .await
+    .expect("syncs");
+    assert_eq!(report.changes.counts().created, 2);
+    let log = engine.cluster().log();
+    let at = |want: &dyn Fn(&Request) -> bool| log.iter().position(want).expect("in the log");
+    let crd_written = at(
+        &|r| matches!(r, Request::Apply { name, dry_run: false, .. } if name == "widgets.example.com"),
+    );
+    let waited = at(&|r| matches!(r, Request::AwaitCrd(_)));
+    let rediscovered = crd_written
+        + log[crd_written..]
+            .iter()
+            .position(|r| *r == Request::Discover)
+            .expect("rediscovers");
+    let widget_dry =
+        at(&|r| matches!(r, Request::Apply { name, dry_run: true, .. } if name == "w"));
+    assert!(
+        crd_written < waited && waited < rediscovered && rediscovered < widget_dry,
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unchanged_object_is_not_written_and_a_vouched_one_not_even_validated() {
+    let engine = engine();
+    sync(
+        &engine,
+        vec![cm("a", "1"), cm("b", "1")],
+        &Inventory::default(),
+        &opts(),
+    )
+    .await
+    .expect("first");
+    let before = engine.cluster().log().len();
+    let mut o = opts();
+    let mut applied = cm("b", "1");
+    mark_owned(&mut applied, &o.sync);
+    o.vouched.insert(
+        applied.key(),
+        serde_json::to_string(&applied.object).expect("json"),
+    );
+    let report = sync(
+        &engine,
+        vec![cm("a", "1"), cm("b", "1")],
+        &Inventory::default(),
+        &o,
+    )
+    .await
+    .expect("again");
+    assert_eq!(report.changes.counts().unchanged, 2);
+    let log = &engine.cluster().log()[before..];
+    assert_eq!(writes(log), Vec::<String>::new());
+    let validated: Vec<&str> = log
+        .iter()
+        .filter_map(|r| match r {
+            Request::Apply { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(validated, ["a"], "{log:?}");
+}
+
+#[tokio::test]
+async fn a_prune_deletes_only_the_object_it_checked() {
+    let engine = engine();
+    let stale = owned(&engine, "stale");
+    let uid = stale["metadata"]["uid"].as_str().map(str::to_owned);
+    let inventory = Inventory::from_manifests(&[Manifest::from_value(stale, None).expect("valid")]);
+    let report = sync(&engine, vec![cm("a", "1")], &inventory, &opts())
+        .await
+        .expect("syncs");
+    assert_eq!(report.changes.counts().pruned, 1);
+    assert!(engine.cluster().log().contains(&Request::Delete {
+        name: "stale".into(),
+        uid
+    }));
+    // An object of the inventory that is not owned (labels gone) is never deleted.
+    let engine = self::engine();
+    let foreign = engine
+        .cluster()
+        .put("configmaps", cm("foreign", "x").object);
+    let inventory =
+        Inventory::from_manifests(&[Manifest::from_value(foreign, None).expect("valid")]);
+    let report = sync(&engine, vec![cm("a", "1")], &inventory, &opts())
+        .await
+        .expect("syncs");
+    assert_eq!(report.changes.counts().pruned, 0);
+    assert!(
+        writes(&engine.cluster().log())
+            .iter()
+            .all(|w| !w.starts_with("delete"))
+    );
+}
+
+#[tokio::test]
+async fn a_failed_prune_keeps_the_object_in_the_inventory() {
+    let engine = engine();
+    let stale = Manifest::from_value(owned(&engine, "stale"), None).expect("valid");
+    let inventory = Inventory::from_manifests(&[stale]);
+    engine.cluster().fail(
+        "stale",
+        On::Delete,
+        409,
+        "Conflict",
+        "Precondition failed: UID",
+    );
+    let report = sync(&engine, vec![cm("a", "1")], &inventory, &opts())
+        .await
+        .expect("report");
+    assert!(
+        report
+            .inventory
+            .entries
+            .iter()
+            .any(|e| e.key.name == "stale")
+    );
+    assert_eq!(
+        report.error().expect("failed").object_failures()[0]
+            .object
+            .name,
+        "stale"
+    );
+}
+
+fn conflicting(engine: &Engine<Memory>, manager: &str, operation: &str) {
+    let mut live = cm("a", "edited");
+    mark_owned(&mut live, &SyncId::new("ns", "s"));
+    live.object["metadata"]["managedFields"] = json!([
+        {"manager": "plumb", "operation": "Apply"},
+        {"manager": manager, "operation": operation},
+    ]);
+    engine.cluster().put("configmaps", live.object);
+    let message = format!("Apply failed with 1 conflict: conflict with \"{manager}\": .data.k");
+    engine
+        .cluster()
+        .fail("a", On::DryRun, 409, "Conflict", &message);
+}
+
+#[tokio::test]
+async fn an_imperative_edit_is_taken_back_but_another_applier_is_a_conflict() {
+    let engine = engine();
+    conflicting(&engine, "kubectl-edit", "Update");
+    let report = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &opts())
+        .await
+        .expect("drift is taken back");
+    assert_eq!(report.changes.counts().configured, 1);
+    assert!(engine.cluster().log().contains(&Request::Apply {
+        name: "a".into(),
+        dry_run: true,
+        force: true
+    }));
+
+    let engine = self::engine();
+    conflicting(&engine, "argocd-controller", "Apply");
+    let err = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &opts())
+        .await
+        .expect_err("a conflict");
+    assert_eq!(err.object_failures()[0].kind, FailureKind::Conflict);
+    assert!(err.to_string().contains("--force-conflicts"), "{err}");
+    assert_eq!(writes(&engine.cluster().log()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_dry_run_sync_writes_nothing() {
+    let engine = engine();
+    let stale = Manifest::from_value(owned(&engine, "stale"), None).expect("valid");
+    let mut o = opts();
+    o.dry_run = true;
+    let report = sync(
+        &engine,
+        vec![cm("a", "1")],
+        &Inventory::from_manifests(&[stale]),
+        &o,
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(report.changes.counts().created, 1);
+    assert_eq!(report.changes.counts().pruned, 1);
+    assert_eq!(writes(&engine.cluster().log()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_sync_and_its_health_wait_share_one_discovery() {
+    let engine = engine();
+    let report = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &opts())
+        .await
+        .expect("syncs");
+    engine
+        .wait_healthy(&report.applied, std::time::Duration::from_secs(5))
+        .await
+        .expect("a ConfigMap is healthy");
+    engine.resolver().await.expect("resolver");
+    let discoveries = engine
+        .cluster()
+        .log()
+        .iter()
+        .filter(|r| **r == Request::Discover)
+        .count();
+    assert_eq!(discoveries, 1);
+}
+
+#[tokio::test]
+async fn an_unknown_kind_is_looked_up_again_before_it_is_refused() {
+    let engine = engine();
+    engine.resolver().await.expect("first discovery");
+    let err = sync(&engine, vec![widget()], &Inventory::default(), &opts())
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, Error::UnknownKind { .. }), "{err}");
+    let discoveries = engine
+        .cluster()
+        .log()
+        .iter()
+        .filter(|r| **r == Request::Discover)
+        .count();
+    assert_eq!(
+        discoveries, 2,
+        "the cached discovery was checked again once"
+    );
+}
