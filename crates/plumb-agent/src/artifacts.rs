@@ -242,15 +242,13 @@ pub async fn render(artifact: Arc<Artifact>, path: Option<String>) -> Result<Vec
 
 /// Renders `path` (relative; empty or `.` for the root) of the directory `dir`.
 pub fn render_dir(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
-    let opts = plumb_render::RenderOptions::default();
-    let path = path
-        .map(|p| p.trim_start_matches("./").trim_end_matches('/'))
-        .unwrap_or("");
-    Ok(if path.is_empty() || path == "." {
-        plumb_render::render(dir, &opts)?
-    } else {
-        plumb_render::render_path(dir, Path::new(path), &opts)?
-    })
+    // `render_path` reads "", "." and "./x/" as the root and `x`.
+    let path = Path::new(path.unwrap_or(""));
+    Ok(plumb_render::render_path(
+        dir,
+        path,
+        &plumb_render::RenderOptions::default(),
+    )?)
 }
 
 #[cfg(test)]

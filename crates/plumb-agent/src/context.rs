@@ -165,7 +165,7 @@ impl Context {
         });
         api.patch_status(
             name,
-            &kube::api::PatchParams::apply("plumb").force(),
+            &kube::api::PatchParams::apply(plumb_kube::FIELD_MANAGER).force(),
             &kube::api::Patch::Apply(&patch),
         )
         .await

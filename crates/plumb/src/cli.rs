@@ -104,13 +104,25 @@ pub struct Target {
     pub allow_empty: bool,
 }
 
-/// Output formats.
+/// Output formats of every command that prints a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// A human-readable table.
     Table,
     /// JSON for scripts.
     Json,
+    /// YAML.
+    Yaml,
+}
+
+impl Output {
+    /// `value` as pretty JSON or YAML (a table is the caller's own; it gets YAML here).
+    pub fn render(self, value: &serde_json::Value) -> anyhow::Result<String> {
+        Ok(match self {
+            Output::Json => serde_json::to_string_pretty(value)? + "\n",
+            Output::Yaml | Output::Table => plumb_core::to_yaml(value),
+        })
+    }
 }
 
 /// Arguments of `plumb sync`.

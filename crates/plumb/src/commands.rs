@@ -74,19 +74,14 @@ fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
             root.display()
         )
     })?;
-    let opts = plumb_render::RenderOptions::default();
-    let rendered = if relative.as_os_str().is_empty() {
-        plumb_render::render(&root, &opts)
-    } else {
-        plumb_render::render_path(&root, relative, &opts)
-    };
-    rendered.with_context(|| {
-        format!(
-            "rendering {} (root {}{note})",
-            dir.display(),
-            root.display()
-        )
-    })
+    plumb_render::render_path(&root, relative, &plumb_render::RenderOptions::default())
+        .with_context(|| {
+            format!(
+                "rendering {} (root {}{note})",
+                dir.display(),
+                root.display()
+            )
+        })
 }
 
 fn render(args: &RenderArgs) -> Result<()> {
@@ -137,14 +132,10 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         (None, Some(url)) => {
             let fetched = crate::source::fetch(&target.git, url, state.revision.clone()).await?;
             let root = &fetched.artifact.dir;
-            let opts = plumb_render::RenderOptions::default();
-            let desired = match &target.git.path {
-                Some(p) if !p.as_os_str().is_empty() && p != Path::new(".") => {
-                    plumb_render::render_path(root, p, &opts)
-                }
-                _ => plumb_render::render(root, &opts),
-            }
-            .with_context(|| format!("rendering {}", fetched.describe()))?;
+            let path = target.git.path.as_deref().unwrap_or(Path::new(""));
+            let desired =
+                plumb_render::render_path(root, path, &plumb_render::RenderOptions::default())
+                    .with_context(|| format!("rendering {}", fetched.describe()))?;
             (desired, Some(fetched))
         }
         (None, None) => anyhow::bail!("give a directory or --git URL"),
@@ -263,7 +254,7 @@ fn print_changes(
     let health_of = |key: &ObjectKey| health.iter().find(|(k, _)| k == key).map(|(_, v)| v);
     let mut out = std::io::stdout().lock();
     match output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             let entries: Vec<_> = changes
                 .entries
                 .iter()
@@ -289,8 +280,7 @@ fn print_changes(
                 "changes": entries,
                 "summary": changes.counts(),
             });
-            serde_json::to_writer_pretty(&mut out, &doc)?;
-            writeln!(out)?;
+            out.write_all(output.render(&doc)?.as_bytes())?;
         }
         Output::Table => {
             let mut table = Table::new();

@@ -308,10 +308,10 @@ pub fn verify(args: &VerifyArgs) -> Result<ExitCode> {
     let passed = report.passed();
     let mut out = std::io::stdout().lock();
     match args.output {
-        Output::Json => {
+        Output::Json | Output::Yaml => {
             use std::io::Write;
-            serde_json::to_writer_pretty(&mut out, &json!({ "passed": passed, "report": report }))?;
-            writeln!(out)?;
+            let doc = json!({ "passed": passed, "report": report });
+            out.write_all(args.output.render(&doc)?.as_bytes())?;
         }
         Output::Table => {
             use std::io::Write;

@@ -65,10 +65,7 @@ pub async fn history(global: &Global, args: &HistoryArgs) -> Result<ExitCode> {
     let history = sync.status.map(|s| s.history).unwrap_or_default();
     if args.output != Format::Table {
         let value = serde_json::to_value(&history)?;
-        match args.output {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-            _ => print!("{}", plumb_core::to_yaml(&value)),
-        }
+        super::write_stdout(&args.output.render(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if history.is_empty() {
@@ -188,10 +185,7 @@ pub async fn tree(global: &Global, args: &TreeArgs) -> Result<ExitCode> {
             })
             .collect();
         let value = json!({ "sync": format!("{ns}/{}", args.name), "objects": items });
-        match args.output {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-            _ => print!("{}", plumb_core::to_yaml(&value)),
-        }
+        super::write_stdout(&args.output.render(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
 

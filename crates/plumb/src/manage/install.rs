@@ -1,17 +1,15 @@
 //! `plumb install`: the CRDs and the in-cluster agent.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::{Api, Client};
-use plumb_core::split_api_version;
+use plumb_core::{Action, Inventory, SyncId};
+use plumb_kube::SyncOptions;
 use serde_json::Value;
 
-use super::{FIELD_MANAGER, write_stdout, yaml_documents};
+use super::{write_stdout, yaml_documents};
 use crate::cli::{Global, parse_duration};
 
 /// The CRDs, generated from the API types (`plumb_agent::api::crds_yaml`).
@@ -22,6 +20,8 @@ const AGENT_YAML: &str = include_str!("../../../../deploy/agent.yaml");
 const DEFAULT_NAMESPACE: &str = "plumb-system";
 /// The agent image, without tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/plumb-dev/plumb";
+/// The sync unit `plumb install` applies as (its ownership labels mark what it installed).
+const INSTALL_SYNC: &str = "plumb-install";
 /// The ServiceAccount `--multi-tenant` applies Syncs as when they name none: every namespace
 /// has one, and it has no rights until an admin grants them.
 pub const MULTI_TENANT_SERVICE_ACCOUNT: &str = "default";
@@ -81,22 +81,58 @@ pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Re
     let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
         .await
         .context("cannot build a Kubernetes client (check --kubeconfig, --context, KUBECONFIG)")?;
-    let mut params = PatchParams::apply(FIELD_MANAGER).force();
-    params.dry_run = args.dry_run;
-    install_crds(&client, &crds, &params, args.timeout).await?;
-    if !agent.is_empty() {
-        apply_all(&client, &agent, &params).await?;
-        if args.dry_run {
-            println!("✔ the API server accepts every object (dry run: nothing was written)");
-            return Ok(ExitCode::SUCCESS);
+    let crd_names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    let desired = crds
+        .into_iter()
+        .chain(agent.iter().cloned())
+        .chain(extra.iter().cloned())
+        .map(|v| plumb_core::Manifest::from_value(v, None))
+        .collect::<Result<Vec<_>, _>>()
+        .context("a built-in manifest is not a Kubernetes object")?;
+    // Through the engine like any sync: a server-side dry-run of everything first, Namespace
+    // and CRDs first, custom resources once their CRDs are Established.
+    let mut opts = SyncOptions::new(SyncId::new(&args.namespace, INSTALL_SYNC));
+    opts.force_conflicts = true;
+    opts.dry_run = args.dry_run;
+    opts.crd_timeout = args.timeout;
+    let engine = plumb_kube::Engine::new(client.clone());
+    let report = engine
+        .sync(
+            desired,
+            &Inventory::default(),
+            &opts,
+            &plumb_kube::NoProgress,
+        )
+        .await
+        .context("installing")?;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for c in &report.changes.entries {
+        if c.action != Action::Failed {
+            println!("✔ {} applied{suffix} ({})", c.key, c.action);
         }
+    }
+    if let Some(failure) = report.error() {
+        return Err(anyhow::Error::new(failure).context("installing"));
+    }
+    if args.dry_run {
+        println!("✔ the API server accepts every object (dry run: nothing was written)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names: Vec<&str> = crd_names.iter().map(String::as_str).collect();
+    plumb_kube::await_crds_established(&client, &names, args.timeout)
+        .await
+        .context("check `kubectl get crd -o yaml` for the CRDs' conditions")?;
+    for name in &names {
+        println!("✔ CustomResourceDefinition {name} established");
+    }
+    if !agent.is_empty() {
         println!(
             "✔ agent installed in namespace {} (check: kubectl -n {} get deployment plumb-agent)",
             args.namespace, args.namespace
         );
-    }
-    if !extra.is_empty() {
-        apply_all(&client, extra, &params).await?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -155,82 +191,6 @@ fn relocate(doc: &mut Value, namespace: &str) {
             }
         }
     }
-}
-
-/// Applies the CRDs and waits until the API server serves them.
-async fn install_crds(
-    client: &Client,
-    crds: &[Value],
-    params: &PatchParams,
-    timeout: Duration,
-) -> Result<()> {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let mut names = Vec::new();
-    for crd in crds {
-        let name = crd["metadata"]["name"]
-            .as_str()
-            .context("a built-in CRD has no name")?;
-        api.patch(name, params, &Patch::Apply(crd))
-            .await
-            .with_context(|| format!("applying CustomResourceDefinition {name}"))?;
-        names.push(name.to_owned());
-    }
-    if params.dry_run {
-        println!("✔ CustomResourceDefinitions accepted (dry run)");
-        return Ok(());
-    }
-    let deadline = Instant::now() + timeout;
-    for name in &names {
-        loop {
-            let crd = api
-                .get(name)
-                .await
-                .with_context(|| format!("reading CustomResourceDefinition {name}"))?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                println!("✔ CustomResourceDefinition {name} established");
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "CustomResourceDefinition {name} was not Established after {timeout:?}: \
-                     check `kubectl get crd {name} -o yaml` for its conditions"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-    Ok(())
-}
-
-/// Server-side applies objects in order (the Namespace comes first in the file).
-async fn apply_all(client: &Client, docs: &[Value], params: &PatchParams) -> Result<()> {
-    let resolver = plumb_kube::discovery::Resolver::new(client.clone())
-        .await
-        .context("discovering the cluster's API resources")?;
-    for doc in docs {
-        let key = plumb_core::ObjectKey::from_object(doc);
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let (group, version) = split_api_version(api_version);
-        let resolved = resolver
-            .resolve_gvk(group, version, &key.kind)
-            .with_context(|| format!("the cluster does not serve {api_version} {}", key.kind))?;
-        let api: Api<DynamicObject> = match (&key.namespace, resolved.namespaced) {
-            (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &resolved.resource),
-            _ => Api::all_with(client.clone(), &resolved.resource),
-        };
-        api.patch(&key.name, params, &Patch::Apply(doc))
-            .await
-            .with_context(|| format!("applying {key}"))?;
-        let suffix = if params.dry_run { " (dry run)" } else { "" };
-        println!("✔ {key} applied{suffix}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

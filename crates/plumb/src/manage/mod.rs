@@ -78,7 +78,7 @@ pub async fn run(global: &Global, command: ManageCommand) -> Result<ExitCode> {
 }
 
 /// The field manager of everything these commands write.
-const FIELD_MANAGER: &str = "plumb";
+use plumb_kube::FIELD_MANAGER;
 
 /// The namespace option of commands that address one namespace.
 #[derive(Debug, Clone, Args)]
@@ -107,16 +107,8 @@ impl Kind {
     }
 }
 
-/// Output formats of listing commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// A human-readable table.
-    Table,
-    /// JSON for scripts.
-    Json,
-    /// YAML.
-    Yaml,
-}
+/// Output formats (one enum for every command).
+pub use crate::cli::Output as Format;
 
 /// A connected client and the namespace to work in.
 async fn connect(global: &Global, namespace: Option<&str>) -> Result<(Client, String)> {
