@@ -184,7 +184,9 @@ where
 }
 
 /// Reconciles one GitSource: its deletion here, everything else in
-/// [`crate::gitsource::reconcile`].
+/// [`crate::gitsource::reconcile`]. Everything it logs, across every await, is in the span
+/// `reconcile{kind=GitSource object=...}`.
+#[tracing::instrument(name = "reconcile", skip_all, fields(kind = "GitSource", object = %crate::context::backoff_key(gs.as_ref())))]
 pub async fn reconcile_source(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> {
     if gs.metadata.deletion_timestamp.is_some() {
         return source_deleted(&gs, &ctx).await;

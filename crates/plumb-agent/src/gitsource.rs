@@ -28,7 +28,6 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
     let ns = gs.namespace().unwrap_or_default();
     let name = gs.name_any();
     let key = crate::context::backoff_key(gs.as_ref());
-    let _span = tracing::info_span!("reconcile", object = %key).entered();
     if gs.spec.suspend {
         return Ok(Action::await_change());
     }
@@ -36,7 +35,6 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
         Some(i) => plumb_core::parse_duration(i).map_err(|e| format!("spec.interval: {e}")),
         None => Ok(DEFAULT_INTERVAL),
     };
-    drop(_span);
 
     // An invalid interval is reported in the status like any other failure.
     let result = match &interval {
@@ -56,6 +54,9 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
                 .observe_reconcile(ReconcileKind::GitSource, Outcome::Success, elapsed);
             ctx.reset_backoff(&key);
             let new_commit = st.artifact.as_ref().map(|a| &a.commit) != Some(&artifact.commit);
+            if new_commit {
+                tracing::info!(revision = %artifact.revision, "fetched and verified a new revision");
+            }
             let mut message = format!("stored artifact for revision {}", artifact.revision);
             if gs.spec.insecure && plumb_source::fetch::is_http(&gs.spec.url) {
                 message

@@ -29,7 +29,9 @@ pub const HISTORY_LIMIT: usize = 10;
 /// How soon to look again while a dependency or the source is not ready.
 const NOT_READY_RETRY: Duration = Duration::from_secs(5);
 
-/// Reconciles one Sync.
+/// Reconciles one Sync. Everything it logs, across every await, is in the span
+/// `reconcile{kind=Sync object=...}`.
+#[tracing::instrument(name = "reconcile", skip_all, fields(kind = "Sync", object = %crate::context::backoff_key(sync.as_ref())))]
 pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     let ns = sync.namespace().unwrap_or_default();
     let name = sync.name_any();
@@ -485,6 +487,11 @@ fn record_applied(
     took: Duration,
 ) -> String {
     let message = format!("applied revision {}: {counts}{note}", artifact.revision);
+    if counts.created + counts.configured + counts.pruned > 0 {
+        tracing::info!(revision = %artifact.revision, changes = %counts, "applied");
+    } else {
+        tracing::debug!(revision = %artifact.revision, "applied, nothing changed");
+    }
     st.observed_generation = sync.metadata.generation;
     st.last_applied_revision = Some(artifact.revision.clone());
     st.drift.clear();

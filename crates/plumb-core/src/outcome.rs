@@ -182,6 +182,7 @@ mod tests {
                 prune: true,
                 allow_empty: false,
                 adopt: false,
+                own: true,
             },
         )
         .expect("plans");

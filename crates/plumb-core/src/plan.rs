@@ -78,6 +78,11 @@ pub struct PlanOptions {
     /// Take over desired objects that carry another Sync's ownership labels (otherwise they
     /// are a [`PlanError::OwnedByAnother`] conflict).
     pub adopt: bool,
+    /// Mark the desired objects with the sync's ownership labels (and refuse those another
+    /// sync owns, unless `adopt`). False for a one-off apply that owns nothing and can
+    /// therefore prune nothing (`plumb install`): objects keep the labels they have, so that
+    /// a Sync may own them later.
+    pub own: bool,
 }
 
 /// At most this many conflicts are named in the message (all are in the error).
@@ -180,11 +185,13 @@ pub fn plan(
                 second: describe_source(&m),
             });
         }
-        mark_owned(&mut m, &opts.sync);
+        if opts.own {
+            mark_owned(&mut m, &opts.sync);
+        }
         by_key.insert(key, m);
     }
 
-    if !opts.adopt {
+    if opts.own && !opts.adopt {
         let conflicts: Vec<(ObjectKey, SyncId)> = by_key
             .keys()
             .filter_map(|key| {
@@ -219,7 +226,7 @@ pub fn plan(
             prune_skipped.push((entry.clone(), skip_reason::NOT_OWNED.to_owned()));
             continue;
         }
-        let reason = if !opts.prune {
+        let reason = if !opts.prune || !opts.own {
             Some(skip_reason::PRUNE_DISABLED)
         } else if entry.key.group.is_empty()
             && entry.key.kind == "Namespace"
@@ -286,7 +293,73 @@ mod tests {
             prune: true,
             allow_empty: false,
             adopt: false,
+            own: true,
         }
+    }
+
+    #[test]
+    fn an_unowned_apply_labels_nothing_refuses_no_owner_and_prunes_nothing() {
+        let other = SyncId::new("ops", "other");
+        let mut live_obj = m("v1", "ConfigMap", Some("a"), "c").object;
+        live_obj["metadata"]["labels"] = json!({
+            crate::SYNC_NAME_LABEL: other.name, crate::SYNC_NAMESPACE_LABEL: other.namespace});
+        let key = m("v1", "ConfigMap", Some("a"), "c").key();
+        let live: BTreeMap<ObjectKey, Value> = [(key, live_obj.clone())].into();
+        let mut stale = m("v1", "ConfigMap", Some("a"), "stale").object;
+        stale["metadata"]["labels"] = json!({
+            crate::SYNC_NAME_LABEL: "apps", crate::SYNC_NAMESPACE_LABEL: "ops"});
+        let stale = Manifest::from_value(stale, None).unwrap();
+        let mut live = live;
+        live.insert(stale.key(), stale.object.clone());
+        let previous =
+            Inventory::from_manifests(&[Manifest::from_value(live_obj, None).unwrap(), stale]);
+        let unowned = PlanOptions {
+            own: false,
+            ..opts()
+        };
+        let p = plan(
+            vec![m("v1", "ConfigMap", Some("a"), "c")],
+            &live,
+            &previous,
+            &unowned,
+        )
+        .expect("no ownership conflict without ownership");
+        let planned = p.manifests().next().unwrap();
+        assert_eq!(
+            planned.object,
+            m("v1", "ConfigMap", Some("a"), "c").object,
+            "labels as rendered"
+        );
+        assert!(
+            planned.object["metadata"].get("labels").is_none(),
+            "{planned:?}"
+        );
+        assert!(p.prune.is_empty(), "{:?}", p.prune);
+        assert!(
+            plan(
+                vec![m("v1", "ConfigMap", Some("a"), "c")],
+                &live,
+                &previous,
+                &opts()
+            )
+            .is_err()
+        );
+        let owned = PlanOptions {
+            adopt: true,
+            ..opts()
+        };
+        let p = plan(
+            vec![m("v1", "ConfigMap", Some("a"), "c")],
+            &live,
+            &previous,
+            &owned,
+        )
+        .unwrap();
+        assert_eq!(
+            p.prune.len(),
+            1,
+            "the same plan with ownership prunes the stale object"
+        );
     }
 
     #[test]

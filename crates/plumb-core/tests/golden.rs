@@ -116,6 +116,7 @@ fn plan_golden() {
             prune: o.prune,
             allow_empty: o.allow_empty,
             adopt: false,
+            own: true,
         };
         let out = match plan(desired, &live, &inventory, &opts) {
             Err(e) => format!("error: {e}\n"),

@@ -173,7 +173,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::logging::init(cli.global.verbose);
+    let agent = matches!(cli.command, Command::Agent(_));
+    crate::logging::init(cli.global.verbose, agent);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

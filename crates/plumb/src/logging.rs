@@ -1,13 +1,15 @@
-//! Logs on stderr: quiet by default, `-v` for more, JSON when stderr is not a terminal.
+//! Logs on stderr: quiet by default (the agent: info, so that a deployed agent shows what it
+//! applied and corrected), `-v` for more, JSON when stderr is not a terminal.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the level chosen by `-v`.
-pub fn init(verbose: u8) {
+pub fn init(verbose: u8, agent: bool) {
     let level = match verbose {
         // kube-client logs every non-2xx response as an error; plumb reports those itself.
+        0 if agent => "info,kube_client=off,kube_runtime=warn",
         0 => "warn,kube_client=off",
         1 => "info,plumb=info",
         2 => "debug,hyper=info,rustls=info,tower=info",

@@ -49,6 +49,9 @@ pub struct SyncOptions {
     pub force_conflicts: bool,
     /// Take over objects that carry another Sync's ownership labels.
     pub adopt: bool,
+    /// Mark applied objects with the sync's ownership labels (the default). Off for a
+    /// one-off apply that owns nothing and prunes nothing (`plumb install`).
+    pub own: bool,
     /// Validate and report, write nothing.
     pub dry_run: bool,
     /// How many objects are applied at once within a stage.
@@ -73,6 +76,7 @@ impl SyncOptions {
             allow_empty: false,
             force_conflicts: false,
             adopt: false,
+            own: true,
             dry_run: false,
             concurrency: 8,
             crd_timeout: Duration::from_secs(60),

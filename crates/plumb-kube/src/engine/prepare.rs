@@ -111,6 +111,7 @@ impl<C: Cluster> Engine<C> {
                 prune: opts.prune,
                 allow_empty: opts.allow_empty,
                 adopt: opts.adopt,
+                own: opts.own,
             },
         )?;
 

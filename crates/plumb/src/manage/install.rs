@@ -20,7 +20,7 @@ const AGENT_YAML: &str = include_str!("../../../../deploy/agent.yaml");
 const DEFAULT_NAMESPACE: &str = "plumb-system";
 /// The agent image, without tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/plumb-dev/plumb";
-/// The sync unit `plumb install` applies as (its ownership labels mark what it installed).
+/// The sync unit `plumb install` applies as (it marks nothing as owned).
 const INSTALL_SYNC: &str = "plumb-install";
 /// The ServiceAccount `--multi-tenant` applies Syncs as when they name none: every namespace
 /// has one, and it has no rights until an admin grants them.
@@ -94,7 +94,10 @@ pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Re
         .context("a built-in manifest is not a Kubernetes object")?;
     // Through the engine like any sync: a server-side dry-run of everything first, Namespace
     // and CRDs first, custom resources once their CRDs are Established.
+    // It owns nothing: no ownership labels, so that a Sync (`plumb bootstrap`'s) may own
+    // these objects from Git later, and nothing to prune.
     let mut opts = SyncOptions::new(SyncId::new(&args.namespace, INSTALL_SYNC));
+    opts.own = false;
     opts.force_conflicts = true;
     opts.dry_run = args.dry_run;
     opts.crd_timeout = args.timeout;
