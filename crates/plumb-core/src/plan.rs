@@ -330,10 +330,6 @@ mod tests {
             m("v1", "ConfigMap", Some("a"), "c").object,
             "labels as rendered"
         );
-        assert!(
-            planned.object["metadata"].get("labels").is_none(),
-            "{planned:?}"
-        );
         assert!(p.prune.is_empty(), "{:?}", p.prune);
         assert!(
             plan(
