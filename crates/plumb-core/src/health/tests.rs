@@ -15,7 +15,7 @@ fn deploy(spec: Value, status: Value) -> Value {
 }
 
 #[test]
-pub(super) fn deployment() {
+fn deployment() {
     let ok = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3});
     check(
         deploy(json!({"replicas": 3}), ok.clone()),
