@@ -25,9 +25,9 @@ pub(super) fn finish(hasher: Sha256) -> String {
     digest
 }
 
-/// The digest [`export_tree`] reports, computed from what is in `dir` now (files, executable
-/// bits and symlink targets; directories count only through their contents). Links are not
-/// followed. Blocking.
+/// The digest [`export_tree`](super::export_tree) reports, computed from what is in `dir` now
+/// (files, executable bits and symlink targets; directories count only through their
+/// contents). Links are not followed. Blocking.
 pub fn digest_dir(dir: &Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt as _;
     let io = |path: &Path| {

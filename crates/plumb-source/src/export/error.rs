@@ -40,7 +40,7 @@ pub enum Error {
         /// Its target.
         target: String,
     },
-    /// An [`ExportLimits`] limit was exceeded.
+    /// An [`ExportLimits`](super::ExportLimits) limit was exceeded.
     #[error(
         "{what} in commit {commit}{at} exceeds the limit of {limit} ({actual}); leave it out \
          with .plumbignore or raise the agent's limit"

@@ -31,8 +31,9 @@ pub struct TreeItem {
     pub id: ObjectId,
 }
 
-/// Where an export reads trees and blobs from: a repository ([`export_tree`]) or, for tests
-/// and fuzzing, memory ([`MemSource`]). Errors are messages; the export adds the path.
+/// Where an export reads trees and blobs from: a repository
+/// ([`export_tree`](super::export_tree)) or, for tests and fuzzing, memory ([`MemSource`]).
+/// Errors are messages; the export adds the path.
 pub trait ObjectSource {
     /// The entries of a tree, in stored order.
     fn tree(&self, id: ObjectId) -> std::result::Result<Vec<TreeItem>, String>;
