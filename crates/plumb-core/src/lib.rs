@@ -3,6 +3,8 @@
 //! Nothing here does I/O. The data flow is render -> [`plan`] -> apply (elsewhere) ->
 //! [`ChangeSet`] -> [`health`].
 
+#![warn(clippy::unwrap_used)]
+
 pub mod changeset;
 pub mod diff;
 pub mod duration;

@@ -5,6 +5,8 @@
 //! instead. Symlinks and paths out of the root are refused, sizes and counts are capped, and
 //! every error names the file (relative to the root) and line. Nothing partial is returned.
 
+#![warn(clippy::unwrap_used)]
+
 mod error;
 mod kustomize;
 mod parse;

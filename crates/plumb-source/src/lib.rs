@@ -4,6 +4,8 @@
 //! `git` CLI), resolves a [`GitRef`], verifies signatures in-process ([`verify`]) and exports
 //! the tree into a directory ([`export`]), returning an [`Artifact`].
 
+#![warn(clippy::unwrap_used)]
+
 pub mod export;
 pub mod fetch;
 pub mod keyring;
