@@ -1,6 +1,8 @@
 //! Plumb's in-cluster agent: the `GitSource` and `Sync` API and their reconcilers, leader
 //! election, the webhook receiver, metrics and health endpoints.
 
+#![warn(clippy::unwrap_used)]
+
 pub mod api;
 pub mod artifacts;
 pub mod context;

@@ -1,5 +1,7 @@
 //! The `plumb` command: parse, run, map the outcome to an exit code.
 
+#![warn(clippy::unwrap_used)]
+
 mod agent;
 mod cli;
 mod commands;
