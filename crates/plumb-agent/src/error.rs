@@ -16,6 +16,12 @@ pub enum Error {
     /// The spec (or a Secret/ConfigMap it names) is wrong.
     #[error("{0}")]
     Spec(String),
+    /// Leader election failed to start.
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] crate::leader::Error),
+    /// The agent lost its leader Lease: it stops reconciling and restarts as a standby.
+    #[error("lost the leader Lease; restarting as a standby")]
+    LostLeadership,
     /// Something the object depends on is not ready yet; retried soon.
     #[error("{0}")]
     NotReady(String),
@@ -47,6 +53,7 @@ impl Error {
             Error::Render(e) => e.is_retryable(),
             Error::Kube(e) => e.is_retryable(),
             Error::Spec(_) => false,
+            Error::LeaderElection(_) | Error::LostLeadership => true,
             Error::NotReady(_) | Error::Api { .. } | Error::Io { .. } => true,
         }
     }
@@ -75,6 +82,7 @@ impl Error {
             Error::Kube(plumb_kube::Error::Unhealthy { .. }) => "HealthCheckFailed",
             Error::Kube(_) => "ApplyFailed",
             Error::Spec(_) => "InvalidSpec",
+            Error::LeaderElection(_) | Error::LostLeadership => "LeaderElection",
             Error::NotReady(_) => "DependencyNotReady",
             Error::Api { .. } | Error::Io { .. } => "ReconcileError",
         }
@@ -87,6 +95,7 @@ impl Error {
             Error::Render(e) => e.metric_label(),
             Error::Kube(e) => e.metric_label(),
             Error::Spec(_) => "spec",
+            Error::LeaderElection(_) | Error::LostLeadership => "leader_election",
             Error::NotReady(_) => "not_ready",
             Error::Api { .. } => "api",
             Error::Io { .. } => "io",

@@ -123,8 +123,7 @@ pub async fn run(
                 &options.config.identity,
                 l.lease_duration,
             )
-            .await
-            .map_err(|e| Error::Spec(format!("leader election: {e}")))?;
+            .await?;
             readiness.set(true);
             let mut changes = election.changes();
             tracing::info!(identity = %options.config.identity, "waiting to become the leader");
@@ -209,9 +208,7 @@ pub async fn run(
         let _ = s.await;
     }
     if lost_leadership {
-        return Err(Error::Spec(
-            "lost the leader Lease; restarting as a standby".into(),
-        ));
+        return Err(Error::LostLeadership);
     }
     Ok(())
 }
