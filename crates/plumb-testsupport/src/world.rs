@@ -29,7 +29,7 @@ use crate::kube::{PrivateControlPlane, TestNamespace, apply_crds, client, eventu
 mod agent;
 mod objects;
 
-pub use agent::{Agent, AgentProcess, AgentSpec, Launcher, Process};
+pub use agent::{Agent, AgentProcess, AgentSpec, Launcher, Process, wait_healthy};
 pub use objects::{GitSourceBuilder, SyncBuilder};
 
 /// How long the waits without a timeout argument wait.
