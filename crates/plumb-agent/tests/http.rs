@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use plumb_agent::http::{self, HttpState, Readiness};
 use plumb_agent::metrics::{Metrics, Outcome, ReconcileKind};
-use prometheus_client::registry::Registry;
 use plumb_testsupport::http::Reply;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpStream;
 
 /// One request on a fresh connection, through the tests' one HTTP client.

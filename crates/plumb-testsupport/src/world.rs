@@ -86,7 +86,15 @@ impl World {
             .map(PathBuf::from)
             .context("KUBECONFIG is not set")?;
         let ns = TestNamespace::create(&client, prefix).await?;
-        Self::build(client, kubeconfig, ns.name().to_owned(), Some(ns), prefix, remote).await
+        Self::build(
+            client,
+            kubeconfig,
+            ns.name().to_owned(),
+            Some(ns),
+            prefix,
+            remote,
+        )
+        .await
     }
 
     /// A world on a private control plane, with a local repository: its namespace

@@ -39,7 +39,8 @@ fn process() -> Process {
 async fn killed_agent_process_converges_after_restart() -> Result<()> {
     const MANY: usize = 150;
     let w = World::new("kill").await?;
-    let mut agent = w.spawn(&process(), AgentSpec::new("kill-1").cache("cache"))
+    let mut agent = w
+        .spawn(&process(), AgentSpec::new("kill-1").cache("cache"))
         .await?;
     let first = w.commit(&[("app/cm.yaml", &configmap("base", "1"))], w.signing())?;
     w.create(w.git_source("repo").verify("range")).await?;
@@ -89,7 +90,8 @@ async fn killed_agent_process_converges_after_restart() -> Result<()> {
 
     // A new process on the same cache directory (what a container restart in the same pod
     // sees) converges.
-    let restarted = w.spawn(&process(), AgentSpec::new("kill-2").cache("cache"))
+    let restarted = w
+        .spawn(&process(), AgentSpec::new("kill-2").cache("cache"))
         .await?;
     let sync = w.wait_applied::<Sync>("app", &second, WAIT).await?;
     let items = cms.list(&ListParams::default()).await?.items;
@@ -205,7 +207,8 @@ async fn two_agent_processes_fail_over() -> Result<()> {
 async fn sigterm_during_a_long_health_wait_exits_at_once_and_releases_the_lease() -> Result<()> {
     let w = World::new("sigterm").await?;
     let lease = format!("plumb-agent-{}", w.suffix());
-    let mut agent = w.spawn(&process(), AgentSpec::new("waiter").lease(&lease))
+    let mut agent = w
+        .spawn(&process(), AgentSpec::new("waiter").lease(&lease))
         .await?;
     // A Deployment whose pods fit no node never becomes Available: a ten-minute health wait.
     let stuck = "apiVersion: apps/v1
@@ -225,10 +228,13 @@ spec:
       - name: app
         image: nginx:1.27
 ";
-    let first = w.commit(&[
-        ("app/cm.yaml", &configmap("settings", "1")),
-        ("app/stuck.yaml", stuck),
-    ], w.signing())?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "1")),
+            ("app/stuck.yaml", stuck),
+        ],
+        w.signing(),
+    )?;
     w.create(w.git_source("repo").verify("range")).await?;
     w.create(w.sync("app").with_spec(json!({
         "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",

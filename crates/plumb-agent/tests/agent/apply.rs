@@ -63,7 +63,10 @@ async fn agent_applies_signed_commits_and_heals_drift() -> Result<()> {
 
     // A new signed commit is applied; removing a file prunes its object.
     w.wt().remove("app/web.yaml")?;
-    let second = w.commit(&[("app/cm.yaml", &configmap("settings", "v2"))], w.signing())?;
+    let second = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v2"))],
+        w.signing(),
+    )?;
     w.poke_source().await?;
     let sync = w.wait_applied("app", &second).await?;
     w.wait_value("settings", "v2").await?;
@@ -312,7 +315,10 @@ async fn an_edit_during_an_apply_is_healed_after_it() -> Result<()> {
 #[tokio::test]
 async fn a_second_sync_claiming_the_same_objects_is_refused_unless_it_adopts() -> Result<()> {
     let w = World::new("claim").await?;
-    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], w.signing())?;
+    let first = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v1"))],
+        w.signing(),
+    )?;
     w.create_source("range").await?;
     w.create_sync("app", "correct").await?;
     w.wait_applied("app", &first).await?;
@@ -359,7 +365,10 @@ async fn a_second_sync_claiming_the_same_objects_is_refused_unless_it_adopts() -
 #[tokio::test]
 async fn invalid_durations_are_reported_in_the_status() -> Result<()> {
     let w = World::new("durations").await?;
-    w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], w.signing())?;
+    w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v1"))],
+        w.signing(),
+    )?;
     let gs: GitSource = serde_json::from_value(json!({
         "apiVersion": "plumb.dev/v1alpha1", "kind": "GitSource",
         "metadata": { "name": "bad-interval" },
@@ -470,7 +479,10 @@ async fn a_failure_after_written_stages_says_what_was_written() -> Result<()> {
 #[tokio::test]
 async fn a_retry_of_the_same_revision_keeps_the_signer_in_history() -> Result<()> {
     let w = World::new("resigned").await?;
-    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], w.signing())?;
+    let first = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v1"))],
+        w.signing(),
+    )?;
     w.create_source("range").await?;
     w.create_sync("app", "correct").await?;
     w.wait_applied("app", &first).await?;

@@ -48,10 +48,12 @@ async fn agent_process_applies_a_signed_commit_and_serves_metrics() -> Result<()
         client: None,
         configure: &configure,
     };
-    let agent = w.spawn(&launcher, AgentSpec::new("proc-agent"))
-        .await?;
+    let agent = w.spawn(&launcher, AgentSpec::new("proc-agent")).await?;
 
-    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "v1"))], w.signing())?;
+    let first = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v1"))],
+        w.signing(),
+    )?;
     w.create(w.git_source("repo").verify("range")).await?;
     w.create(w.sync("app")).await?;
     let sync = w.wait_applied("app", &first).await?;
@@ -161,7 +163,8 @@ async fn webhook_process_rejects_bad_hmac_and_triggers_on_good() -> Result<()> {
         client: None,
         configure: &configure,
     };
-    let agent = w.spawn(&launcher, AgentSpec::new("hook-agent").webhook())
+    let agent = w
+        .spawn(&launcher, AgentSpec::new("hook-agent").webhook())
         .await?;
     let hook = agent.webhook_addr().context("the webhook address")?;
     // The webhook port (the one Git hosts reach) serves hooks only: no metrics, no health.
@@ -206,7 +209,9 @@ async fn webhook_process_rejects_bad_hmac_and_triggers_on_good() -> Result<()> {
     // Correctly signed: accepted, the source fetches and the Sync applies the push at once.
     let started = Instant::now();
     let good = hmac_signature(TOKEN, &body);
-    let reply = http::post(hook, &path,
+    let reply = http::post(
+        hook,
+        &path,
         &[("X-Signature", &good), ("Content-Type", "application/json")],
         &body,
     )
@@ -224,7 +229,8 @@ async fn webhook_process_rejects_bad_hmac_and_triggers_on_good() -> Result<()> {
         reply.body
     );
     w.inner
-        .wait_applied::<Sync>("app", &second, Duration::from_secs(20)).await?;
+        .wait_applied::<Sync>("app", &second, Duration::from_secs(20))
+        .await?;
     w.wait_value("hooked", "2").await?;
     eprintln!("webhook push applied in {:.1?}", started.elapsed());
 

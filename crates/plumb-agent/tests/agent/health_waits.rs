@@ -48,11 +48,17 @@ async fn a_heal_after_a_failed_health_wait_sets_the_newest_revision_written() ->
     let w = World::new("healnewest").await?;
     // Revision A: no replicas, so healthy at once; B: three replicas that never become
     // available, with a short wait.
-    let first = w.commit(&[("app/web.yaml", &stuck_deployment("web", 0))], w.signing())?;
+    let first = w.commit(
+        &[("app/web.yaml", &stuck_deployment("web", 0))],
+        w.signing(),
+    )?;
     w.create_source("range").await?;
     w.create_sync_spec("app", waiting_sync("5s")).await?;
     w.wait_applied("app", &first).await?;
-    let second = w.commit(&[("app/web.yaml", &stuck_deployment("web", 3))], w.signing())?;
+    let second = w.commit(
+        &[("app/web.yaml", &stuck_deployment("web", 3))],
+        w.signing(),
+    )?;
     w.poke_source().await?;
     let syncs = w.syncs();
     eventually("B's health wait to time out", WAIT, || {

@@ -106,7 +106,7 @@ async fn local_sources_are_refused_unless_allowed() -> Result<()> {
     let (reason, message) = wait_source_refused(&sources, "repo").await?;
     assert_eq!(reason, "InvalidSpec", "{message}");
     assert!(
-        message.contains("--allow-local-sources") && message.contains(&w.url()),
+        message.contains("--allow-local-sources") && message.contains(w.url()),
         "{message}"
     );
     let stalled = source_condition(&sources, "repo", "Stalled").await?;
@@ -114,7 +114,7 @@ async fn local_sources_are_refused_unless_allowed() -> Result<()> {
     // Refused before any fetch: nothing of the repository reached the agent's cache.
     let cache = w.cache_dir("strict");
     let fetcher = plumb_source::Fetcher::new(cache.join("git"));
-    assert!(!fetcher.repo_path(&w.url()).exists());
+    assert!(!fetcher.repo_path(w.url()).exists());
     let files = files_under(&cache);
     assert!(
         !files

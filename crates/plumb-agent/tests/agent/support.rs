@@ -48,7 +48,10 @@ pub(crate) async fn source_condition(
 }
 
 /// Waits until GitSource `name` is Ready=False and returns the condition's reason and message.
-pub(crate) async fn wait_source_refused(sources: &Api<GitSource>, name: &str) -> Result<(String, String)> {
+pub(crate) async fn wait_source_refused(
+    sources: &Api<GitSource>,
+    name: &str,
+) -> Result<(String, String)> {
     eventually(&format!("GitSource {name} to be refused"), WAIT, || {
         let sources = sources.clone();
         async move {

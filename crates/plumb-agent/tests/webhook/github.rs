@@ -9,12 +9,7 @@ use tokio::net::TcpStream;
 /// before it has read the whole body and may close the connection under a client that is
 /// still writing, which an HTTP client reports as an error instead of the answer. About the
 /// raw exchange, so no HTTP client here.
-async fn post_raw(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
+async fn post_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\

@@ -175,4 +175,3 @@ fn github_push(repo: &str) -> Vec<u8> {
 }
 
 const TOKEN: &str = "It's a Secret to Everybody";
-

@@ -29,7 +29,6 @@
 //! Ready until its interval; a reconcile from a stale cached Sync writing over the status just
 //! written (every status write now starts from the status as the API server has it).
 
-
 mod agent_killed;
 mod control_plane;
 mod git_server;
