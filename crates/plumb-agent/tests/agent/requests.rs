@@ -1,0 +1,219 @@
+//! What the agent sends the API server: nothing per object in a steady state, bounded
+//! concurrency when much is healed at once.
+
+use super::*;
+
+#[tokio::test]
+async fn steady_state_makes_no_per_object_requests() -> Result<()> {
+    // The agent's client records every request it sends.
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        recorder
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", req.method(), req.uri()));
+        req
+    });
+    let config = kube::Config::infer().await?;
+    let counting = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+    let w = World::with_agent_client("steady", Some(counting)).await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("quiet", "1")),
+            ("app/web.yaml", &deployment("web", 1)),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    // Re-apply every second: the agent must notice each time that nothing changed.
+    w.create_sync_every("app", "correct", "1s").await?;
+    w.wait_applied("app", &first).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    requests.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen = requests.lock().unwrap().clone();
+    let reconciles = seen
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/gitsources/repo"))
+        .count();
+    assert!(
+        reconciles >= 3,
+        "the Sync should have been reconciled every second: {seen:#?}"
+    );
+    let per_object: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.contains("/configmaps") || r.contains("/deployments"))
+        .filter(|r| !r.contains("watch=true"))
+        .collect();
+    assert!(
+        per_object.is_empty(),
+        "steady state made per-object requests: {per_object:#?}"
+    );
+
+    // And a manual change is still healed: the watch, not polling, does it.
+    w.edit_by_hand("quiet", "noise").await?;
+    w.wait_value("quiet", "1").await?;
+
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> Result<()> {
+    let (counting, requests) = recording_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("elsewhere", Some(counting)).await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("mine", "1")),
+            ("app/companion.yaml", &configmap("companion", "1")),
+            ("other/cm.yaml", &configmap("theirs", "1")),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+
+    // A commit that changes only another directory: the Sync takes the new revision (the audit
+    // trail names it) without a request per object.
+    requests.lock().unwrap().clear();
+    let second = w.commit(&[("other/cm.yaml", &configmap("theirs", "2"))], w.signing())?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("app", &second).await?;
+    let st = sync.status.unwrap();
+    assert_eq!(st.history[0].changes, "2 unchanged", "{:?}", st.history[0]);
+    assert_eq!(st.history[0].result, "success");
+    let per_object: Vec<String> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.contains("/configmaps") && !r.contains("watch=true"))
+        // The GitSource reads its allowed signers on every fetch.
+        .filter(|r| !r.contains("/configmaps/signers"))
+        .cloned()
+        .collect();
+    assert!(
+        per_object.is_empty(),
+        "an unchanged rendering made per-object requests: {per_object:#?}"
+    );
+
+    // A commit inside the path is applied; the object it did not change, which the watch
+    // has seen unchanged, is neither dry-run nor written.
+    requests.lock().unwrap().clear();
+    let third = w.commit(&[("app/cm.yaml", &configmap("mine", "3"))], w.signing())?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("app", &third).await?;
+    w.wait_value("mine", "3").await?;
+    let st = sync.status.unwrap();
+    assert_eq!(
+        st.history[0].changes, "1 configured, 1 unchanged",
+        "{:?}",
+        st.history[0]
+    );
+    let seen = requests.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|r| r.starts_with("PATCH") && r.contains("/configmaps/mine")),
+        "the changed ConfigMap was not applied: {seen:#?}"
+    );
+    // (The live state is still read: one GET here, one LIST per kind in larger Syncs.)
+    let companion: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.starts_with("PATCH") && r.contains("/configmaps/companion"))
+        .collect();
+    assert!(
+        companion.is_empty(),
+        "the unchanged object was dry-run or applied: {companion:#?}"
+    );
+
+    // A manual change, then a commit outside the path: the drift is healed either way.
+    w.edit_by_hand("mine", "edited").await?;
+    let fourth = w.commit(&[("other/cm.yaml", &configmap("theirs", "4"))], w.signing())?;
+    w.poke_source().await?;
+    w.wait_applied("app", &fourth).await?;
+    w.wait_value("mine", "3").await?;
+
+    w.stop().await;
+    Ok(())
+}
+
+/// A client that tracks how many of its requests are in flight, and the most at once.
+fn concurrency_client(
+    config: kube::Config,
+) -> Result<(Client, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let now = std::sync::Arc::new(AtomicUsize::new(0));
+    let peak = std::sync::Arc::new(AtomicUsize::new(0));
+    let (up, down, top) = (now.clone(), now, peak.clone());
+    let enter = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let n = up.fetch_add(1, Ordering::SeqCst) + 1;
+        top.fetch_max(n, Ordering::SeqCst);
+        req
+    });
+    let leave = tower::util::MapResultLayer::new(move |result| {
+        down.fetch_sub(1, Ordering::SeqCst);
+        result
+    });
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&leave)
+        .with_layer(&enter)
+        .build();
+    Ok((client, peak))
+}
+
+/// Deleting 120 managed objects at once starts a drift check for each: they are healed, but
+/// never with more than a bounded number of requests in flight at a time.
+#[tokio::test]
+async fn a_mass_deletion_is_healed_with_bounded_concurrency() -> Result<()> {
+    let (client, peak) = concurrency_client(kube::Config::infer().await?)?;
+    let w = World::with_agent_client("mass", Some(client)).await?;
+    let files: Vec<(String, String)> = (0..120)
+        .map(|i| {
+            (
+                format!("app/cm-{i:03}.yaml"),
+                configmap(&format!("cm-{i:03}"), "1"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let first = w.commit(&refs, w.signing())?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    peak.store(0, std::sync::atomic::Ordering::SeqCst);
+    w.configmaps()
+        .delete_collection(
+            &Default::default(),
+            &kube::api::ListParams::default().labels("plumb.dev/sync-name=app"),
+        )
+        .await?;
+    for i in [0, 60, 119] {
+        w.wait_value(&format!("cm-{i:03}"), "1").await?;
+    }
+    let cms = w.configmaps();
+    eventually("all 120 ConfigMaps to be back", WAIT, || {
+        let cms = cms.clone();
+        async move {
+            let n = cms
+                .list(&kube::api::ListParams::default().labels("plumb.dev/sync-name=app"))
+                .await?
+                .items
+                .len();
+            Ok((n == 120).then_some(()))
+        }
+    })
+    .await?;
+    let most = peak.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("at most {most} requests in flight");
+    // 16 checks, plus the agent's watches, lease and status traffic.
+    assert!(most <= 24, "{most} requests were in flight at once");
+    w.stop().await;
+    Ok(())
+}
