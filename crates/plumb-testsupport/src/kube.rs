@@ -163,24 +163,15 @@ pub async fn apply_crds(client: &Client, path: &std::path::Path) -> Result<()> {
         )
         .await
         .with_context(|| format!("applying CRD {name}"))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let established = api
-                .get(&name)
-                .await?
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("CRD {name} was not Established within 30s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} was not Established within 30s"))?
+            .with_context(|| format!("watching CRD {name}"))?;
     }
     Ok(())
 }

@@ -46,6 +46,21 @@ async fn killed_agent_process_converges_after_restart() -> Result<()> {
     w.create(w.git_source("repo").verify("range")).await?;
     w.create(w.sync("app")).await?;
     w.wait_applied::<Sync>("app", &first, WAIT).await?;
+    // At its default log level a deployed agent says what it fetched and applied, inside the
+    // span of the reconcile that did it.
+    let log = std::fs::read_to_string(agent.log_path())?;
+    let applied = log
+        .lines()
+        .find(|l| l.contains(r#""message":"applied""#))
+        .with_context(|| format!("no `applied` line at the default level:\n{log}"))?;
+    assert!(
+        applied.contains(r#""level":"INFO""#)
+            && applied.contains(r#""name":"reconcile""#)
+            && applied.contains(r#""kind":"Sync""#)
+            && applied.contains(&first[..12]),
+        "{applied}"
+    );
+    assert!(log.contains("fetched and verified a new revision"), "{log}");
 
     let files: Vec<(String, String)> = (0..MANY)
         .map(|i| {

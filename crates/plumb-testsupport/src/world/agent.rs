@@ -161,7 +161,8 @@ impl Launcher for Process {
                 None
             };
             let mut cmd = Command::new(&self.bin);
-            cmd.args(["-v", "agent", "--watch-namespace", world.ns()])
+            // At the default log level (info for the agent), as deployed.
+            cmd.args(["agent", "--watch-namespace", world.ns()])
                 .args(["--metrics-addr", &metrics.to_string()])
                 .args(["--agent-namespace", world.ns()])
                 .args(["--identity", &spec.identity])
