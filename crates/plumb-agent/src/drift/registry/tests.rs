@@ -1,0 +1,316 @@
+//! Unit tests of `registry`.
+
+use super::*;
+
+type Reg = Registry<&'static str, ()>;
+
+fn sync(name: &str) -> SyncKey {
+    ("ns".to_owned(), name.to_owned())
+}
+
+fn cm(name: &str) -> ObjectKey {
+    ObjectKey::new("", "ConfigMap", Some("ns"), name)
+}
+
+fn seen(generation: Option<i64>, rv: &str, managers: &[(&str, &str)]) -> Seen {
+    Seen {
+        generation,
+        resource_version: Some(rv.to_owned()),
+        managers: managers
+            .iter()
+            .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
+            .collect(),
+    }
+}
+
+fn registration(
+    s: &SyncKey,
+    ticket: Ticket,
+    revision: &str,
+    scope: Scope,
+    objects: &[(&ObjectKey, &'static str)],
+) -> Registration<&'static str, ()> {
+    Registration {
+        sync: s.clone(),
+        ticket,
+        revision: revision.to_owned(),
+        scope,
+        objects: objects.iter().map(|(k, o)| ((*k).clone(), *o)).collect(),
+        shared: (),
+    }
+}
+
+fn complete(rendered: &str) -> Scope {
+    Scope::Complete {
+        rendered: rendered.to_owned(),
+    }
+}
+
+/// Registers `objects` at `revision` as a whole apply would: begin, register, end.
+fn apply(
+    reg: &mut Reg,
+    s: &SyncKey,
+    revision: &str,
+    scope: Scope,
+    objects: &[(&ObjectKey, &'static str)],
+) -> Vec<ObjectKey> {
+    let ticket = reg.begin_apply(s);
+    let r = reg.register(
+        registration(s, ticket, revision, scope, objects),
+        BTreeMap::new(),
+    );
+    assert!(matches!(r, Registered::Accepted { .. }), "{r:?}");
+    reg.end_apply(s)
+}
+
+fn check_of(reg: &mut Reg, key: &ObjectKey) -> Option<(String, &'static str)> {
+    match reg.target(key) {
+        Target::Check {
+            sync,
+            revision,
+            object,
+            ..
+        } => {
+            reg.check_done(&sync);
+            Some((revision, object))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn status_churn_of_a_generation_tracked_object_is_not_a_candidate() {
+    let a = seen(Some(3), "100", &[("plumb", "t1")]);
+    let b = seen(Some(3), "101", &[("plumb", "t1")]);
+    assert!(!is_candidate(&a, &b));
+}
+
+#[test]
+fn spec_changes_and_foreign_managers_are_candidates() {
+    let a = seen(Some(3), "100", &[("plumb", "t1")]);
+    assert!(is_candidate(&a, &seen(Some(4), "101", &[("plumb", "t1")])));
+    assert!(is_candidate(
+        &a,
+        &seen(Some(3), "101", &[("plumb", "t1"), ("kubectl-label", "t2")])
+    ));
+}
+
+#[test]
+fn kinds_without_generation_compare_resource_versions() {
+    let a = seen(None, "100", &[("plumb", "t1")]);
+    assert!(is_candidate(&a, &seen(None, "101", &[("plumb", "t1")])));
+    assert!(!is_candidate(&a, &seen(None, "100", &[("plumb", "t1")])));
+}
+
+#[test]
+fn a_change_is_checked_against_the_newest_revision_written() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let web = cm("web");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&web, "replicas: 2")]);
+    assert_eq!(check_of(&mut reg, &web), Some(("A".into(), "replicas: 2")));
+    // B's writes end (before any health wait): B is what a change is healed towards.
+    apply(&mut reg, &s, "B", complete("dB"), &[(&web, "replicas: 3")]);
+    assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "replicas: 3")));
+    assert_eq!(reg.clean_rendering(&s), Some(("B".into(), "dB".into())));
+}
+
+#[test]
+fn a_revision_rendering_what_is_registered_advances_the_registration() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let web = cm("web");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&web, "replicas: 2")]);
+    // B renders exactly A's objects: recorded without writes, and from then on the
+    // registration stands for B.
+    assert!(reg.advance(&s, "A", "dA", "B"));
+    assert_eq!(reg.clean_rendering(&s), Some(("B".into(), "dA".into())));
+    assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "replicas: 2")));
+    // Not from another revision or rendering.
+    assert!(!reg.advance(&s, "A", "dA", "C"));
+    assert!(!reg.advance(&s, "B", "dX", "C"));
+}
+
+#[test]
+fn a_registration_from_an_older_apply_never_replaces_a_newer_one() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let web = cm("web");
+    let older = reg.begin_apply(&s);
+    let newer = reg.begin_apply(&s);
+    let r = reg.register(
+        registration(&s, newer, "B", complete("dB"), &[(&web, "B")]),
+        BTreeMap::new(),
+    );
+    assert_eq!(r, Registered::Accepted { check: vec![] });
+    let r = reg.register(
+        registration(&s, older, "A", complete("dA"), &[(&web, "A")]),
+        BTreeMap::new(),
+    );
+    assert_eq!(r, Registered::Stale);
+    reg.end_apply(&s);
+    reg.end_apply(&s);
+    assert_eq!(check_of(&mut reg, &web), Some(("B".into(), "B")));
+}
+
+#[test]
+fn a_partly_failed_apply_moves_only_what_it_wrote() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let (a, b, gone) = (cm("a"), cm("b"), cm("gone"));
+    apply(
+        &mut reg,
+        &s,
+        "A",
+        complete("dA"),
+        &[(&a, "a@A"), (&b, "b@A"), (&gone, "gone@A")],
+    );
+    // B wrote `a`, failed on `b`; `gone` left Git but is not pruned after a failure.
+    apply(&mut reg, &s, "B", Scope::Written, &[(&a, "a@B")]);
+    assert_eq!(check_of(&mut reg, &a), Some(("B".into(), "a@B")));
+    assert_eq!(check_of(&mut reg, &b), Some(("A".into(), "b@A")));
+    assert_eq!(check_of(&mut reg, &gone), Some(("A".into(), "gone@A")));
+    // A partial registration vouches for no rendering: the next apply is a full one.
+    assert_eq!(reg.clean_rendering(&s), None);
+    // A complete registration replaces everything: `gone` is no longer healed.
+    apply(
+        &mut reg,
+        &s,
+        "C",
+        complete("dC"),
+        &[(&a, "a@C"), (&b, "b@C")],
+    );
+    assert_eq!(check_of(&mut reg, &gone), None);
+    assert_eq!(reg.registered_at(&b), Some((&s, "C")));
+}
+
+#[test]
+fn changes_during_the_writes_are_deferred_until_they_end_not_until_the_wait_ends() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let cfg = cm("cfg");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+
+    let ticket = reg.begin_apply(&s);
+    assert_eq!(reg.target(&cfg), Target::Deferred);
+    reg.register(
+        registration(&s, ticket, "B", complete("dB"), &[(&cfg, "B")]),
+        BTreeMap::new(),
+    );
+    // The writes end; the health wait (if any) comes after and defers nothing.
+    assert_eq!(reg.end_apply(&s), vec![cfg.clone()]);
+    assert!(!reg.is_writing(&s));
+    assert_eq!(check_of(&mut reg, &cfg), Some(("B".into(), "B")));
+}
+
+#[test]
+fn an_unregistered_sync_is_never_healed() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let cfg = cm("cfg");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+    assert!(!reg.observe(&cfg, seen(None, "1", &[("plumb", "t")])));
+    assert!(reg.observe(&cfg, seen(None, "2", &[("plumb", "t"), ("kubectl", "t")])));
+    assert!(reg.unregister(&s));
+    assert!(!reg.observe(&cfg, seen(None, "3", &[("kubectl", "t2")])));
+    assert!(!reg.deleted(&cfg));
+    assert_eq!(reg.target(&cfg), Target::Unowned);
+    assert!(!reg.is_registered(&s));
+    assert_eq!(reg.set_drift(&s, &cfg, Some("modified")), None);
+    assert!(reg.drifted(&s).is_empty());
+}
+
+#[test]
+fn unregistering_during_the_writes_drops_the_deferred_checks() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let cfg = cm("cfg");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+    reg.begin_apply(&s);
+    assert_eq!(reg.target(&cfg), Target::Deferred);
+    reg.unregister(&s);
+    assert!(reg.end_apply(&s).is_empty());
+}
+
+#[test]
+fn an_edit_right_after_the_apply_is_checked_when_the_watch_saw_it_first() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let cfg = cm("cfg");
+    // The watch saw the apply's result and then an edit, before the Sync registered.
+    assert!(!reg.observe(&cfg, seen(None, "5", &[("plumb", "t1")])));
+    assert!(!reg.observe(&cfg, seen(None, "6", &[("plumb", "t1"), ("kubectl", "t2")])));
+    let ticket = reg.begin_apply(&s);
+    let applied = BTreeMap::from([(cfg.clone(), seen(None, "5", &[("plumb", "t1")]))]);
+    let r = reg.register(
+        registration(&s, ticket, "A", complete("dA"), &[(&cfg, "A")]),
+        applied,
+    );
+    assert_eq!(
+        r,
+        Registered::Accepted {
+            check: vec![cfg.clone()]
+        }
+    );
+    // An object the watch never saw takes the apply's signature as its first sight.
+    let other = cm("other");
+    let ticket = reg.ticket();
+    let applied = BTreeMap::from([(other.clone(), seen(None, "9", &[("plumb", "t1")]))]);
+    reg.register(
+        registration(
+            &s,
+            ticket,
+            "A",
+            complete("dA"),
+            &[(&cfg, "A"), (&other, "o")],
+        ),
+        applied,
+    );
+    assert!(!reg.observe(&other, seen(None, "9", &[("plumb", "t1")])));
+    assert!(reg.observe(&other, seen(None, "10", &[("kubectl", "t3")])));
+}
+
+#[test]
+fn one_check_per_object_at_a_time_and_a_change_meanwhile_runs_it_again() {
+    let mut reg = Reg::default();
+    let cfg = cm("cfg");
+    assert!(reg.begin_check(&cfg));
+    assert!(!reg.begin_check(&cfg));
+    assert!(!reg.begin_check(&cfg));
+    assert!(reg.end_check(&cfg), "a change arrived during the check");
+    assert!(!reg.end_check(&cfg));
+    assert!(reg.begin_check(&cfg));
+}
+
+#[test]
+fn running_checks_are_counted_per_sync() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let cfg = cm("cfg");
+    apply(&mut reg, &s, "A", complete("dA"), &[(&cfg, "A")]);
+    assert!(matches!(reg.target(&cfg), Target::Check { .. }));
+    assert_eq!(reg.checks_running(&s), 1);
+    reg.check_done(&s);
+    assert_eq!(reg.checks_running(&s), 0);
+}
+
+#[test]
+fn drift_keeps_a_sync_from_vouching_until_a_complete_registration() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let (a, b) = (cm("a"), cm("b"));
+    apply(&mut reg, &s, "A", complete("dA"), &[(&a, "a"), (&b, "b")]);
+    assert_eq!(reg.vouched(&s).len(), 2);
+    let list = reg.set_drift(&s, &a, Some("modified"));
+    assert_eq!(list, Some(vec![(a.to_string(), "modified".to_owned())]));
+    assert_eq!(reg.set_drift(&s, &a, Some("modified")), None, "no change");
+    assert!(!reg.is_clean(&s));
+    assert!(reg.vouched(&s).is_empty());
+    // Writing `a` again resolves its drift; `b` was never drifted.
+    apply(&mut reg, &s, "A", Scope::Written, &[(&a, "a")]);
+    assert!(reg.is_clean(&s));
+    reg.mark_dirty(&b);
+    assert!(!reg.is_clean(&s));
+    apply(&mut reg, &s, "B", complete("dB"), &[(&a, "a"), (&b, "b")]);
+    assert!(reg.is_clean(&s));
+}

@@ -1,0 +1,362 @@
+//! Applying a rendered revision: the engine, the drift registration, detect-only mode.
+
+use super::*;
+
+/// How an apply ended, if not in an error.
+pub(super) enum Applied {
+    /// Applied (and healthy, with `wait`); the status is filled in.
+    Done,
+    /// Written, but the health wait was cancelled: it no longer mattered.
+    Cancelled(Why),
+}
+
+/// Renders and applies; fills the status on success. `phase` marks the writes for the drift
+/// watch: it ends (after the written objects are registered) before any health wait.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn apply(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    record: Arc<crate::artifacts::Artifact>,
+    artifact: &SourceArtifact,
+    st: &mut SyncStatus,
+    phase: ApplyPhase,
+) -> Result<Applied> {
+    let started = Instant::now();
+    st.last_attempted_revision = Some(artifact.revision.clone());
+    // Held for the whole render; its digest is checked on disk first.
+    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
+    let rendered = digest(&desired);
+
+    // A new revision that renders exactly what was applied (a commit elsewhere in the
+    // repository), with the same spec, no reconcile request, and the drift watch reporting
+    // the objects unchanged since: the cluster already holds this revision. Record it without
+    // a request per object.
+    let skey = (ns.to_owned(), name.to_owned());
+    let unrequested = requested_at(sync) == st.last_handled_reconcile_at;
+    if st.observed_generation == sync.metadata.generation
+        && unrequested
+        && status::is_true(&st.conditions, types::READY)
+        && ctx
+            .drift
+            .clean_rendering(&skey)
+            .is_some_and(|(revision, digest)| {
+                // The status must be that of the registered apply: a reconcile of a Sync read
+                // from the cache before that apply's own status write must not overwrite it.
+                st.last_applied_revision.as_deref() == Some(revision.as_str()) && digest == rendered
+            })
+    {
+        let counts = plumb_core::ChangeCounts {
+            unchanged: st.inventory.len(),
+            ..Default::default()
+        };
+        let note = " (renders the objects already applied)";
+        // The registration now stands for this revision: a later reconcile of it (e.g. from a
+        // cached Sync that predates this status write) compares with the newest revision.
+        if let Some(from) = st.last_applied_revision.clone() {
+            ctx.drift
+                .advance(&skey, &from, &rendered, &artifact.revision);
+        }
+        record_applied(st, sync, artifact, counts, note, started.elapsed());
+        return Ok(Applied::Done);
+    }
+    let timeout = duration("timeout", sync.spec.timeout.as_deref(), DEFAULT_TIMEOUT)?;
+
+    // Say what is being applied before applying it: a long apply shows as Reconciling with
+    // its revision (`kubectl get syncs`), not as the previous result.
+    status::set_condition(
+        &mut st.conditions,
+        types::RECONCILING,
+        true,
+        "Progressing",
+        format!("applying revision {}", artifact.revision),
+        sync.metadata.generation,
+    );
+    ctx.write_status::<Sync>(ns, name, st).await?;
+
+    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    // Objects the watch vouches for and whose manifest did not change need no dry-run; an
+    // explicit reconcile request checks everything.
+    if unrequested {
+        opts.vouched = ctx.drift.vouched(&skey);
+    }
+    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    st.inventory = status::inventory_items(&report.inventory);
+    let counts = report.changes.counts();
+
+    // The writes are over: what they wrote is registered now (all of it, or after a partial
+    // failure the objects that were written), so that a change made during the health wait
+    // is healed at once, and towards this revision, never an older one.
+    let applied_from = (artifact.revision.clone(), rendered);
+    if let Err(e) = register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await {
+        // This revision was (partly) written but cannot be registered (e.g. the API server
+        // went away mid-apply): healing towards the older registered revision would undo
+        // it, so the Sync's objects are not healed until a later apply registers them.
+        ctx.drift.unregister(&skey);
+        return Err(e);
+    }
+    phase.end();
+
+    if let Some(failure) = report.error() {
+        return Err(Error::Kube(failure));
+    }
+    if sync.spec.wait {
+        // What was written is recorded before the wait: a Sync deleted, or an agent stopped,
+        // during the wait still knows what it owns.
+        status::set_condition(
+            &mut st.conditions,
+            types::RECONCILING,
+            true,
+            "Progressing",
+            format!(
+                "applied revision {}; waiting up to {}s for its objects to become healthy",
+                artifact.revision,
+                timeout.as_secs()
+            ),
+            sync.metadata.generation,
+        );
+        ctx.write_status::<Sync>(ns, name, st).await?;
+        // A new revision, a spec change, a request, the Sync's deletion or the agent stopping
+        // make the wait moot: it is cancelled, and what superseded it runs at once.
+        let src = &sync.spec.source_ref;
+        let source_key = (
+            src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
+            src.name.clone(),
+        );
+        let applying = Applying::of(sync, source_key, &artifact.commit);
+        let wait = engine.wait_healthy(&report.applied, timeout);
+        match ctx.supersede.unless_superseded(&applying, wait).await {
+            Ok(healthy) => {
+                healthy?;
+            }
+            Err(why) => return Ok(Applied::Cancelled(why)),
+        }
+    }
+
+    let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
+    if report.changes.has_changes() {
+        ctx.event(sync, false, "ReconciliationSucceeded", message)
+            .await;
+    }
+    Ok(Applied::Done)
+}
+
+/// A health wait was cancelled (see [`Applied::Cancelled`]). When the agent stops, nothing is
+/// written (the next leader applies again). Otherwise the history and an Event say that the
+/// revision was written and why its wait ended, and the Sync is reconciled again at once.
+pub(super) async fn cancelled(
+    sync: &Sync,
+    ctx: &Context,
+    mut st: SyncStatus,
+    artifact: &SourceArtifact,
+    why: Why,
+    started: Instant,
+) -> Result<Action> {
+    let key = format!(
+        "{}/{}",
+        sync.namespace().unwrap_or_default(),
+        sync.name_any()
+    );
+    let took = started.elapsed();
+    tracing::info!(sync = %key, revision = %artifact.revision, %why, ?took, "health wait cancelled");
+    if why == Why::ShuttingDown {
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "revision {} was applied; its health wait was cancelled after {:.1}s: {why}",
+        artifact.revision,
+        took.as_secs_f64()
+    );
+    ctx.event(sync, false, "HealthCheckCancelled", &message)
+        .await;
+    if why != Why::Deleted {
+        push_history(
+            &mut st,
+            artifact,
+            "cancelled",
+            String::new(),
+            took,
+            Some(message),
+        );
+        let ns = sync.namespace().unwrap_or_default();
+        // Best effort: the reconcile that follows writes the status anyway.
+        if let Err(e) = ctx.write_status::<Sync>(&ns, &sync.name_any(), &st).await {
+            tracing::warn!(sync = %key, error = %e, "could not record the cancelled wait");
+        }
+    }
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// A digest of rendered manifests: their JSON, in render order.
+pub(super) fn digest(manifests: &[Manifest]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in manifests {
+        h.update(serde_json::to_vec(&m.object).expect("a JSON value serialises"));
+        h.update([0]);
+    }
+    format!("sha256:{:x}", h.finalize())
+}
+
+/// The client, engine, previous inventory and options a Sync applies with.
+pub(crate) fn engine_for(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    st: &SyncStatus,
+) -> Result<(kube::Client, Engine, plumb_core::Inventory, SyncOptions)> {
+    let client = ctx
+        .client_for(ns, sync.spec.service_account_name.as_deref())
+        .map_err(|source| Error::Api {
+            context: "building an impersonating client".into(),
+            source,
+        })?;
+    let engine = Engine::new(client.clone()).sharing(ctx.discovery.clone());
+    let (inventory, bad) = status::inventory_from_items(&st.inventory);
+    if !bad.is_empty() {
+        tracing::warn!(?bad, "ignoring unreadable inventory entries");
+    }
+    let mut opts = SyncOptions::new(SyncId::new(ns, name));
+    opts.target_namespace = sync.spec.target_namespace.clone();
+    opts.prune = sync.spec.prune;
+    opts.allow_empty = sync.spec.allow_empty;
+    opts.force_conflicts = sync.spec.force;
+    opts.adopt = sync.spec.adopt;
+    Ok((client, engine, inventory, opts))
+}
+
+/// Hands the written objects to the drift watch, as of the apply with `ticket`: every desired
+/// object when nothing failed, else only those written (or found unchanged).
+/// `applied_from`: the revision and the digest of its rendering.
+pub(super) async fn register_drift(
+    sync: &Sync,
+    ctx: &Context,
+    client: kube::Client,
+    report: &plumb_kube::SyncReport,
+    applied_from: (String, String),
+    ticket: Ticket,
+) -> Result<()> {
+    let ns = sync.namespace().unwrap_or_default();
+    let name = sync.name_any();
+    let (scope, written): (
+        Scope,
+        Option<std::collections::BTreeSet<&plumb_core::ObjectKey>>,
+    ) = if report.changes.has_failures() {
+        let written = report
+            .changes
+            .entries
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    plumb_core::Action::Created
+                        | plumb_core::Action::Configured
+                        | plumb_core::Action::Unchanged
+                )
+            })
+            .map(|c| &c.key)
+            .collect();
+        (Scope::Written, Some(written))
+    } else {
+        let rendered = applied_from.1.clone();
+        (Scope::Complete { rendered }, None)
+    };
+    if written.as_ref().is_some_and(|w| w.is_empty()) {
+        return Ok(());
+    }
+    let applied = report
+        .applied
+        .iter()
+        .filter(|m| written.as_ref().is_none_or(|w| w.contains(&m.key())));
+    let resolver = Engine::new(client.clone())
+        .sharing(ctx.discovery.clone())
+        .resolver()
+        .await?;
+    let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
+    let mut objects = BTreeMap::new();
+    for m in applied {
+        let resolved = match kinds.get(&(m.api_version(), m.kind())) {
+            Some(r) => r.clone(),
+            None => {
+                let Some(r) = resolver.resolve(m) else {
+                    continue;
+                };
+                let r = Arc::new(r);
+                kinds.insert((m.api_version(), m.kind()), r.clone());
+                r
+            }
+        };
+        objects.insert(m.key(), AppliedObject::new(m, resolved));
+    }
+    if written.is_none() {
+        ctx.metrics
+            .set_managed_objects(&format!("{ns}/{name}"), objects.len());
+    }
+    ctx.drift.register(
+        (ns.to_owned(), name.to_owned()),
+        ticket,
+        Desired {
+            objects,
+            mode: sync.spec.drift,
+            force: sync.spec.force,
+            client,
+            revision: applied_from.0,
+            scope,
+        },
+        report
+            .live_meta
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_value(v.clone()).ok()?)))
+            .collect(),
+    );
+    Ok(())
+}
+
+/// drift: detect after a restart: a dry-run sync tells which objects differ; they are
+/// reported, the objects registered with the drift watch, nothing written.
+pub(super) async fn detect_only(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    record: Arc<crate::artifacts::Artifact>,
+    artifact: &SourceArtifact,
+    st: &mut SyncStatus,
+) -> Result<()> {
+    let ticket = ctx.drift.ticket();
+    // Held for the whole render; its digest is checked on disk first.
+    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
+    let rendered = digest(&desired);
+    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    opts.dry_run = true;
+    opts.prune = false;
+    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    st.drift = report
+        .changes
+        .entries
+        .iter()
+        .filter_map(|c| {
+            let reason = match c.action {
+                plumb_core::Action::Created => "deleted",
+                plumb_core::Action::Configured => "modified",
+                _ => return None,
+            };
+            Some(crate::api::DriftedObject {
+                id: c.key.to_string(),
+                reason: reason.to_owned(),
+            })
+        })
+        .collect();
+    let applied_from = (artifact.revision.clone(), rendered);
+    register_drift(sync, ctx, client, &report, applied_from, ticket).await?;
+    for d in &st.drift {
+        ctx.drift.note_drift(
+            (ns.to_owned(), name.to_owned()),
+            d.id.clone(),
+            d.reason.clone(),
+        );
+    }
+    Ok(())
+}
