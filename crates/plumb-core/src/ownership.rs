@@ -73,6 +73,14 @@ pub fn owner_of(live: &Value) -> Option<SyncId> {
     }
 }
 
+/// The Sync that took `live` over from the owner `applied` names: `Some` when both carry
+/// ownership labels and they differ (another Sync adopted the object). The previous owner
+/// must then leave the object alone rather than take it back as drift.
+pub fn taken_over_by(applied: &Value, live: &Value) -> Option<SyncId> {
+    let mine = owner_of(applied)?;
+    owner_of(live).filter(|theirs| *theirs != mine)
+}
+
 /// True if the (live) object carries both ownership labels with exactly `sync`'s values.
 pub fn is_owned_by(live: &Value, sync: &SyncId) -> bool {
     let label = |name: &str| {
@@ -87,6 +95,23 @@ pub fn is_owned_by(live: &Value, sync: &SyncId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_relabelled_by_another_sync_was_taken_over() {
+        let labelled = |name: &str| {
+            serde_json::json!({"metadata": {"labels": {
+                SYNC_NAME_LABEL: name, SYNC_NAMESPACE_LABEL: "ns"}}})
+        };
+        let none = serde_json::json!({"metadata": {}});
+        assert_eq!(
+            taken_over_by(&labelled("app"), &labelled("copy")),
+            Some(SyncId::new("ns", "copy"))
+        );
+        assert_eq!(taken_over_by(&labelled("app"), &labelled("app")), None);
+        // Labels removed by hand are drift, not a takeover; unlabelled manifests own nothing.
+        assert_eq!(taken_over_by(&labelled("app"), &none), None);
+        assert_eq!(taken_over_by(&none, &labelled("copy")), None);
+    }
     use serde_json::json;
 
     #[test]

@@ -123,6 +123,11 @@ impl DriftTracker {
         {
             Ok(check) => {
                 let reason = match check.state {
+                    ObjectState::TakenOver(owner) => {
+                        tracing::info!(sync = %sync_label, object = %key, %owner, "taken over by another Sync; no longer corrected");
+                        self.set_drift(&sync, key, None).await;
+                        return true;
+                    }
                     ObjectState::InSync => None,
                     ObjectState::Modified => Some("modified"),
                     ObjectState::Missing => Some("deleted"),

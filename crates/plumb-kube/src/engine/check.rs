@@ -10,7 +10,7 @@ use crate::discovery::Resolved;
 use crate::error::{Error, Result};
 
 /// How an object compares with its desired state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectState {
     /// As desired.
     InSync,
@@ -18,10 +18,12 @@ pub enum ObjectState {
     Modified,
     /// Does not exist (someone deleted it).
     Missing,
+    /// Another Sync adopted it (its ownership labels name that Sync): not drift; left alone.
+    TakenOver(SyncId),
 }
 
 /// The outcome of [`Engine::check_object`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectCheck {
     /// What was found.
     pub state: ObjectState,
@@ -31,7 +33,9 @@ pub struct ObjectCheck {
 
 impl<C: Cluster> Engine<C> {
     /// Compares one applied object with its desired state, cheaply: one read and one
-    /// server-side dry-run. With `correct`, a drifted or deleted object is applied again.
+    /// server-side dry-run. With `correct`, a drifted or deleted object is applied again. An
+    /// object another Sync has adopted since ([`ObjectState::TakenOver`]) is neither compared
+    /// nor written.
     pub async fn check_object(
         &self,
         manifest: &Manifest,
@@ -48,6 +52,15 @@ impl<C: Cluster> Engine<C> {
                 context: format!("reading {key}"),
                 source,
             })?;
+        if let Some(owner) = live
+            .as_ref()
+            .and_then(|l| plumb_core::ownership::taken_over_by(&manifest.object, l))
+        {
+            return Ok(ObjectCheck {
+                state: ObjectState::TakenOver(owner),
+                corrected: false,
+            });
+        }
         let target = Target {
             manifest: manifest.clone(),
             resolved: resolved.clone(),

@@ -523,3 +523,34 @@ async fn an_unknown_kind_is_looked_up_again_before_it_is_refused() {
         "the cached discovery was checked again once"
     );
 }
+
+#[tokio::test]
+async fn the_drift_check_leaves_an_object_another_sync_adopted_alone() {
+    let engine = engine();
+    let mut applied = cm("a", "1");
+    mark_owned(&mut applied, &SyncId::new("ns", "s"));
+    let mut adopted = cm("a", "1");
+    mark_owned(&mut adopted, &SyncId::new("ns", "copy"));
+    engine.cluster().put("configmaps", adopted.object);
+    let kind = super::memory::kind("", "v1", "ConfigMap", "configmaps", true);
+    let check = engine
+        .check_object(&applied, &kind, false, true)
+        .await
+        .expect("checks");
+    assert_eq!(
+        check.state,
+        super::ObjectState::TakenOver(SyncId::new("ns", "copy"))
+    );
+    assert!(!check.corrected);
+    assert_eq!(writes(&engine.cluster().log()), Vec::<String>::new());
+    // Its own object, edited by hand, is corrected.
+    let mut edited = cm("a", "edited");
+    mark_owned(&mut edited, &SyncId::new("ns", "s"));
+    engine.cluster().put("configmaps", edited.object);
+    let check = engine
+        .check_object(&applied, &kind, false, true)
+        .await
+        .expect("checks");
+    assert_eq!(check.state, super::ObjectState::Modified);
+    assert!(check.corrected);
+}
