@@ -223,16 +223,16 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
         &sync,
         fetched.as_ref().map(|f| &f.artifact),
         &report.changes,
+        &report.failures,
         &health,
         args.output,
         args.dry_run,
     )?;
-    if report.changes.has_failures() {
+    if let Some(failure) = report.error() {
+        // Each failed object with its file:line, kind of refusal and the server's reason.
         eprintln!(
-            "error: sync {}/{} failed: {} object(s) failed",
-            sync.namespace,
-            sync.name,
-            report.changes.counts().failed
+            "error: sync {}/{} failed: {failure}",
+            sync.namespace, sync.name
         );
         return Ok(ExitCode::FAILURE);
     }
@@ -247,11 +247,13 @@ fn print_changes(
     sync: &SyncId,
     source: Option<&plumb_source::Artifact>,
     changes: &ChangeSet,
+    failures: &[plumb_kube::ObjectError],
     health: &[(ObjectKey, HealthVerdict)],
     output: Output,
     dry_run: bool,
 ) -> Result<()> {
     let health_of = |key: &ObjectKey| health.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let failure_of = |key: &ObjectKey| failures.iter().find(|f| &f.object == key).map(|f| f.kind);
     let mut out = std::io::stdout().lock();
     match output {
         Output::Json | Output::Yaml => {
@@ -266,6 +268,9 @@ fn print_changes(
                     });
                     if let Some(m) = &c.message {
                         v["message"] = json!(m);
+                    }
+                    if let Some(kind) = failure_of(&c.key) {
+                        v["failure"] = json!(kind.as_str());
                     }
                     if let Some(h) = health_of(&c.key) {
                         v["health"] = json!(h);

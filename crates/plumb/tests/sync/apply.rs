@@ -319,3 +319,42 @@ async fn many_objects_of_one_kind_are_compared_correctly() {
     assert_eq!(action_of(&report, "ConfigMap/cm-7"), "configured");
     assert_eq!(report["summary"]["unchanged"], 11, "{report:#}");
 }
+
+/// A custom resource that its new CRD refuses fails the sync after the CRD stage; the JSON
+/// report names the object and the kind of failure, and the exit code is 1.
+#[tokio::test]
+async fn a_refused_custom_resource_is_reported_with_its_kind_of_failure() {
+    let (_client, ns, dir) = setup("crd-refused").await;
+    let d = dir.path();
+    let group = format!("{}.plumb.test", ns.name());
+    write(
+        d,
+        "crd.yaml",
+        &plumb_testsupport::kube::widget_crd_yaml(&group),
+    );
+    write(
+        d,
+        "widget.yaml",
+        &format!(
+            "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: big\n"
+        ),
+    );
+    let (out, report) = sync_json(d, "crd", ns.name(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let widget = change_of(&report, "Widget/w1");
+    assert_eq!(widget["action"], "failed", "{report:#}");
+    assert_eq!(widget["failure"], "invalid", "{report:#}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Widget") && err.contains("widget.yaml:1"),
+        "{err}"
+    );
+
+    let (out, _) = sync_json(
+        tempfile::tempdir().unwrap().path(),
+        "crd",
+        ns.name(),
+        &["--prune", "--allow-empty"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
