@@ -61,36 +61,8 @@ pub struct AgentArgs {
     /// single-tenant setups such as a laptop or the quickstart.
     #[arg(long)]
     pub allow_local_sources: bool,
-    /// Largest file an artifact may hold (bytes, or with Ki/Mi/Gi); larger ones fail the
-    /// fetch before they are read, unless `.plumbignore` leaves them out.
-    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_size)]
-    pub max_artifact_file_size: u64,
-    /// Largest total size of one artifact's files.
-    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = parse_size)]
-    pub max_artifact_size: u64,
-    /// Most files (and symlinks) one artifact may hold.
-    #[arg(long, value_name = "N", default_value_t = 50_000)]
-    pub max_artifact_files: usize,
-}
-
-/// `1048576`, `512Ki`, `10Mi`, `1Gi`.
-fn parse_size(text: &str) -> Result<u64, String> {
-    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, ""),
-    };
-    let factor: u64 = match unit {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        _ => return Err(format!("invalid size {text:?}: use bytes or Ki, Mi, Gi")),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("invalid size {text:?}: use bytes or Ki, Mi, Gi"))
+    #[command(flatten)]
+    pub limits: crate::source::LimitArgs,
 }
 
 /// `:8080` is `0.0.0.0:8080`, as Go programs write it.
@@ -140,12 +112,7 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
                 .clone()
                 .filter(|sa| !sa.is_empty()),
             agent_namespace: Some(args.agent_namespace.clone()),
-            export_limits: plumb_source::export::ExportLimits {
-                max_file_size: args.max_artifact_file_size,
-                max_total_size: args.max_artifact_size,
-                max_files: args.max_artifact_files,
-                ..plumb_source::export::ExportLimits::default()
-            },
+            export_limits: args.limits.export_limits(),
             identity,
         },
         metrics_addr: Some(args.metrics_addr),

@@ -51,6 +51,55 @@ pub struct GitArgs {
     /// what is fetched (verify signatures). Never together with credentials.
     #[arg(long, requires = "git")]
     pub insecure_http: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// How much one exported revision may hold (the agent's and the CLI's fetches alike).
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Largest file an artifact may hold (bytes, or with Ki/Mi/Gi); larger ones fail the
+    /// fetch before they are read, unless `.plumbignore` leaves them out.
+    #[arg(long, value_name = "SIZE", default_value = "10Mi", value_parser = parse_size)]
+    pub max_artifact_file_size: u64,
+    /// Largest total size of one artifact's files.
+    #[arg(long, value_name = "SIZE", default_value = "256Mi", value_parser = parse_size)]
+    pub max_artifact_size: u64,
+    /// Most files (and symlinks) one artifact may hold.
+    #[arg(long, value_name = "N", default_value_t = 50_000)]
+    pub max_artifact_files: usize,
+}
+
+impl LimitArgs {
+    /// The export limits these flags set.
+    pub fn export_limits(&self) -> plumb_source::export::ExportLimits {
+        plumb_source::export::ExportLimits {
+            max_file_size: self.max_artifact_file_size,
+            max_total_size: self.max_artifact_size,
+            max_files: self.max_artifact_files,
+            ..plumb_source::export::ExportLimits::default()
+        }
+    }
+}
+
+/// `1048576`, `512Ki`, `10Mi`, `1Gi`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, ""),
+    };
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        _ => return Err(format!("invalid size {text:?}: use bytes or Ki, Mi, Gi")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("invalid size {text:?}: use bytes or Ki, Mi, Gi"))
 }
 
 /// Credentials, always by file or environment variable, never on the command line.
@@ -241,6 +290,7 @@ pub async fn fetch(args: &GitArgs, url: &str, last_verified: Option<String>) -> 
     request.options.credentials = args.credentials.credentials()?;
     request.options.ca_file = args.credentials.ca_file.clone();
     request.options.allow_insecure_http = args.insecure_http;
+    request.limits = args.limits.export_limits();
     request.verify = args.verify.policy()?;
     request.last_verified = last_verified;
     let dir = tempfile::tempdir().context("creating a temporary directory for the checkout")?;

@@ -97,6 +97,18 @@ async fn sync_from_git_over_https_verifies_every_new_commit() {
         plumb(&args, &env)
     };
 
+    // The CLI's fetch has the agent's export limits: too small a one refuses the revision,
+    // says which flag raises it, and applies nothing.
+    let out = run(&["--max-artifact-file-size", "16"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exceeds the limit of 16") && err.contains("--max-artifact-file-size"),
+        "{err}"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    assert!(cms.get_opt("settings").await.unwrap().is_none());
+
     let out = run(&["-o", "json"]);
     assert!(out.status.success(), "{}", text(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();

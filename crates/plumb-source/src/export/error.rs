@@ -43,7 +43,8 @@ pub enum Error {
     /// An [`ExportLimits`](super::ExportLimits) limit was exceeded.
     #[error(
         "{what} in commit {commit}{at} exceeds the limit of {limit} ({actual}); leave it out \
-         with .plumbignore or raise the agent's limit"
+         with .plumbignore or raise the limit (--max-artifact-file-size, \
+         --max-artifact-size, --max-artifact-files)"
     )]
     TooLarge {
         /// The commit.
