@@ -2,5 +2,6 @@
 //!
 //! Dev-only: every other crate uses this under `[dev-dependencies]`.
 
+pub mod bench;
 pub mod git;
 pub mod kube;
