@@ -153,9 +153,9 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
             let main = resource.split('/').next().unwrap_or_default();
             BENCH_RESOURCES.contains(&main) && verb != "watch"
         })
-        .map(|(_, v)| v)
-        .sum();
-    let total: f64 = r.steady.iter().map(|(_, v)| v).sum();
+        .fold(0.0, |sum, (_, v)| sum + v);
+    // Not `sum()`: the empty sum of f64 is -0.0, printed "-0".
+    let total = r.steady.iter().fold(0.0, |sum, (_, v)| sum + v);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -238,4 +238,50 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
         r.rss_peak
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_per_object_request_prints_zero() {
+        let args = AgentArgs {
+            apps: 50,
+            syncs: 2,
+            replicas: 0,
+            edits: 3,
+            commits: 1,
+            interval: "30s".into(),
+            steady: 60,
+            namespace: "bench-agent".into(),
+            keep_dir: false,
+        };
+        let results = Results {
+            initial: 2.0,
+            rss_initial: (28.0, 29.0),
+            steady: vec![(("get".into(), "gitsources".into(), "false".into()), 20.0)],
+            drift: vec![
+                ("edit ConfigMap", vec![0.02]),
+                ("scale Deployment", vec![0.06]),
+                ("delete Service", vec![]),
+            ],
+            polling: vec![29.5],
+            webhook: vec![1.5],
+            rss_now: 29.0,
+            rss_peak: 30.4,
+        };
+        let out = report(&args, 200, &results);
+        assert!(
+            out.contains("| steady state: per-object requests per minute | 0 |"),
+            "{out}"
+        );
+        assert!(!out.contains("delete Service, p50"), "{out}");
+        assert_eq!(
+            out.lines().last(),
+            Some(
+                "drift heal p95: 0.06s; steady-state per-object requests/min: 0; agent peak RSS: 30 MiB"
+            )
+        );
+    }
 }
