@@ -12,6 +12,7 @@ mod agent;
 mod apps;
 mod cli;
 mod cluster;
+mod kubeclient;
 mod metrics;
 mod process;
 mod source;

@@ -81,7 +81,7 @@ impl ControlPlane {
             .find(|(k, _)| k == "KUBECONFIG")
             .map(|(_, v)| PathBuf::from(v))
             .context("scripts/testenv env named no KUBECONFIG")?;
-        let client = plumb_testsupport::bench::client_for_kubeconfig(&kubeconfig).await?;
+        let client = crate::kubeclient::client_for_kubeconfig(&kubeconfig).await?;
         Ok((client, envs))
     }
 
