@@ -1,0 +1,287 @@
+//! `plumb-bench agent`: `plumb agent` as a process over a signed local repository of N apps
+//! split into S Syncs.
+//!
+//! Measures the initial apply; API requests per minute in steady state (the agent's own
+//! `plumb_api_requests_total`, with every Sync and the GitSource reconciled on a short
+//! interval); drift-heal latency over E manual changes (ConfigMap edits, `scale`s, Service
+//! deletions), each timed from the change to the watch event that shows it undone;
+//! commit-to-applied latency from `git push` to the changed object in the cluster, with a
+//! webhook and with polling; the agent's RSS (current and peak).
+
+mod http;
+mod measure;
+mod setup;
+mod watch;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use self::measure::{DriftLatencies, RequestRates};
+use self::setup::AgentBench;
+use crate::cli::AgentArgs;
+use crate::cluster::{delete_namespaces, settle_for};
+use crate::metrics::BENCH_RESOURCES;
+use crate::process::{ensure_tools, plumb_binary, rss_mib};
+use crate::stats::{max, percentile};
+use crate::testenv::ControlPlane;
+
+/// Everything the report shows.
+struct Results {
+    initial: f64,
+    rss_initial: (f64, f64),
+    steady: RequestRates,
+    drift: DriftLatencies,
+    polling: Vec<f64>,
+    webhook: Vec<f64>,
+    rss_now: f64,
+    rss_peak: f64,
+}
+
+/// Runs the agent benchmark and prints its report.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let plumb = plumb_binary()?;
+    let plane = ControlPlane::find_or_start().await?;
+    let workdir = tempfile::Builder::new()
+        .prefix("plumb-bench-agent-")
+        .tempdir()
+        .context("cannot create a work directory")?;
+    let mut bench = AgentBench::new(&args, &plane, plumb, workdir.path())?;
+    let objects = bench.per_sync * args.syncs * 4;
+    let result = tokio::select! {
+        r = phases(&mut bench, objects) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if result.is_err() && bench.agent_started() {
+        log!("agent log tail:\n{}", bench.agent_log_tail());
+    }
+    bench.stop_agent().await;
+    // The agent is gone: nothing else would remove the finalizers of its Syncs and GitSource.
+    if let Err(e) =
+        plumb_testsupport::kube::release_plumb_finalizers(plane.client(), &bench.ns).await
+    {
+        log!(
+            "warning: cannot release the finalizers in {}: {e:#}",
+            bench.ns
+        );
+    }
+    delete_namespaces(plane.client(), std::slice::from_ref(&bench.ns)).await;
+    drop(bench);
+    if args.keep_dir {
+        let kept = workdir.keep();
+        log!("work files kept in {}", kept.display());
+    } else {
+        drop(workdir);
+    }
+    plane.finish().await;
+    print!("{}", report(&args, objects, &result?));
+    Ok(())
+}
+
+async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Results> {
+    let args = bench.args;
+    log!(
+        "repository: {} apps in {} Syncs ({objects} objects), signed",
+        args.apps,
+        args.syncs
+    );
+    bench.make_repo()?;
+    bench.setup_cluster().await?;
+    bench.start_agent().await?;
+    log!("initial apply through the agent");
+    let initial = bench.initial().await?;
+    log!("  all {} Syncs Ready in {initial:.1}s", args.syncs);
+    let rss_initial = rss_mib(bench.agent_pid()?)?;
+    settle_for(
+        bench.client(),
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    log!(
+        "steady state: every Sync and the GitSource reconciled every {}, {}s window",
+        args.interval,
+        args.steady
+    );
+    bench.set_source_interval(&args.interval).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady = bench.steady_state(args.steady).await?;
+
+    log!("drift: {} manual changes", args.edits);
+    let drift = bench.drift_edits(args.edits).await?;
+
+    log!(
+        "commit to applied, polling every {}: {} commits",
+        args.interval,
+        args.commits
+    );
+    let polling = bench.commit_to_applied(args.commits, false).await?;
+
+    log!(
+        "commit to applied, webhook (GitSource interval 1h): {} commits",
+        args.commits
+    );
+    bench.set_source_interval("1h").await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let webhook = bench.commit_to_applied(args.commits, true).await?;
+    let (rss_now, rss_peak) = rss_mib(bench.agent_pid()?)?;
+    Ok(Results {
+        initial,
+        rss_initial,
+        steady,
+        drift,
+        polling,
+        webhook,
+        rss_now,
+        rss_peak,
+    })
+}
+
+fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
+    let all_drift: Vec<f64> = r
+        .drift
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
+    let per_object: f64 = r
+        .steady
+        .iter()
+        .filter(|((verb, resource, _), _)| {
+            let main = resource.split('/').next().unwrap_or_default();
+            BENCH_RESOURCES.contains(&main) && verb != "watch"
+        })
+        .fold(0.0, |sum, (_, v)| sum + v);
+    // Not `sum()`: the empty sum of f64 is -0.0, printed "-0".
+    let total = r.steady.iter().fold(0.0, |sum, (_, v)| sum + v);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Agent: {} apps ({objects} objects) in {} Syncs, one SSH-signed repository (range \
+         verification), drift: correct",
+        args.apps, args.syncs
+    );
+    out.push('\n');
+    out.push_str("| measurement | result |\n|---|---:|\n");
+    let _ = writeln!(
+        out,
+        "| initial apply through the agent (all Syncs Ready) | {:.1} s |",
+        r.initial
+    );
+    let _ = writeln!(
+        out,
+        "| drift healed, p50 / p95 / max ({} manual changes) | {:.2} / {:.2} / {:.2} s |",
+        all_drift.len(),
+        percentile(&all_drift, 50.0),
+        percentile(&all_drift, 95.0),
+        max(&all_drift)
+    );
+    for (kind, values) in &r.drift {
+        if !values.is_empty() {
+            let _ = writeln!(
+                out,
+                "| &nbsp;&nbsp;{kind}, p50 ({}) | {:.2} s |",
+                values.len(),
+                percentile(values, 50.0)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "| commit to applied, webhook, p50 / max ({} commits) | {:.2} / {:.2} s |",
+        r.webhook.len(),
+        percentile(&r.webhook, 50.0),
+        max(&r.webhook)
+    );
+    let _ = writeln!(
+        out,
+        "| commit to applied, polling every {}, p50 / max ({} commits) | {:.2} / {:.2} s |",
+        args.interval,
+        r.polling.len(),
+        percentile(&r.polling, 50.0),
+        max(&r.polling)
+    );
+    let _ = writeln!(
+        out,
+        "| steady state: API requests per minute, all | {total:.1} |"
+    );
+    let _ = writeln!(
+        out,
+        "| steady state: per-object requests per minute | {per_object:.0} |"
+    );
+    let _ = writeln!(
+        out,
+        "| agent RSS after the initial apply / at the end / peak | {:.0} / {:.0} / {:.0} MiB |",
+        r.rss_initial.0, r.rss_now, r.rss_peak
+    );
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "Steady-state requests per minute by verb and resource (plumb_api_requests_total, {}s \
+         window):",
+        args.steady
+    );
+    let mut steady = r.steady.clone();
+    // Stable: equal rates keep the order of the agent's metrics.
+    steady.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for ((verb, resource, dry), value) in &steady {
+        let dry_note = if dry == "true" { " (dry-run)" } else { "" };
+        let _ = writeln!(out, "  {verb} {resource}{dry_note}: {value:.1}");
+    }
+    let _ = writeln!(
+        out,
+        "drift heal p95: {:.2}s; steady-state per-object requests/min: {per_object:.0}; agent \
+         peak RSS: {:.0} MiB",
+        percentile(&all_drift, 95.0),
+        r.rss_peak
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_per_object_request_prints_zero() {
+        let args = AgentArgs {
+            apps: 50,
+            syncs: 2,
+            replicas: 0,
+            edits: 3,
+            commits: 1,
+            interval: "30s".into(),
+            steady: 60,
+            namespace: "bench-agent".into(),
+            keep_dir: false,
+        };
+        let results = Results {
+            initial: 2.0,
+            rss_initial: (28.0, 29.0),
+            steady: vec![(("get".into(), "gitsources".into(), "false".into()), 20.0)],
+            drift: vec![
+                ("edit ConfigMap", vec![0.02]),
+                ("scale Deployment", vec![0.06]),
+                ("delete Service", vec![]),
+            ],
+            polling: vec![29.5],
+            webhook: vec![1.5],
+            rss_now: 29.0,
+            rss_peak: 30.4,
+        };
+        let out = report(&args, 200, &results);
+        assert!(
+            out.contains("| steady state: per-object requests per minute | 0 |"),
+            "{out}"
+        );
+        assert!(!out.contains("delete Service, p50"), "{out}");
+        assert_eq!(
+            out.lines().last(),
+            Some(
+                "drift heal p95: 0.06s; steady-state per-object requests/min: 0; agent peak RSS: 30 MiB"
+            )
+        );
+    }
+}

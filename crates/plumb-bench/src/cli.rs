@@ -1,0 +1,93 @@
+//! Command line: `plumb-bench sync|agent|source` and their flags.
+
+use clap::{Args, Parser, Subcommand};
+
+/// Benchmarks Plumb on the local control plane (`scripts/testenv`), which is started if it is
+/// not running and then stopped again at the end.
+#[derive(Parser, Debug)]
+#[command(name = "plumb-bench", about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// plumb sync vs kubectl apply --server-side: cold and no-op, with the no-op's writes
+    /// counted from the API server's apiserver_request_total and plumb's peak RSS.
+    Sync(SyncArgs),
+    /// The agent: drift healing, commit to applied, steady-state requests, memory.
+    Agent(AgentArgs),
+    /// Fetch and verification of plumb-source against plain git (no cluster needed).
+    Source,
+}
+
+/// Flags of `plumb-bench sync`.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Number of apps, 4 objects each (repeatable; default: 100 and 1000).
+    #[arg(long = "apps", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub apps: Vec<u32>,
+    /// Replicas of each Deployment. 0 keeps the measurement about applying: with replicas, the
+    /// scheduler, kwok and the replica-set controller create thousands of pods on the same
+    /// cores mid-run.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: u32,
+    /// Keep the generated manifests.
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+/// Flags of `plumb-bench agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Apps, 4 objects each.
+    #[arg(long, default_value_t = 1000)]
+    pub apps: u32,
+    /// Syncs the apps are split into (must divide --apps).
+    #[arg(long, default_value_t = 10)]
+    pub syncs: u32,
+    /// Replicas of each Deployment.
+    #[arg(long, default_value_t = 0)]
+    pub replicas: u32,
+    /// Manual changes to heal.
+    #[arg(long, default_value_t = 50)]
+    pub edits: u32,
+    /// Commits per commit-to-applied measurement.
+    #[arg(long, default_value_t = 5)]
+    pub commits: u32,
+    /// GitSource polling and Sync intervals.
+    #[arg(long, default_value = "30s")]
+    pub interval: String,
+    /// Seconds of the steady-state window.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steady: u64,
+    /// Namespace of the Syncs, the GitSource and the managed objects.
+    #[arg(long, default_value = "bench-agent")]
+    pub namespace: String,
+    /// Keep the repository and logs.
+    #[arg(long)]
+    pub keep_dir: bool,
+}
+
+impl Cli {
+    /// Runs the chosen benchmark.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Sync(mut args) => {
+                if args.apps.is_empty() {
+                    args.apps = vec![100, 1000];
+                }
+                crate::sync::run(args).await
+            }
+            Command::Agent(args) => {
+                anyhow::ensure!(
+                    args.apps >= 1 && args.syncs >= 1 && args.apps % args.syncs == 0,
+                    "--apps must be a positive multiple of --syncs"
+                );
+                crate::agent::run(args).await
+            }
+            Command::Source => crate::source::run().await,
+        }
+    }
+}
