@@ -3,6 +3,8 @@
 //! Not a test: nothing here asserts a timing. Each subcommand prints Markdown tables on stdout,
 //! progress on stderr (`bench: ...`), and a one-line summary as its last line of stdout.
 
+#![warn(clippy::unwrap_used)]
+
 /// Progress on stderr, prefixed like the rest of the bench's output.
 macro_rules! log {
     ($($arg:tt)*) => { eprintln!("bench: {}", format_args!($($arg)*)) };
