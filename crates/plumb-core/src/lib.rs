@@ -21,7 +21,7 @@ pub mod yaml;
 pub use changeset::{Action, Change, ChangeCounts, ChangeSet};
 pub use diff::unified_diff;
 pub use duration::parse_duration;
-pub use health::{HealthStatus, HealthVerdict, health};
+pub use health::{HealthStatus, HealthVerdict, health, healthy_once_present};
 pub use inventory::{Inventory, InventoryEntry, InventoryError};
 pub use normalize::{normalize, same_state};
 pub use object::{Manifest, ManifestError, ObjectKey, SourceLocation, split_api_version};

@@ -149,6 +149,34 @@ fn generation_gate(obj: &Value, kind: &str) -> Option<HealthVerdict> {
     })
 }
 
+/// Whether an object of this kind is healthy as soon as it exists: kinds without a status a
+/// controller reports on (ConfigMap, Secret, ServiceAccount, RBAC, a Service that is not a
+/// LoadBalancer, ...). A health wait looks at such an object once, not on every round.
+/// `obj` is its manifest or live copy.
+pub fn healthy_once_present(obj: &Value) -> bool {
+    let group = split_api_version(text(obj, "/apiVersion").unwrap_or("")).0;
+    match (group, text(obj, "/kind").unwrap_or("")) {
+        ("", "Service") => text(obj, "/spec/type") != Some("LoadBalancer"),
+        (
+            "",
+            "ConfigMap" | "Secret" | "ServiceAccount" | "Endpoints" | "LimitRange" | "PodTemplate",
+        )
+        | (
+            "rbac.authorization.k8s.io",
+            "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding",
+        )
+        | ("networking.k8s.io", "NetworkPolicy" | "IngressClass")
+        | ("scheduling.k8s.io", "PriorityClass")
+        | ("storage.k8s.io", "StorageClass")
+        | ("node.k8s.io", "RuntimeClass")
+        | (
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration",
+        ) => true,
+        _ => false,
+    }
+}
+
 /// The health of a live object, by kind; unknown kinds fall back to `status.conditions`
 /// (Ready, then Available), and to Healthy ("exists") when they have none.
 pub fn health(obj: &Value) -> HealthVerdict {

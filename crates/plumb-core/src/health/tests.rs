@@ -311,3 +311,39 @@ fn worst() {
     assert_eq!(HealthVerdict::worst([&h, &a, &b]).unwrap().reason, "a");
     assert!(HealthVerdict::worst([]).is_none());
 }
+
+#[test]
+fn only_kinds_without_a_status_are_healthy_once_present() {
+    for (api, kind, extra) in [
+        ("v1", "ConfigMap", json!({})),
+        ("v1", "Secret", json!({})),
+        ("v1", "ServiceAccount", json!({})),
+        ("v1", "Service", json!({"spec": {"type": "ClusterIP"}})),
+        ("v1", "Service", json!({})),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole", json!({})),
+        ("networking.k8s.io/v1", "NetworkPolicy", json!({})),
+    ] {
+        let mut obj = json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x"}});
+        obj.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        assert!(healthy_once_present(&obj), "{obj}");
+        assert_eq!(health(&obj).status, HealthStatus::Healthy, "{obj}");
+    }
+    for (api, kind, extra) in [
+        ("v1", "Service", json!({"spec": {"type": "LoadBalancer"}})),
+        ("apps/v1", "Deployment", json!({})),
+        ("v1", "Pod", json!({})),
+        ("v1", "PersistentVolumeClaim", json!({})),
+        ("v1", "Namespace", json!({})),
+        ("example.com/v1", "Widget", json!({})),
+        // Same name, another group: not the core kind.
+        ("example.com/v1", "ConfigMap", json!({})),
+    ] {
+        let mut obj = json!({"apiVersion": api, "kind": kind, "metadata": {"name": "x"}});
+        obj.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        assert!(!healthy_once_present(&obj), "{obj}");
+    }
+}

@@ -554,3 +554,39 @@ async fn the_drift_check_leaves_an_object_another_sync_adopted_alone() {
     assert_eq!(check.state, super::ObjectState::Modified);
     assert!(check.corrected);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_health_wait_reads_objects_healthy_once_present_only_until_they_exist() {
+    let engine = engine();
+    let deployment = Manifest::from_value(
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "ns", "generation": 1},
+               "spec": {"replicas": 1},
+               "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                          "availableReplicas": 0}}),
+        None,
+    )
+    .expect("valid");
+    engine
+        .cluster()
+        .put("deployments", deployment.object.clone());
+    engine.cluster().put("configmaps", cm("a", "1").object);
+    let err = engine
+        .wait_healthy(
+            &[cm("a", "1"), deployment],
+            std::time::Duration::from_secs(3),
+        )
+        .await
+        .expect_err("the Deployment never becomes available");
+    assert!(err.to_string().contains("Deployment"), "{err}");
+    let gets = |name: &str| {
+        engine
+            .cluster()
+            .log()
+            .iter()
+            .filter(|r| **r == Request::Get(name.to_owned()))
+            .count()
+    };
+    assert!(gets("web") >= 3, "the Deployment is read every round");
+    assert_eq!(gets("a"), 1, "the ConfigMap is read once");
+}

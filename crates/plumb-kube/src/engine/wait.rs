@@ -29,8 +29,10 @@ impl<C: Cluster> Engine<C> {
     }
 
     /// Waits until every object in `objects` is healthy (or suspended), polling, for at most
-    /// `timeout`. Returns every object's verdict; on timeout, an error naming the objects that are
-    /// not healthy and why.
+    /// `timeout`. An object of a kind that is healthy once present
+    /// ([`plumb_core::healthy_once_present`]: ConfigMaps, Secrets, RBAC, ...) is read until it
+    /// exists, then no more. Returns every object's verdict; on timeout, an error naming the
+    /// objects that are not healthy and why.
     pub async fn wait_healthy(
         &self,
         objects: &[Manifest],
@@ -49,13 +51,20 @@ impl<C: Cluster> Engine<C> {
     ) -> Result<Vec<(ObjectKey, HealthVerdict)>> {
         let resolver = self.resolver_for(objects).await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        let once = |m: &Manifest| plumb_core::healthy_once_present(&m.object);
+        // Objects healthy once present that were seen present: not read again.
+        let mut present: Vec<Option<HealthVerdict>> = vec![None; objects.len()];
         loop {
             let verdicts: Vec<(ObjectKey, HealthVerdict)> = stream::iter(0..objects.len())
                 .map(|i| {
                     let resolver = &resolver;
                     let m = &objects[i];
+                    let seen = present[i].clone();
                     async move {
                         let key = m.key();
+                        if let Some(verdict) = seen {
+                            return Ok((key, verdict));
+                        }
                         let verdict = match resolver.resolve(m).filter(|r| r.served) {
                             None => HealthVerdict::missing(),
                             Some(r) => match self.cluster.get(&r, m.namespace(), m.name()).await {
@@ -75,6 +84,11 @@ impl<C: Cluster> Engine<C> {
                 .buffered(16)
                 .try_collect()
                 .await?;
+            for (i, (_, v)) in verdicts.iter().enumerate() {
+                if present[i].is_none() && once(&objects[i]) && v.status == HealthStatus::Healthy {
+                    present[i] = Some(v.clone());
+                }
+            }
             let ready = |v: &HealthVerdict| {
                 matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended)
             };
