@@ -310,3 +310,69 @@ spec:
     agent.finish();
     Ok(())
 }
+
+/// `plumb uninstall` against a running agent, on a control plane of its own (it deletes the
+/// CRDs): with `--keep-objects` the agent orphans what the Sync applied (same object, same
+/// uid); without, the agent deletes it; then the CRDs go.
+#[tokio::test]
+async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
+    let plane = plumb_testsupport::kube::PrivateControlPlane::up().await?;
+    let w = World::private(&plane, "uninstall").await?;
+    let _agent = w.spawn(&process(), AgentSpec::new("uninstall-1")).await?;
+    let kubeconfig = plane
+        .kubeconfig()
+        .to_str()
+        .context("kubeconfig path")?
+        .to_owned();
+    let uninstall = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_plumb"));
+        cmd.args(["--kubeconfig", &kubeconfig, "uninstall", "--timeout", "60s"])
+            .args(extra);
+        cmd.output().expect("plumb runs")
+    };
+    let show = |out: &std::process::Output| {
+        format!(
+            "{}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    let commit = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], w.signing())?;
+    w.create(w.git_source("repo")).await?;
+    w.create(w.sync("app")).await?;
+    w.wait_applied::<Sync>("app", &commit, WAIT).await?;
+    let cms = w.configmaps();
+    let uid = cms.get("settings").await?.uid();
+
+    let out = uninstall(&["--keep-objects", "--keep-crds"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        w.api::<Sync>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+    assert_eq!(cms.get("settings").await?.uid(), uid, "kept as it was");
+
+    // Again, now deleting what the Sync applied (a Sync of the same name adopts it first).
+    w.create(w.git_source("repo")).await?;
+    w.create(w.sync("app")).await?;
+    w.wait_applied::<Sync>("app", &commit, WAIT).await?;
+    let out = uninstall(&[]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("CustomResourceDefinition syncs.plumb.dev deleted"),
+        "{}",
+        show(&out)
+    );
+    eventually("the Sync's ConfigMap to be deleted", WAIT, || {
+        let cms = cms.clone();
+        async move { Ok(cms.get_opt("settings").await?.is_none().then_some(())) }
+    })
+    .await?;
+    Ok(())
+}

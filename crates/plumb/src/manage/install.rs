@@ -17,7 +17,7 @@ const CRDS_YAML: &str = include_str!("../../../../deploy/crds.yaml");
 /// The agent's Namespace, RBAC, Deployment and Service.
 const AGENT_YAML: &str = include_str!("../../../../deploy/agent.yaml");
 /// The namespace `deploy/agent.yaml` uses.
-const DEFAULT_NAMESPACE: &str = "plumb-system";
+pub(super) const DEFAULT_NAMESPACE: &str = "plumb-system";
 /// The agent image, without tag.
 const IMAGE_REPOSITORY: &str = "ghcr.io/plumb-dev/plumb";
 /// The sync unit `plumb install` applies as (it marks nothing as owned).
@@ -140,6 +140,15 @@ pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// The names of the built-in CRDs.
+pub(super) fn crd_names() -> Result<Vec<String>> {
+    Ok(parse_documents(CRDS_YAML)
+        .context("parsing the built-in CRDs")?
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// Parses multi-document YAML, skipping empty documents.
 fn parse_documents(text: &str) -> Result<Vec<Value>> {
     let docs: Vec<Value> = serde_saphyr::from_multiple(text)?;
@@ -148,7 +157,11 @@ fn parse_documents(text: &str) -> Result<Vec<Value>> {
 
 /// The agent's manifests, moved into `namespace` and running `image`; with the lockdown flags
 /// when `multi_tenant`.
-fn agent_manifests(namespace: &str, image: &str, multi_tenant: bool) -> Result<Vec<Value>> {
+pub(super) fn agent_manifests(
+    namespace: &str,
+    image: &str,
+    multi_tenant: bool,
+) -> Result<Vec<Value>> {
     let mut docs = parse_documents(AGENT_YAML).context("parsing the built-in agent manifests")?;
     for doc in &mut docs {
         relocate(doc, namespace);

@@ -1,4 +1,4 @@
-//! Commands that manage the agent's resources: install, bootstrap, create, get, reconcile, suspend, resume,
+//! Commands that manage the agent's resources: install, uninstall, bootstrap, create, get, reconcile, suspend, resume,
 //! history, tree, events.
 
 mod bootstrap;
@@ -7,6 +7,7 @@ mod get;
 mod inspect;
 mod install;
 mod reconcile;
+mod uninstall;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +29,12 @@ pub enum ManageCommand {
     /// Applies with server-side apply (field manager `plumb`), the CRDs first, waiting until
     /// they are Established. Running it again upgrades in place. Exit 0 on success, 1 on failure.
     Install(install::InstallArgs),
+    /// Remove Plumb: every Sync and GitSource (through the running agent, which deletes the
+    /// objects they applied unless --keep-objects), then the agent, then the CRDs.
+    ///
+    /// Exit 0 when everything is gone; 1 when the agent did not finish the deletions in time
+    /// (then nothing else is removed).
+    Uninstall(uninstall::UninstallArgs),
     /// Install the agent and point it at a Git repository that holds the cluster's manifests.
     ///
     /// Installs like `install`, then creates a GitSource for --git and a Sync (with prune) for
@@ -65,6 +72,7 @@ pub enum ManageCommand {
 pub async fn run(global: &Global, command: ManageCommand) -> Result<ExitCode> {
     match command {
         ManageCommand::Install(args) => install::run(global, &args).await,
+        ManageCommand::Uninstall(args) => uninstall::run(global, &args).await,
         ManageCommand::Bootstrap(args) => bootstrap::run(global, &args).await,
         ManageCommand::Create(cmd) => create::run(global, cmd).await,
         ManageCommand::Get(cmd) => get::run(global, cmd).await,

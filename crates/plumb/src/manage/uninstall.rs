@@ -1,0 +1,179 @@
+//! `plumb uninstall`: every Sync and GitSource (deleted through the running agent, which
+//! prunes or orphans what they applied), then the agent's own objects, then the CRDs.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use plumb_agent::api::{GitSource, Sync};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::install::{DEFAULT_NAMESPACE, agent_manifests, crd_names};
+use crate::cli::{Global, parse_duration};
+
+/// Arguments of `plumb uninstall`.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Leave every object the Syncs applied in the cluster, as they are: each Sync is suspended
+    /// before it is deleted, so the agent orphans its objects. By default the agent deletes
+    /// them (each Sync is set to prune first).
+    #[arg(long)]
+    pub keep_objects: bool,
+    /// Namespace of the agent.
+    #[arg(long, default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Keep the CRDs.
+    #[arg(long)]
+    pub keep_crds: bool,
+    /// How long to wait for the agent to finish the Syncs' and GitSources' deletion.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+pub async fn run(global: &Global, args: &UninstallArgs) -> Result<ExitCode> {
+    let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
+        .await
+        .context("cannot build a Kubernetes client (check --kubeconfig, --context, KUBECONFIG)")?;
+    let crds_served = Api::<CustomResourceDefinition>::all(client.clone())
+        .get_opt("syncs.plumb.dev")
+        .await
+        .context("reading the Sync CRD")?
+        .is_some();
+    if crds_served {
+        // Syncs first: while the agent runs, their deletion prunes (or orphans) what they
+        // applied; then the GitSources they read.
+        let spec = if args.keep_objects {
+            json!({ "spec": { "suspend": true } })
+        } else {
+            json!({ "spec": { "suspend": false, "prune": true } })
+        };
+        delete_all::<Sync>(&client, Some(&spec), args.timeout).await?;
+        delete_all::<GitSource>(&client, None, args.timeout).await?;
+    }
+
+    let resolver = plumb_kube::Engine::new(client.clone())
+        .resolver()
+        .await
+        .context("discovering the cluster's API resources")?;
+    let mut agent = agent_manifests(&args.namespace, "unused", false)?;
+    // Workloads before their RBAC, the Namespace last.
+    agent.reverse();
+    for doc in &agent {
+        let key = plumb_core::ObjectKey::from_object(doc);
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = plumb_core::split_api_version(api_version);
+        let Some(r) = resolver.resolve_gvk(group, version, &key.kind) else {
+            continue;
+        };
+        let api: Api<DynamicObject> = match (&key.namespace, r.namespaced) {
+            (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &r.resource),
+            _ => Api::all_with(client.clone(), &r.resource),
+        };
+        match api.delete(&key.name, &DeleteParams::background()).await {
+            Ok(_) => println!("✔ {key} deleted"),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key}"))),
+        }
+    }
+
+    if !args.keep_crds {
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
+        for name in crd_names()? {
+            match crds.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => println!("✔ CustomResourceDefinition {name} deleted"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {name}"))),
+            }
+        }
+    }
+    let kept = if args.keep_objects {
+        "; the objects the Syncs applied are left in the cluster"
+    } else {
+        ""
+    };
+    println!("✔ Plumb uninstalled{kept}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes every `K` in every namespace (after a merge patch with `spec`, when given), and waits
+/// until the agent has let each go (its finalizer removed), at most `timeout` in all.
+async fn delete_all<K>(
+    client: &Client,
+    spec: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + 'static,
+{
+    let kind = K::kind(&());
+    let all: Api<K> = Api::all(client.clone());
+    let items = all
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("listing {kind}s"))?
+        .items;
+    let mut waits = Vec::new();
+    for item in &items {
+        let (ns, name) = (item.namespace().unwrap_or_default(), item.name_any());
+        let api: Api<K> = Api::namespaced(client.clone(), &ns);
+        if let Some(spec) = spec {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(spec))
+                .await
+                .with_context(|| format!("preparing {kind} {ns}/{name} for its deletion"))?;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("deleting {kind} {ns}/{name}")));
+            }
+        }
+        let uid = item.uid().unwrap_or_default();
+        waits.push(async move {
+            let gone = await_condition(api, &name, conditions::is_deleted(&uid)).await;
+            (format!("{ns}/{name}"), gone.is_ok())
+        });
+    }
+    let results = tokio::time::timeout(timeout, futures::future::join_all(waits)).await;
+    match results {
+        Ok(done) if done.iter().all(|(_, ok)| *ok) => {
+            if !items.is_empty() {
+                println!("✔ {} {kind}(s) deleted", items.len());
+            }
+            Ok(())
+        }
+        _ => {
+            let left: Vec<String> = all
+                .list(&ListParams::default())
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            bail!(
+                "{kind}s still being deleted after {}s: {}; the agent removes their finalizer \
+                 plumb.dev/finalizer once it has handled the deletion: is it running? Nothing \
+                 else was removed (without an agent: kubectl patch {} NAME --type=merge -p \
+                 '{{\"metadata\":{{\"finalizers\":null}}}}', which leaves their objects as they \
+                 are)",
+                timeout.as_secs(),
+                left.join(", "),
+                kind.to_lowercase()
+            )
+        }
+    }
+}
