@@ -318,7 +318,7 @@ spec:
 async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
     let plane = plumb_testsupport::kube::PrivateControlPlane::up().await?;
     let w = World::private(&plane, "uninstall").await?;
-    let _agent = w.spawn(&process(), AgentSpec::new("uninstall-1")).await?;
+    let agent = w.spawn(&process(), AgentSpec::new("uninstall-1")).await?;
     let kubeconfig = plane
         .kubeconfig()
         .to_str()
@@ -326,8 +326,11 @@ async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
         .to_owned();
     let uninstall = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_plumb"));
-        cmd.args(["--kubeconfig", &kubeconfig, "uninstall", "--timeout", "60s"])
+        cmd.args(["--kubeconfig", &kubeconfig, "uninstall"])
             .args(extra);
+        if !extra.contains(&"--timeout") {
+            cmd.args(["--timeout", "60s"]);
+        }
         cmd.output().expect("plumb runs")
     };
     let show = |out: &std::process::Output| {
@@ -345,6 +348,20 @@ async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
     w.wait_applied::<Sync>("app", &commit, WAIT).await?;
     let cms = w.configmaps();
     let uid = cms.get("settings").await?.uid();
+
+    // Without a running agent nothing handles the deletions: it says so and removes nothing
+    // else (the CRDs stay).
+    agent.stop().await?;
+    let out = uninstall(&["--timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}/app", w.ns())) && err.contains("is it running?"),
+        "{err}"
+    );
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(w.client().clone());
+    assert!(crds.get_opt("syncs.plumb.dev").await?.is_some());
+    let _agent = w.spawn(&process(), AgentSpec::new("uninstall-2")).await?;
 
     let out = uninstall(&["--keep-objects", "--keep-crds"]);
     assert!(out.status.success(), "{}", show(&out));
