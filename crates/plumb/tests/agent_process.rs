@@ -1,7 +1,8 @@
 //! `plumb agent` run as a process, the way a Deployment runs it, against the real control
 //! plane and real Git repositories, for what needs a process: a SIGKILLed agent converging
 //! after its restart on the same cache, a standby replica (`--leader-elect`) taking over from a
-//! killed leader, and SIGTERM during a long health wait (exit status, log, Lease released).
+//! killed leader, SIGTERM during a long health wait (exit status, log, Lease released), and
+//! `plumb uninstall` against a running agent (on a control plane of its own).
 //! What needs no process (metrics, health, the webhook receiver end to end) runs in-process in
 //! the plumb-agent tests (`tests/agent/endpoints.rs`).
 //!
