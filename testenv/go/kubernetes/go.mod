@@ -1,4 +1,5 @@
-// Builds kube-apiserver, kube-controller-manager and kube-scheduler from k8s.io/kubernetes.
+// Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and (for the opt-in
+// real node) the kubelet from k8s.io/kubernetes.
 // k8s.io/kubernetes points its staging modules at ./staging; a consumer must pin them instead.
 module plumb.dev/testenv/kubernetes
 
