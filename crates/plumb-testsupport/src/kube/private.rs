@@ -6,6 +6,11 @@
 //! Components are killed, stopped and started again by the same script (`kill`, `stop`, `start`:
 //! by pid file, restarted with the arguments `up` gave them). Dropping the value runs
 //! `scripts/testenv down` for it and deletes the directory, also when the test panics.
+//!
+//! [`PrivateControlPlane::up_with_real_node`] adds the opt-in real node of `scripts/testenv`
+//! (kubelet, containerd, runc) with a containerd of its own: node label and taint
+//! `plumb.dev/real-node=true` (a Pod for it has a nodeSelector on the label and tolerates the
+//! `NoSchedule` taint), test image `plumb.dev/testenv/hello:1` (see `scripts/testenv`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
 use crate::git::PIDS_DIR_ENV;
+
+/// The real node's processes (pid files in the run directory), beside [`Component::ALL`].
+const REAL_NODE_PROCESSES: [&str; 2] = ["containerd", "kubelet"];
 
 /// One process of the control plane, named as `scripts/testenv` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +76,8 @@ pub struct PrivateControlPlane {
     /// Files in `$PLUMB_TEST_PIDS_DIR` naming the running components, so that `scripts/test`
     /// kills them even if this process dies without dropping the value.
     pid_records: Mutex<Vec<PathBuf>>,
+    /// Whether `up` added the real node.
+    real_node: bool,
     down: bool,
     // Last: deleted after `down` stopped the processes.
     _dir: TempDir,
@@ -77,6 +87,17 @@ impl PrivateControlPlane {
     /// Starts etcd, kube-apiserver, controller-manager, scheduler and kwok on free ports and
     /// waits until they serve (about 10 s with the binaries cached).
     pub async fn up() -> Result<Self> {
+        Self::start_plane(false).await
+    }
+
+    /// As [`up`](Self::up), and adds the real node (`PLUMB_TESTENV_REAL_NODE=1 scripts/testenv
+    /// up`): its own containerd, a kubelet, Debian's runc and CNI plugins (installed when
+    /// missing), ready once the node is (about 10 s more with the kubelet cached).
+    pub async fn up_with_real_node() -> Result<Self> {
+        Self::start_plane(true).await
+    }
+
+    async fn start_plane(real_node: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("plumb-control-plane-")
             .tempdir()
@@ -86,6 +107,7 @@ impl PrivateControlPlane {
             kubeconfig: run.join("kubeconfig"),
             run,
             pid_records: Mutex::default(),
+            real_node,
             down: false,
             _dir: dir,
         };
@@ -140,14 +162,24 @@ impl PrivateControlPlane {
 
     /// The pid of `component`, if it runs.
     pub fn pid(&self, component: Component) -> Option<u32> {
-        let text = std::fs::read_to_string(self.run.join(format!("{component}.pid"))).ok()?;
+        self.pid_of(component.name())
+    }
+
+    fn pid_of(&self, name: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.run.join(format!("{name}.pid"))).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     /// The last `lines` lines of `component`'s log, for failure reports.
     pub fn log_tail(&self, component: Component, lines: usize) -> String {
-        let path = self.run.join(format!("{component}.log"));
+        self.log_tail_of(component.name(), lines)
+    }
+
+    /// The last `lines` lines of the log of the process `scripts/testenv` names `name` (also
+    /// the real node's `containerd` and `kubelet`).
+    pub fn log_tail_of(&self, name: &str, lines: usize) -> String {
+        let path = self.run.join(format!("{name}.log"));
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let all: Vec<&str> = text.lines().collect();
@@ -184,6 +216,10 @@ impl PrivateControlPlane {
         let mut cmd = std::process::Command::new(script);
         cmd.args(args)
             .env("PLUMB_TESTENV_RUN", &self.run)
+            .env(
+                "PLUMB_TESTENV_REAL_NODE",
+                if self.real_node { "1" } else { "" },
+            )
             .stdin(std::process::Stdio::null());
         cmd
     }
@@ -219,8 +255,17 @@ impl PrivateControlPlane {
         if std::fs::create_dir_all(&pids_dir).is_err() {
             return;
         }
-        for c in Component::ALL {
-            if let Some(pid) = self.pid(c) {
+        let node = if self.real_node {
+            &REAL_NODE_PROCESSES[..]
+        } else {
+            &[]
+        };
+        for c in Component::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(node.iter().copied())
+        {
+            if let Some(pid) = self.pid_of(c) {
                 let file = pids_dir.join(format!("plumb-testenv-{c}-{pid}.pid"));
                 if std::fs::write(&file, format!("{pid}\n")).is_ok() {
                     records.push(file);
