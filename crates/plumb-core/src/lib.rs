@@ -26,7 +26,9 @@ pub use inventory::{Inventory, InventoryEntry, InventoryError};
 pub use normalize::{normalize, same_state};
 pub use object::{Manifest, ManifestError, ObjectKey, SourceLocation, split_api_version};
 pub use order::{Stage, apply_rank, stage_of};
-pub use outcome::{inventory_after, only_imperative_managers, predicted_action};
+pub use outcome::{
+    applied_by, inventory_after, only_imperative_managers, predicted_action, unchanged,
+};
 pub use ownership::{SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL, SyncId, is_owned_by, mark_owned};
 pub use plan::{Plan, PlanError, PlanOptions, plan};
 pub use yaml::to_yaml;

@@ -14,16 +14,41 @@ use crate::normalize::same_state;
 use crate::object::ObjectKey;
 use crate::plan::Plan;
 
-/// What a sync would do with a planned object, judged from its live copy (`None`: absent),
-/// its server-side dry-run result (`None`: not validated yet, because its Namespace or CRD
-/// comes with the same sync) and whether the caller vouched it is live as last applied.
-pub fn predicted_action(live: Option<&Value>, dry_run: Option<&Value>, vouched: bool) -> Action {
+/// What a sync applying as field manager `manager` would do with a planned object, judged from
+/// its live copy (`None`: absent), its server-side dry-run result (`None`: not validated yet,
+/// because its Namespace or CRD comes with the same sync) and whether the caller vouched it is
+/// live as last applied. An object that already looks as desired but that `manager` never
+/// applied is configured all the same: the apply makes `manager` own its fields, so that a
+/// later revision that drops a field removes it.
+pub fn predicted_action(
+    live: Option<&Value>,
+    dry_run: Option<&Value>,
+    vouched: bool,
+    manager: &str,
+) -> Action {
     match (live, dry_run) {
         (None, _) => Action::Created,
         (Some(_), _) if vouched => Action::Unchanged,
-        (Some(live), Some(dry)) if same_state(dry, live) => Action::Unchanged,
+        (Some(live), Some(dry)) if unchanged(dry, live, manager) => Action::Unchanged,
         (Some(_), _) => Action::Configured,
     }
+}
+
+/// Whether applying, whose server-side dry-run gave `dry_run`, would change nothing on `live`:
+/// the same state, and `manager` already applies it.
+pub fn unchanged(dry_run: &Value, live: &Value, manager: &str) -> bool {
+    same_state(dry_run, live) && applied_by(live, manager)
+}
+
+/// Whether `manager` has applied (server-side apply, not an update) fields of `live`.
+pub fn applied_by(live: &Value, manager: &str) -> bool {
+    live["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|fields| {
+            fields
+                .iter()
+                .any(|f| f["manager"] == manager && f["operation"] == "Apply")
+        })
 }
 
 /// Whether every field manager named in a server-side apply conflict `message` changed the
@@ -105,23 +130,26 @@ mod tests {
 
     #[test]
     fn predicted_action_covers_every_case() {
-        let live = cm("a", "1");
-        assert_eq!(predicted_action(None, None, false), Action::Created);
-        assert_eq!(predicted_action(None, Some(&live), true), Action::Created);
-        assert_eq!(predicted_action(Some(&live), None, true), Action::Unchanged);
-        assert_eq!(
-            predicted_action(Some(&live), Some(&live), false),
-            Action::Unchanged
-        );
-        assert_eq!(
-            predicted_action(Some(&live), Some(&cm("a", "2")), false),
-            Action::Configured
-        );
+        let mut live = cm("a", "1");
+        live["metadata"]["managedFields"] = json!([{"manager": "plumb", "operation": "Apply"}]);
+        let p = |live, dry, vouched| predicted_action(live, dry, vouched, "plumb");
+        assert_eq!(p(None, None, false), Action::Created);
+        assert_eq!(p(None, Some(&live), true), Action::Created);
+        assert_eq!(p(Some(&live), None, true), Action::Unchanged);
+        assert_eq!(p(Some(&live), Some(&live), false), Action::Unchanged);
+        let other = cm("a", "2");
+        assert_eq!(p(Some(&live), Some(&other), false), Action::Configured);
         // Not validated yet and not vouched: it may change.
-        assert_eq!(
-            predicted_action(Some(&live), None, false),
-            Action::Configured
-        );
+        assert_eq!(p(Some(&live), None, false), Action::Configured);
+        // As desired, but applied by someone else (or only updated by plumb): take it over.
+        let mut theirs = cm("a", "1");
+        theirs["metadata"]["managedFields"] = json!([
+            {"manager": "kubectl", "operation": "Apply"},
+            {"manager": "plumb", "operation": "Update"},
+        ]);
+        assert_eq!(p(Some(&theirs), Some(&theirs), false), Action::Configured);
+        assert!(!unchanged(&theirs, &theirs, "plumb"));
+        assert!(unchanged(&live, &live, "plumb"));
     }
 
     fn with_managers(fields: Value) -> Value {

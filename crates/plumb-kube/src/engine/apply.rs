@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, stream};
-use plumb_core::{Action, ChangeSet, Manifest, ObjectKey, same_state};
+use plumb_core::{Action, ChangeSet, Manifest, ObjectKey};
 use serde_json::Value;
 
 use super::prepare::{Prepared, Target};
 use super::{Engine, Progress, SyncOptions};
-use crate::cluster::{ApplyMode, Cluster};
+use crate::cluster::{ApplyMode, Cluster, FIELD_MANAGER};
 use crate::error::ObjectError;
 
 /// The outcome of writing one object.
@@ -95,7 +95,7 @@ impl<C: Cluster> Engine<C> {
             },
         };
         if let Some(live) = &target.live {
-            if same_state(&predicted, live) {
+            if plumb_core::unchanged(&predicted, live, FIELD_MANAGER) {
                 return Written::unchanged();
             }
             // A controller may have written the object between the snapshot and the dry-run
@@ -111,7 +111,7 @@ impl<C: Cluster> Engine<C> {
                         target.manifest.name(),
                     )
                     .await
-                && same_state(&predicted, &fresh)
+                && plumb_core::unchanged(&predicted, &fresh, FIELD_MANAGER)
             {
                 return Written::unchanged();
             }

@@ -1,7 +1,8 @@
 //! An in-memory [`Cluster`] for the engine's unit tests: objects in a map, every request
 //! recorded in order, and failures injected per object and request kind.
 //!
-//! It is not an API server: an apply stores the applied body (no field merge), and only
+//! It is not an API server: an apply stores the applied body (no field merge; the applier is
+//! added to `managedFields`), and only
 //! what the safety rules depend on is modelled (dry-run stores nothing, namespaced objects
 //! need their Namespace, a delete checks its uid precondition, CRD kinds are served once the
 //! CRD is Established).
@@ -241,6 +242,17 @@ impl Cluster for Memory {
         }
         let key = Self::key(kind, namespace, name);
         let mut stored = body.clone();
+        // The applier becomes a manager of the object (once).
+        let mut managers: Vec<Value> = st
+            .objects
+            .get(&key)
+            .and_then(|l| l["metadata"]["managedFields"].as_array().cloned())
+            .unwrap_or_default();
+        let entry = json!({"manager": crate::FIELD_MANAGER, "operation": "Apply"});
+        if !managers.contains(&entry) {
+            managers.push(entry);
+        }
+        stored["metadata"]["managedFields"] = Value::Array(managers);
         match st.objects.get(&key) {
             Some(live) => {
                 stored["metadata"]["uid"] = live["metadata"]["uid"].clone();

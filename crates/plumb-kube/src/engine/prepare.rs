@@ -39,6 +39,7 @@ impl Prepared {
             self.live.get(key),
             self.dry_run.get(key),
             self.vouched.contains(key),
+            crate::FIELD_MANAGER,
         )
     }
 }

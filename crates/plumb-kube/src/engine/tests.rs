@@ -590,3 +590,35 @@ async fn a_health_wait_reads_objects_healthy_once_present_only_until_they_exist(
     assert!(gets("web") >= 3, "the Deployment is read every round");
     assert_eq!(gets("a"), 1, "the ConfigMap is read once");
 }
+
+#[tokio::test]
+async fn an_object_that_looks_as_desired_but_was_never_applied_by_plumb_is_taken_over() {
+    let engine = engine();
+    // Created by someone else with exactly the desired content (no ownership labels: as
+    // `plumb install` applies, owning nothing).
+    let mut theirs = cm("a", "1").object;
+    theirs["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Apply"}]);
+    engine.cluster().put("configmaps", theirs);
+    let mut o = opts();
+    o.own = false;
+    let report = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &o)
+        .await
+        .expect("syncs");
+    assert_eq!(
+        report.changes.counts().configured,
+        1,
+        "{:?}",
+        report.changes
+    );
+    assert_eq!(writes(&engine.cluster().log()), ["apply a"]);
+    // Now plumb applies it: the next sync leaves it alone.
+    let before = engine.cluster().log().len();
+    let report = sync(&engine, vec![cm("a", "1")], &Inventory::default(), &o)
+        .await
+        .expect("syncs");
+    assert_eq!(report.changes.counts().unchanged, 1);
+    assert_eq!(
+        writes(&engine.cluster().log()[before..]),
+        Vec::<String>::new()
+    );
+}

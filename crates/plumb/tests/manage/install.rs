@@ -171,6 +171,9 @@ fn agent_rbac_grants_what_the_agent_needs() {
 #[tokio::test]
 async fn install_crds_only_establishes_them_and_is_idempotent() -> anyhow::Result<()> {
     let client = client().await?;
+    // The same CRDs applied by another field manager first (as the test world does): plumb
+    // still takes their fields over, though their content is already as desired.
+    plumb_testsupport::kube::apply_crds(&client, &plumb_testsupport::world::crds_path()).await?;
     for _ in 0..2 {
         let out = ok(&["install", "--crds-only"]);
         assert!(
