@@ -63,7 +63,7 @@ pub async fn run(global: &Global, args: &InstallArgs) -> Result<ExitCode> {
 /// Installs (or exports) the CRDs, the agent unless `crds_only`, then `extra` objects (which
 /// may be GitSources and Syncs: they are applied once the CRDs are Established).
 pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Result<ExitCode> {
-    let crds = parse_documents(CRDS_YAML).context("parsing the built-in CRDs")?;
+    let crds = crd_manifests()?;
     let agent = if args.crds_only {
         Vec::new()
     } else {
@@ -140,13 +140,9 @@ pub async fn install(global: &Global, args: &InstallArgs, extra: &[Value]) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// The names of the built-in CRDs.
-pub(super) fn crd_names() -> Result<Vec<String>> {
-    Ok(parse_documents(CRDS_YAML)
-        .context("parsing the built-in CRDs")?
-        .iter()
-        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_owned))
-        .collect())
+/// The built-in CRDs.
+pub(super) fn crd_manifests() -> Result<Vec<Value>> {
+    parse_documents(CRDS_YAML).context("parsing the built-in CRDs")
 }
 
 /// Parses multi-document YAML, skipping empty documents.

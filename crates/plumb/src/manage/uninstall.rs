@@ -7,14 +7,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
 use plumb_agent::api::{GitSource, Sync};
+use plumb_kube::Cluster as _;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::install::{DEFAULT_NAMESPACE, agent_manifests, crd_names};
+use super::install::{DEFAULT_NAMESPACE, agent_manifests, crd_manifests};
 use crate::cli::{Global, parse_duration};
 
 /// Arguments of `plumb uninstall`.
@@ -57,7 +58,8 @@ pub async fn run(global: &Global, args: &UninstallArgs) -> Result<ExitCode> {
         delete_all::<GitSource>(&client, None, args.timeout).await?;
     }
 
-    let resolver = plumb_kube::Engine::new(client.clone())
+    let engine = plumb_kube::Engine::new(client.clone());
+    let resolver = engine
         .resolver()
         .await
         .context("discovering the cluster's API resources")?;
@@ -65,30 +67,15 @@ pub async fn run(global: &Global, args: &UninstallArgs) -> Result<ExitCode> {
     // Workloads before their RBAC, the Namespace last.
     agent.reverse();
     for doc in &agent {
-        let key = plumb_core::ObjectKey::from_object(doc);
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let (group, version) = plumb_core::split_api_version(api_version);
-        let Some(r) = resolver.resolve_gvk(group, version, &key.kind) else {
-            continue;
-        };
-        let api: Api<DynamicObject> = match (&key.namespace, r.namespaced) {
-            (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &r.resource),
-            _ => Api::all_with(client.clone(), &r.resource),
-        };
-        match api.delete(&key.name, &DeleteParams::background()).await {
-            Ok(_) => println!("✔ {key} deleted"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {key}"))),
+        if delete(&engine, &resolver, doc).await? {
+            println!("✔ {} deleted", plumb_core::ObjectKey::from_object(doc));
         }
     }
-
     if !args.keep_crds {
-        let crds = Api::<CustomResourceDefinition>::all(client.clone());
-        for name in crd_names()? {
-            match crds.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => println!("✔ CustomResourceDefinition {name} deleted"),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("deleting {name}"))),
+        for crd in &crd_manifests()? {
+            if delete(&engine, &resolver, crd).await? {
+                let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+                println!("✔ CustomResourceDefinition {name} deleted");
             }
         }
     }
@@ -99,6 +86,30 @@ pub async fn run(global: &Global, args: &UninstallArgs) -> Result<ExitCode> {
     };
     println!("✔ Plumb uninstalled{kept}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the object `doc` names (in the background); false when it did not exist or its
+/// kind is not served.
+async fn delete(
+    engine: &plumb_kube::Engine,
+    resolver: &plumb_kube::discovery::Resolver,
+    doc: &serde_json::Value,
+) -> Result<bool> {
+    let key = plumb_core::ObjectKey::from_object(doc);
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = plumb_core::split_api_version(api_version);
+    let Some(kind) = resolver.resolve_gvk(group, version, &key.kind) else {
+        return Ok(false);
+    };
+    match engine
+        .cluster()
+        .delete(&kind, key.namespace.as_deref(), &key.name, None)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("deleting {key}"))),
+    }
 }
 
 /// Deletes every `K` in every namespace (after a merge patch with `spec`, when given), and waits
