@@ -334,7 +334,7 @@ async fn delete_owned(
     name: &str,
     st: &crate::api::SyncStatus,
 ) -> std::result::Result<plumb_core::ChangeCounts, String> {
-    let (_, engine, inventory, mut opts) =
+    let (engine, inventory, mut opts) =
         crate::syncs::engine_for(sync, ctx, ns, name, st).map_err(|e| e.to_string())?;
     opts.prune = true;
     opts.allow_empty = true;

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 
-use crate::metrics::{RequestCounts, samples};
+use crate::metrics::RequestCounts;
+use plumb_testsupport::http::samples;
 
 /// `apiserver_request_total`, summed as [`RequestCounts::of`] does, from a raw `GET /metrics`.
 pub async fn request_counts(client: &Client) -> anyhow::Result<RequestCounts> {

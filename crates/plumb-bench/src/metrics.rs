@@ -1,7 +1,7 @@
 //! Counters from Prometheus text: the API server's `apiserver_request_total` and the agent's
 //! `plumb_api_requests_total`.
 
-use std::collections::BTreeMap;
+use plumb_testsupport::http::{Sample, samples};
 
 /// Verbs that change something (as `apiserver_request_total` spells them).
 const WRITE_VERBS: [&str; 6] = [
@@ -21,78 +21,6 @@ pub const BENCH_RESOURCES: [&str; 4] = ["configmaps", "serviceaccounts", "servic
 
 /// Written all the time by the control plane itself (leader election, node heartbeats, events).
 const BACKGROUND_RESOURCES: [&str; 2] = ["leases", "events"];
-
-/// One sample of a labelled counter.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    /// Label name to value (as written, escapes kept).
-    pub labels: BTreeMap<String, String>,
-    /// The counter's value.
-    pub value: f64,
-}
-
-impl Sample {
-    /// The label's value, `""` when absent.
-    pub fn label(&self, name: &str) -> &str {
-        self.labels.get(name).map_or("", String::as_str)
-    }
-}
-
-/// Every labelled sample of `metric` in `text`, in the order of the text. Samples without
-/// labels, with a timestamp, or with an unreadable value are skipped.
-pub fn samples(text: &str, metric: &str) -> Vec<Sample> {
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
-            // Like the regex `^metric\{(.*)\}\s+(\S+)$`: the last `}`, blank, one value.
-            let (labels, after) = rest.rsplit_once('}')?;
-            let value = after.trim();
-            if !after.starts_with(char::is_whitespace)
-                || value.is_empty()
-                || value.contains(char::is_whitespace)
-            {
-                return None;
-            }
-            Some(Sample {
-                labels: labels_of(labels),
-                value: value.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// `a="x",b="y\"z"` into a map. Text that is not `name="value"` is skipped.
-fn labels_of(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = text;
-    loop {
-        rest = rest.trim_start_matches([',', ' ']);
-        let Some((name, after)) = rest.split_once("=\"") else {
-            return out;
-        };
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in after.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let Some(end) = end else {
-            return out;
-        };
-        let name = name.trim();
-        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            out.insert(name.to_owned(), after[..end].to_owned());
-        }
-        rest = &after[end + 1..];
-    }
-}
 
 /// Request counts of interest from one scrape of the API server's `apiserver_request_total`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -225,17 +153,6 @@ apiserver_request_duration_seconds_bucket{le="0.1",verb="POST"} 12
         later.writes += 4.0;
         let d = counts.delta(&later);
         assert_eq!((d.writes, d.dry_runs, d.reads), (4, 0, 0));
-    }
-
-    #[test]
-    fn labels_keep_escaped_quotes_and_commas() {
-        let text = "m{a=\"x,y\",b=\"say \\\"hi\\\"\",c=\"\"} 2.5e3\nm 4\nm{a=\"1\"} 3 1700000000\n";
-        let s = samples(text, "m");
-        assert_eq!(s.len(), 1, "{s:?}");
-        assert_eq!(s[0].label("a"), "x,y");
-        assert_eq!(s[0].label("b"), "say \\\"hi\\\"");
-        assert_eq!(s[0].label("c"), "");
-        assert_eq!(s[0].value, 2500.0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Built on `reqwest` without TLS and without proxies (no `HTTP_PROXY` from the environment):
 //! every request goes to the loopback address it names, on a connection of its own.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -128,18 +129,117 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 /// The sum of every sample of counter `name` in `text` whose labels include all of `labels`
 /// (`key="value"` each).
 pub fn counter(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name))
-        .filter_map(|rest| {
-            let (labels_part, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            labels
-                .iter()
-                .all(|want| labels_part.split(',').any(|l| l == *want))
-                .then(|| value.split(' ').next()?.parse::<f64>().ok())
-                .flatten()
+    let wanted: Vec<(&str, &str)> = labels
+        .iter()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            Some((key, value.strip_prefix('"')?.strip_suffix('"')?))
         })
+        .collect();
+    samples(text, name)
+        .iter()
+        .filter(|s| {
+            wanted
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
         .sum()
+}
+
+/// One sample of a labelled counter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Label name to value (as written, escapes kept).
+    pub labels: BTreeMap<String, String>,
+    /// The counter's value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The label's value, `""` when absent.
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).map_or("", String::as_str)
+    }
+}
+
+/// Every labelled sample of `metric` in `text`, in the order of the text. Samples without
+/// labels, with a timestamp, or with an unreadable value are skipped.
+pub fn samples(text: &str, metric: &str) -> Vec<Sample> {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+            // Like the regex `^metric\{(.*)\}\s+(\S+)$`: the last `}`, blank, one value.
+            let (labels, after) = rest.rsplit_once('}')?;
+            let value = after.trim();
+            if !after.starts_with(char::is_whitespace)
+                || value.is_empty()
+                || value.contains(char::is_whitespace)
+            {
+                return None;
+            }
+            Some(Sample {
+                labels: labels_of(labels),
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// `a="x",b="y\"z"` into a map. Text that is not `name="value"` is skipped.
+fn labels_of(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([',', ' ']);
+        let Some((name, after)) = rest.split_once("=\"") else {
+            return out;
+        };
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
+            return out;
+        };
+        let name = name.trim();
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            out.insert(name.to_owned(), after[..end].to_owned());
+        }
+        rest = &after[end + 1..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_keep_escaped_quotes_and_commas() {
+        let text = "m{a=\"x,y\",b=\"say \\\"hi\\\"\",c=\"\"} 2.5e3\nm 4\nm{a=\"1\"} 3 1700000000\n";
+        let s = samples(text, "m");
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].label("a"), "x,y");
+        assert_eq!(s[0].label("b"), "say \\\"hi\\\"");
+        assert_eq!(s[0].label("c"), "");
+        assert_eq!(s[0].value, 2500.0);
+    }
+
+    #[test]
+    fn counter_sums_the_samples_with_all_the_labels() {
+        let text =
+            "m{a=\"1\",b=\"x,y\"} 2\nm{a=\"1\",b=\"z\"} 3\nm{a=\"2\"} 5\nm_other{a=\"1\"} 7\n";
+        assert_eq!(counter(text, "m", &["a=\"1\""]), 5.0);
+        assert_eq!(counter(text, "m", &["a=\"1\"", "b=\"x,y\""]), 2.0);
+        assert_eq!(counter(text, "m", &["a=\"3\""]), 0.0);
+    }
 }

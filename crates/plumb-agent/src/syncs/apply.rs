@@ -75,7 +75,7 @@ pub(super) async fn apply(
     );
     ctx.write_status::<Sync>(ns, name, st).await?;
 
-    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     // Objects the watch vouches for and whose manifest did not change need no dry-run; an
     // explicit reconcile request checks everything.
     if unrequested {
@@ -89,7 +89,8 @@ pub(super) async fn apply(
     // failure the objects that were written), so that a change made during the health wait
     // is healed at once, and towards this revision, never an older one.
     let applied_from = (artifact.revision.clone(), rendered);
-    if let Err(e) = register_drift(sync, ctx, client, &report, applied_from, phase.ticket()).await {
+    if let Err(e) = register_drift(sync, ctx, &engine, &report, applied_from, phase.ticket()).await
+    {
         // This revision was (partly) written but cannot be registered (e.g. the API server
         // went away mid-apply): healing towards the older registered revision would undo
         // it, so the Sync's objects are not healed until a later apply registers them.
@@ -199,21 +200,21 @@ pub(super) fn digest(manifests: &[Manifest]) -> String {
     format!("sha256:{:x}", h.finalize())
 }
 
-/// The client, engine, previous inventory and options a Sync applies with.
+/// The engine (with the Sync's client), previous inventory and options a Sync applies with.
 pub(crate) fn engine_for(
     sync: &Sync,
     ctx: &Context,
     ns: &str,
     name: &str,
     st: &SyncStatus,
-) -> Result<(kube::Client, Engine, plumb_core::Inventory, SyncOptions)> {
+) -> Result<(Engine, plumb_core::Inventory, SyncOptions)> {
     let client = ctx
         .client_for(ns, sync.spec.service_account_name.as_deref())
         .map_err(|source| Error::Api {
             context: "building an impersonating client".into(),
             source,
         })?;
-    let engine = Engine::new(client.clone()).sharing(ctx.discovery.clone());
+    let engine = Engine::new(client).sharing(ctx.discovery.clone());
     let (inventory, bad) = status::inventory_from_items(&st.inventory);
     if !bad.is_empty() {
         tracing::warn!(?bad, "ignoring unreadable inventory entries");
@@ -224,7 +225,7 @@ pub(crate) fn engine_for(
     opts.allow_empty = sync.spec.allow_empty;
     opts.force_conflicts = sync.spec.force;
     opts.adopt = sync.spec.adopt;
-    Ok((client, engine, inventory, opts))
+    Ok((engine, inventory, opts))
 }
 
 /// Hands the written objects to the drift watch, as of the apply with `ticket`: every desired
@@ -233,7 +234,7 @@ pub(crate) fn engine_for(
 pub(super) async fn register_drift(
     sync: &Sync,
     ctx: &Context,
-    client: kube::Client,
+    engine: &Engine,
     report: &plumb_kube::SyncReport,
     applied_from: (String, String),
     ticket: Ticket,
@@ -270,10 +271,7 @@ pub(super) async fn register_drift(
         .applied
         .iter()
         .filter(|m| written.as_ref().is_none_or(|w| w.contains(&m.key())));
-    let resolver = Engine::new(client.clone())
-        .sharing(ctx.discovery.clone())
-        .resolver()
-        .await?;
+    let resolver = engine.resolver().await?;
     let mut kinds: HashMap<(&str, &str), Arc<Resolved>> = HashMap::new();
     let mut objects = BTreeMap::new();
     for m in applied {
@@ -301,7 +299,7 @@ pub(super) async fn register_drift(
             objects,
             mode: sync.spec.drift,
             force: sync.spec.force,
-            client,
+            client: engine.client().clone(),
             revision: applied_from.0,
             scope,
         },
@@ -329,7 +327,7 @@ pub(super) async fn detect_only(
     // Held for the whole render; its digest is checked on disk first.
     let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
     let rendered = digest(&desired);
-    let (client, engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;
     opts.prune = false;
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
@@ -350,7 +348,7 @@ pub(super) async fn detect_only(
         })
         .collect();
     let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, client, &report, applied_from, ticket).await?;
+    register_drift(sync, ctx, &engine, &report, applied_from, ticket).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),
