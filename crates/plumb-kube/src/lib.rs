@@ -11,7 +11,7 @@ pub mod inventory;
 
 pub use cluster::{ApplyMode, Cluster, FIELD_MANAGER, KubeCluster, Page, await_crds_established};
 pub use engine::{
-    DiscoveryCache, Engine, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
+    DiscoveryCache, Engine, HookRun, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
     SyncOptions, SyncReport,
 };
 pub use error::{Error, FailureKind, ObjectError, Result};
