@@ -32,7 +32,7 @@ mod record;
 
 pub(crate) use apply::engine_for;
 use apply::{Applied, apply, cancelled, detect_only};
-use record::{fail, push_history, record_applied};
+use record::{fail, hook_line, push_history, record_applied};
 
 const NOT_READY_RETRY: Duration = Duration::from_secs(5);
 
