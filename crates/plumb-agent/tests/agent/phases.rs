@@ -132,3 +132,77 @@ metadata:
     w.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn deleting_a_sync_with_prune_runs_its_delete_hooks_around_the_prune() -> Result<()> {
+    let w = World::new("delhooks").await?;
+    let hook = |name: &str, annotation: &str| {
+        format!(
+            "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+  annotations:
+    {annotation}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: busybox:1.36}}]
+"
+        )
+    };
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "1")),
+            (
+                "app/backup.yaml",
+                &hook("backup", "helm.sh/hook: pre-delete"),
+            ),
+            (
+                "app/cleanup.yaml",
+                &hook("cleanup", "argocd.argoproj.io/hook: PostDelete"),
+            ),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h", "prune": true }),
+    )
+    .await?;
+    w.wait_applied("app", &first).await?;
+    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
+    assert!(jobs.get_opt("backup").await?.is_none(), "not run by a sync");
+    assert!(
+        jobs.get_opt("cleanup").await?.is_none(),
+        "not run by a sync"
+    );
+
+    w.syncs().delete("app", &Default::default()).await?;
+    w.wait_sync_gone("app", WAIT).await?;
+    assert!(w.configmaps().get_opt("settings").await?.is_none());
+    for name in ["backup", "cleanup"] {
+        let job = jobs.get(name).await?;
+        let complete = job
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        assert!(complete, "{name} ran to completion");
+    }
+    // The deletion says what it did: the two hooks created, the ConfigMap pruned (the order,
+    // pre-delete hooks, prune, post-delete hooks, is the engine's unit test).
+    let notes = w.events("app", "ObjectsDeleted").await?;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("2 created") && n.contains("1 pruned")),
+        "{notes:?}"
+    );
+    w.stop().await;
+    Ok(())
+}

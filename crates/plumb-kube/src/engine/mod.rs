@@ -68,6 +68,10 @@ pub struct SyncOptions {
     /// Whether the sync unit applied a revision before (Helm's upgrade hooks run, not its
     /// install hooks); `None`: whether the previous inventory is not empty.
     pub upgrade: Option<bool>,
+    /// The sync unit is being deleted: of `desired` (its last applied revision) only the
+    /// `pre-delete` hooks run, then every owned object of the inventory is pruned, then the
+    /// `post-delete` hooks run. Set `prune` and `allow_empty` with it.
+    pub deleting: bool,
     /// Objects the caller vouches are live exactly as last applied, with that manifest as
     /// compact JSON (after namespace defaulting and ownership labels, as in
     /// [`SyncReport::applied`]). A planned object whose manifest is identical, and which
@@ -92,6 +96,7 @@ impl SyncOptions {
             crd_timeout: Duration::from_secs(60),
             timeout: Duration::from_secs(300),
             upgrade: None,
+            deleting: false,
             vouched: BTreeMap::new(),
         }
     }
@@ -303,6 +308,11 @@ impl<C: Cluster> Engine<C> {
         opts: &SyncOptions,
         progress: &dyn Progress,
     ) -> Result<SyncReport> {
+        let desired = if opts.deleting {
+            phases::delete_hooks_only(desired)
+        } else {
+            desired
+        };
         let mut prep = self.prepare(desired, inventory, opts).await?;
         let hook_count: usize = prep.plan.sync_steps().map(|s| s.hooks.len()).sum();
         progress.start(prep.plan.apply_len() + prep.plan.prune.len() + hook_count);

@@ -48,6 +48,22 @@ pub(super) fn hook_key(m: &Manifest) -> ObjectKey {
     key
 }
 
+/// The objects of a revision that run when its sync unit is deleted: hooks of the
+/// `pre-delete` and `post-delete` phases (nothing else is applied then).
+pub(super) fn delete_hooks_only(desired: Vec<Manifest>) -> Vec<Manifest> {
+    desired
+        .into_iter()
+        .filter(|m| {
+            plumb_core::placement(m, true).is_ok_and(|p| {
+                p.hook.is_some()
+                    && p.phases
+                        .iter()
+                        .any(|ph| matches!(ph, Phase::PreDelete | Phase::PostDelete))
+            })
+        })
+        .collect()
+}
+
 /// Everything a run of the phases adds to the report.
 struct Run<'a> {
     changes: &'a mut ChangeSet,
@@ -107,6 +123,9 @@ impl<C: Cluster> Engine<C> {
             progress,
             deadline: Instant::now() + opts.timeout,
         };
+        if opts.deleting {
+            return Ok(self.run_deletion(prep, &mut run).await);
+        }
         let steps: Vec<Step> = prep.plan.sync_steps().cloned().collect();
         let phased = prep.plan.is_phased();
         let mut failed = false;
@@ -145,6 +164,30 @@ impl<C: Cluster> Engine<C> {
             }
         }
         Ok(failed)
+    }
+
+    /// The deletion of a sync unit: its `pre-delete` hooks, the prune of everything it owns,
+    /// its `post-delete` hooks. A failed hook or delete skips what follows.
+    async fn run_deletion(&self, prep: &Prepared, run: &mut Run<'_>) -> bool {
+        let pre: Vec<Step> = prep.plan.steps_of(Phase::PreDelete).cloned().collect();
+        let post: Vec<Step> = prep.plan.steps_of(Phase::PostDelete).cloned().collect();
+        let mut failed = false;
+        for step in &pre {
+            if failed {
+                run.skip_step(step, "not run: an earlier pre-delete hook failed");
+                continue;
+            }
+            failed = self.run_hooks(prep, step, run).await;
+        }
+        failed |= self.prune_all(prep, failed, run).await;
+        for step in &post {
+            if failed {
+                run.skip_step(step, "not run: the deletion had failures");
+                continue;
+            }
+            failed = self.run_hooks(prep, step, run).await;
+        }
+        failed
     }
 
     /// Applies the resources of one wave, stage by stage; a failed stage skips the later ones.
@@ -459,7 +502,12 @@ impl<C: Cluster> Engine<C> {
     ) -> Vec<ObjectError> {
         let mut seen = BTreeSet::new();
         let mut failures = Vec::new();
-        for step in plan.sync_steps().chain(plan.steps_of(Phase::Fail)) {
+        // Every hook of the revision, those that run on deletion too.
+        let checked = [Phase::Fail, Phase::PreDelete, Phase::PostDelete];
+        for step in plan
+            .sync_steps()
+            .chain(plan.steps.iter().filter(|s| checked.contains(&s.phase)))
+        {
             for hook in &step.hooks {
                 let m = &hook.manifest;
                 // A hook of several phases is validated once.

@@ -503,3 +503,54 @@ async fn a_hook_the_server_refuses_is_refused_before_anything_is_written() {
     );
     assert_eq!(writes(&engine.cluster().log()), Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_deletion_runs_the_pre_delete_hooks_prunes_then_runs_the_post_delete_hooks() {
+    let engine = engine();
+    let inventory = Inventory::from_manifests(&[owned(&engine, "app", 0)]);
+    let mut o = opts();
+    o.deleting = true;
+    o.allow_empty = true;
+    let revision = vec![
+        cm("app", None),
+        job("presync", json!({"argocd.argoproj.io/hook": "PreSync"})),
+        job("cleanup-", json!({"argocd.argoproj.io/hook": "PostDelete"})),
+        job("backup", json!({"helm.sh/hook": "pre-delete"})),
+    ];
+    let report = sync(&engine, revision, &inventory, &o).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(
+        writes(&engine.cluster().log()),
+        ["create backup", "delete app", "create cleanup-*"],
+        "nothing of the revision is applied, its other hooks do not run"
+    );
+    assert!(report.inventory.is_empty());
+
+    // A failing pre-delete hook keeps everything: the caller retries the deletion.
+    let engine = super::Engine::with_cluster(Memory::new());
+    engine.cluster().put(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}),
+    );
+    let inventory = Inventory::from_manifests(&[owned(&engine, "app", 0)]);
+    engine.cluster().fail_hook("backup");
+    let report = sync(
+        &engine,
+        vec![
+            job("backup", json!({"helm.sh/hook": "pre-delete"})),
+            job("cleanup-", json!({"argocd.argoproj.io/hook": "PostDelete"})),
+        ],
+        &inventory,
+        &o,
+    )
+    .await;
+    assert_eq!(writes(&engine.cluster().log()), ["create backup"]);
+    assert!(
+        engine
+            .cluster()
+            .object("configmaps", Some("ns"), "app")
+            .is_some()
+    );
+    assert_eq!(report.inventory.len(), 1);
+    assert_eq!(report.failures[0].kind, FailureKind::Hook);
+}
