@@ -61,6 +61,8 @@ struct State {
     /// completes and every other created Pod succeeds at once, as if their controller and
     /// kubelet were instantaneous.
     failing_hooks: Vec<String>,
+    /// Hook objects that run until read this many more times, then complete.
+    slow_hooks: BTreeMap<String, usize>,
 }
 
 /// The in-memory cluster.
@@ -156,6 +158,11 @@ impl Memory {
         self.lock().failing_hooks.push(name.to_owned());
     }
 
+    /// Makes the created Job `name` run until it was read `reads` times, then complete.
+    pub fn slow_hook(&self, name: &str, reads: usize) {
+        self.lock().slow_hooks.insert(name.to_owned(), reads);
+    }
+
     /// Every request so far, in order.
     pub fn log(&self) -> Vec<Request> {
         self.lock().log.clone()
@@ -195,7 +202,16 @@ impl Cluster for Memory {
     ) -> Result<Option<Value>, kube::Error> {
         let mut st = self.lock();
         st.log.push(Request::Get(name.to_owned()));
-        Ok(st.objects.get(&Self::key(kind, namespace, name)).cloned())
+        let key = Self::key(kind, namespace, name);
+        if let Some(left) = st.slow_hooks.get_mut(name) {
+            *left = left.saturating_sub(1);
+            if *left == 0
+                && let Some(obj) = st.objects.get_mut(&key)
+            {
+                obj["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+            }
+        }
+        Ok(st.objects.get(&key).cloned())
     }
 
     async fn list(
@@ -345,7 +361,9 @@ impl Cluster for Memory {
         stored["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid));
         stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
         let fails = st.failing_hooks.iter().any(|f| f == id);
+        let slow = st.slow_hooks.contains_key(id);
         match (kind.resource.kind.as_str(), fails) {
+            _ if slow => {}
             ("Job", false) => {
                 stored["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
             }

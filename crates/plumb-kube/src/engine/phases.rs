@@ -158,6 +158,8 @@ impl<C: Cluster> Engine<C> {
             failed |= self.prune_all(prep, failed, &mut run).await;
         }
         if failed {
+            // The fail hooks get time of their own: the failure may have been a timeout.
+            run.deadline = Instant::now() + opts.timeout;
             let fail_steps: Vec<Step> = prep.plan.steps_of(Phase::Fail).cloned().collect();
             for step in &fail_steps {
                 self.run_hooks(prep, step, &mut run).await;

@@ -310,6 +310,41 @@ async fn the_next_wave_waits_until_this_one_is_healthy_within_the_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_fail_hooks_get_time_of_their_own_after_a_timeout() {
+    let engine = engine();
+    let deployment = Manifest::from_value(
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "namespace": "ns"}, "spec": {"replicas": 1}}),
+        None,
+    )
+    .expect("valid");
+    // Runs for four reads (two seconds of polling) before it completes.
+    engine.cluster().slow_hook("notify", 4);
+    let mut o = opts();
+    o.timeout = Duration::from_secs(3);
+    let report = sync(
+        &engine,
+        vec![
+            deployment,
+            cm("after", Some(1)),
+            job("notify", json!({"argocd.argoproj.io/hook": "SyncFail"})),
+        ],
+        &Inventory::default(),
+        &o,
+    )
+    .await;
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(report.failures[0].kind, FailureKind::Unhealthy);
+    assert_eq!(
+        action_of(&report, "notify"),
+        Some((
+            Action::Created,
+            Some("fail hook (wave 0): completed".to_owned())
+        ))
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn delete_policies_replace_keep_and_clean_up_hooks() {
     let engine = engine();
     let put_job = |name: &str| {
