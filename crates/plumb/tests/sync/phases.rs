@@ -349,3 +349,96 @@ metadata:
         "nothing applied"
     );
 }
+
+/// Helm's hook annotations, as `helm template` leaves them: install hooks on the first sync,
+/// upgrade hooks on the next, weights as waves, test hooks never.
+#[tokio::test]
+async fn helm_hooks_run_as_install_hooks_first_and_upgrade_hooks_after() {
+    let (client, ns, dir) = setup("phases-helm").await;
+    let job = |name: &str, hook: &str, weight: i32, policy: &str| {
+        format!(
+            "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+  annotations:
+    helm.sh/hook: {hook}
+    helm.sh/hook-weight: \"{weight}\"
+    helm.sh/hook-delete-policy: {policy}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: busybox:1.36}}]
+"
+        )
+    };
+    write(dir.path(), "app.yaml", &configmap("app", "1"));
+    write(
+        dir.path(),
+        "migrate.yaml",
+        &job(
+            "migrate",
+            "pre-install,pre-upgrade",
+            5,
+            "before-hook-creation",
+        ),
+    );
+    write(
+        dir.path(),
+        "schema.yaml",
+        &job("schema", "pre-install", -5, "hook-succeeded"),
+    );
+    write(
+        dir.path(),
+        "seed.yaml",
+        &job("seed", "post-install", 0, "before-hook-creation"),
+    );
+    write(
+        dir.path(),
+        "test.yaml",
+        &job("test", "test", 0, "before-hook-creation"),
+    );
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns.name());
+
+    let creations = Creations::start(&client, ns.name()).await;
+    let (out, report) = sync_async(dir.path(), ns.name(), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        creations
+            .order(&["Job/schema", "Job/migrate", "ConfigMap/app", "Job/seed"])
+            .await,
+        ["Job/schema", "Job/migrate", "ConfigMap/app", "Job/seed"]
+    );
+    assert!(
+        jobs.get_opt("schema").await.unwrap().is_none(),
+        "hook-succeeded"
+    );
+    assert!(jobs.get_opt("test").await.unwrap().is_none());
+    assert!(
+        change_of(&report, "Job/test")["message"]
+            .as_str()
+            .unwrap()
+            .contains("helm test"),
+        "{report:#}"
+    );
+    let first_migrate = jobs.get("migrate").await.unwrap().uid();
+    drop(creations);
+
+    // The upgrade: only the upgrade hook runs (replacing its earlier run).
+    write(dir.path(), "app.yaml", &configmap("app", "2"));
+    let (out, report) = sync_async(dir.path(), ns.name(), &[]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let ran: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["object"]["kind"] == "Job" && c["action"] == "created")
+        .map(|c| c["object"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran, ["migrate"], "{report:#}");
+    assert_ne!(jobs.get("migrate").await.unwrap().uid(), first_migrate);
+    assert_eq!(action_of(&report, "Job/seed"), "skipped");
+    assert_eq!(action_of(&report, "ConfigMap/app"), "configured");
+}
