@@ -174,6 +174,10 @@ pub struct GitSourceStatus {
     /// The last reconcile request (annotation value) handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// The hooks of the apply under way, for its history entry (never written).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub pending_hooks: Vec<String>,
 }
 
 /// A fetched revision.
@@ -332,6 +336,10 @@ pub struct SyncStatus {
     /// The last reconcile request (annotation value) handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// The hooks of the apply under way, for its history entry (never written).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub pending_hooks: Vec<String>,
 }
 
 /// One owned object.
@@ -366,6 +374,10 @@ pub struct HistoryEntry {
     /// Error message on failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The hook objects the apply ran, in run order: `PHASE wave N OBJECT: RESULT[: NOTE]`
+    /// (e.g. `pre wave 0 Job.batch/apps/migrate-x7k2p: succeeded: deleted (hook-succeeded)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<String>,
 }
 
 /// An object that differs from Git.

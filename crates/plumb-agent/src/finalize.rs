@@ -338,8 +338,24 @@ async fn delete_owned(
         crate::syncs::engine_for(sync, ctx, ns, name, st).map_err(|e| e.to_string())?;
     opts.prune = true;
     opts.allow_empty = true;
+    // The pre-delete and post-delete hooks of the last applied revision run around the prune
+    // (the engine takes nothing else of it).
+    opts.deleting = true;
+    let desired = match last_applied(sync, ctx, ns, st).await {
+        Ok(desired) => desired,
+        Err(why) => {
+            tracing::info!(sync = %format!("{ns}/{name}"), %why, "no delete hooks run");
+            Vec::new()
+        }
+    };
+    opts.timeout = sync
+        .spec
+        .timeout
+        .as_deref()
+        .and_then(|t| plumb_core::parse_duration(t).ok())
+        .unwrap_or(crate::syncs::DEFAULT_TIMEOUT);
     let report = engine
-        .sync(Vec::new(), &inventory, &opts, &NoProgress)
+        .sync(desired, &inventory, &opts, &NoProgress)
         .await
         .map_err(|e| e.to_string())?;
     let failed: Vec<String> = report
@@ -353,6 +369,31 @@ async fn delete_owned(
         return Err(failed.join("; "));
     }
     Ok(report.changes.counts())
+}
+
+/// The manifests of the revision the Sync last applied, when its source still holds exactly
+/// that revision (verified, as for an apply); else why not.
+async fn last_applied(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    st: &crate::api::SyncStatus,
+) -> std::result::Result<Vec<plumb_core::Manifest>, String> {
+    let Some(applied) = st.last_applied_revision.as_deref() else {
+        return Err("no revision was applied".to_owned());
+    };
+    let prepared = crate::syncs::prepare(sync, ctx, ns)
+        .await
+        .map_err(|e| e.to_string())?;
+    if prepared.artifact.revision != applied {
+        return Err(format!(
+            "the source holds revision {}, not the last applied {applied}",
+            prepared.artifact.revision
+        ));
+    }
+    crate::artifacts::render(prepared.record, sync.spec.path.clone())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn namespace_terminating(ctx: &Context, ns: &str) -> bool {

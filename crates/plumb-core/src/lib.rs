@@ -1,7 +1,7 @@
 //! Plumb's types and pure logic: manifests, inventory, planning, health, diff.
 //!
-//! Nothing here does I/O. The data flow is render -> [`plan`] -> apply (elsewhere) ->
-//! [`ChangeSet`] -> [`health`].
+//! Nothing here does I/O. The data flow is render -> [`plan`] (phases and waves:
+//! [`phases`]) -> apply (elsewhere) -> [`ChangeSet`] -> [`health`].
 
 #![warn(clippy::unwrap_used)]
 
@@ -15,6 +15,7 @@ pub mod object;
 pub mod order;
 pub mod outcome;
 pub mod ownership;
+pub mod phases;
 pub mod plan;
 pub mod yaml;
 
@@ -30,5 +31,6 @@ pub use outcome::{
     applied_by, inventory_after, only_imperative_managers, predicted_action, unchanged,
 };
 pub use ownership::{SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL, SyncId, is_owned_by, mark_owned};
-pub use plan::{Plan, PlanError, PlanOptions, plan};
+pub use phases::{DeletePolicy, Hook, HookOutcome, Phase, PhaseError, Placement, placement};
+pub use plan::{Plan, PlanError, PlanOptions, PlannedHook, Step, plan};
 pub use yaml::to_yaml;

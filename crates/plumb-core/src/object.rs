@@ -29,6 +29,21 @@ pub enum ManifestError {
         /// The object's name, when it is known.
         name: Option<String>,
     },
+    /// `metadata.generateName` without `metadata.name` on an object that is not a hook: only
+    /// hook objects are created anew each time; everything else is applied by name.
+    #[error(
+        "{location}: {kind} with generateName {generate_name:?} has no `metadata.name`: only \
+         hook objects (annotation argocd.argoproj.io/hook or helm.sh/hook) may use \
+         generateName; give the object a metadata.name, or make it a hook"
+    )]
+    GenerateNameWithoutHook {
+        /// Where the document came from, `file:line (document N)` or `<unknown source>`.
+        location: String,
+        /// The object's kind.
+        kind: String,
+        /// The `metadata.generateName` prefix.
+        generate_name: String,
+    },
 }
 
 fn describe(kind: &Option<String>, name: &Option<String>) -> String {
@@ -46,6 +61,7 @@ impl ManifestError {
         match self {
             ManifestError::NotAnObject { .. } => "manifest_not_an_object",
             ManifestError::MissingField { .. } => "manifest_missing_field",
+            ManifestError::GenerateNameWithoutHook { .. } => "manifest_generate_name",
         }
     }
 }
@@ -168,7 +184,8 @@ pub struct Manifest {
 
 impl Manifest {
     /// Validates that `value` is a mapping with non-empty string `apiVersion`, `kind` and
-    /// `metadata.name`. The error names `source` (file:line, document index).
+    /// `metadata.name` (or, for a hook object only, `metadata.generateName`: see
+    /// [`crate::phases`]). The error names `source` (file:line, document index).
     pub fn from_value(value: Value, source: Option<SourceLocation>) -> Result<Manifest> {
         let location = || location_string(source.as_ref());
         let Some(map) = value.as_object() else {
@@ -197,7 +214,17 @@ impl Manifest {
             return Err(missing("kind"));
         }
         if name.is_none() {
-            return Err(missing("metadata.name"));
+            if let Some(generate_name) = text(value.pointer("/metadata/generateName")) {
+                if !crate::phases::is_hook_annotated(&value) {
+                    return Err(ManifestError::GenerateNameWithoutHook {
+                        location: location(),
+                        kind: kind.unwrap_or_default(),
+                        generate_name,
+                    });
+                }
+            } else {
+                return Err(missing("metadata.name"));
+            }
         }
         Ok(Manifest {
             object: value,
@@ -225,6 +252,18 @@ impl Manifest {
     /// `metadata.name`.
     pub fn name(&self) -> &str {
         self.str_at("/metadata/name")
+    }
+
+    /// `metadata.generateName`, set only on hook objects without a `metadata.name` (the API
+    /// server names them when they are created); `None` otherwise.
+    pub fn generate_name(&self) -> Option<&str> {
+        if !self.name().is_empty() {
+            return None;
+        }
+        self.object
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// `metadata.namespace`; `None` when absent or empty.
@@ -404,6 +443,36 @@ mod tests {
             err.to_string(),
             "<unknown source>: document is not a mapping but a list"
         );
+    }
+
+    #[test]
+    fn generate_name_is_for_hooks_only() {
+        let job = |annotations: Value| {
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+                   "metadata": {"generateName": "migrate-", "annotations": annotations}})
+        };
+        let err = Manifest::from_value(job(json!({})), Some(src())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "apps/web.yaml:12 (document 1): Job with generateName \"migrate-\" has no \
+             `metadata.name`: only hook objects (annotation argocd.argoproj.io/hook or \
+             helm.sh/hook) may use generateName; give the object a metadata.name, or make it a \
+             hook"
+        );
+        assert_eq!(err.metric_label(), "manifest_generate_name");
+        for annotations in [
+            json!({"argocd.argoproj.io/hook": "PreSync"}),
+            json!({"helm.sh/hook": "pre-install"}),
+        ] {
+            let m = Manifest::from_value(job(annotations), Some(src())).expect("a hook");
+            assert_eq!(m.name(), "");
+            assert_eq!(m.generate_name(), Some("migrate-"));
+        }
+        // A named object's generateName is not used.
+        let mut named = job(json!({"argocd.argoproj.io/hook": "PreSync"}));
+        named["metadata"]["name"] = json!("migrate");
+        let m = Manifest::from_value(named, None).unwrap();
+        assert_eq!(m.generate_name(), None);
     }
 
     #[test]

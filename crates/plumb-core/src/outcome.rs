@@ -211,6 +211,7 @@ mod tests {
                 allow_empty: false,
                 adopt: false,
                 own: true,
+                upgrade: false,
             },
         )
         .expect("plans");

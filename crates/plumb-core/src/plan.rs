@@ -9,6 +9,7 @@ use crate::inventory::{Inventory, InventoryEntry};
 use crate::object::{Manifest, ObjectKey};
 use crate::order::{Stage, apply_rank};
 use crate::ownership::{SyncId, is_owned_by, mark_owned, owner_of};
+use crate::phases::{Hook, Phase, PhaseError, placement, wave_of_object};
 
 /// Why planning refused to produce a plan. Nothing may be applied or pruned on error.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub enum PlanError {
         /// Size of the previous inventory.
         inventory_len: usize,
     },
+    /// A hook or wave annotation cannot be read.
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
 }
 
 impl PlanError {
@@ -54,6 +58,7 @@ impl PlanError {
             PlanError::DuplicateKey { .. } => "plan_duplicate_key",
             PlanError::OwnedByAnother { .. } => "plan_owned_by_another",
             PlanError::EmptyRender { .. } => "plan_empty_render",
+            PlanError::Phase(e) => e.metric_label(),
         }
     }
 
@@ -83,6 +88,8 @@ pub struct PlanOptions {
     /// therefore prune nothing (`plumb install`): objects keep the labels they have, so that
     /// a Sync may own them later.
     pub own: bool,
+    /// The Sync applied a revision before: Helm's upgrade hooks run, not its install hooks.
+    pub upgrade: bool,
 }
 
 /// At most this many conflicts are named in the message (all are in the error).
@@ -112,14 +119,47 @@ pub mod skip_reason {
     pub const PRUNE_DISABLED: &str = "pruning disabled";
 }
 
+/// One wave of one phase: its resources by stage, then its hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The phase.
+    pub phase: Phase,
+    /// The wave within the phase.
+    pub wave: i32,
+    /// Resources (ownership labels set), grouped by stage in apply order; only non-empty
+    /// stages appear. Within a stage: by kind order, then kind, group, namespace, name.
+    pub stages: Vec<(Stage, Vec<Manifest>)>,
+    /// Hook objects of this wave, in the same order; created after the resources.
+    pub hooks: Vec<PlannedHook>,
+}
+
+impl Step {
+    /// The resources of this step in apply order.
+    pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
+        self.stages.iter().flat_map(|(_, ms)| ms.iter())
+    }
+}
+
+/// A hook object to run: created (never applied over), awaited to completion, not part of the
+/// inventory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedHook {
+    /// The object as rendered (namespace filled in; no ownership labels).
+    pub manifest: Manifest,
+    /// Its delete policy.
+    pub hook: Hook,
+}
+
 /// What to do, in order. Produced by [`plan`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Desired objects (ownership labels set), grouped by stage in apply order; only non-empty
-    /// stages appear. Within a stage: by kind order, then kind, group, namespace, name.
-    pub stages: Vec<(Stage, Vec<Manifest>)>,
-    /// Objects to delete, in delete order (reverse apply order: custom resources and
-    /// workloads first, Namespaces and CRDs last).
+    /// The waves to run, by phase then wave (ascending): `pre`, `main`, `post`, then the
+    /// `fail` waves (run only when the revision failed) and the delete phases' (run only
+    /// when the Sync is deleted). Only non-empty waves appear. Every resource is in a `main`
+    /// wave.
+    pub steps: Vec<Step>,
+    /// Objects to delete, in delete order: by wave descending, then reverse apply order
+    /// (custom resources and workloads first, Namespaces and CRDs last).
     pub prune: Vec<InventoryEntry>,
     /// Stale inventory entries that will not be deleted, each with the reason
     /// (see [`skip_reason`]), in inventory order.
@@ -127,18 +167,38 @@ pub struct Plan {
     /// The inventory to record after a fully successful apply and prune: every desired object,
     /// plus stale entries still live and owned that are kept (prune disabled, Namespace in use).
     /// Entries in `prune` are not in it; the caller must re-add any whose delete failed.
+    /// Hook objects are never in it.
     pub new_inventory: Inventory,
+    /// Rendered objects that are not applied, and why (`argocd.argoproj.io/hook: Skip`, a
+    /// Helm test hook, an install hook on an upgrade, ...).
+    pub not_run: Vec<(Manifest, String)>,
 }
 
 impl Plan {
-    /// All manifests in apply order.
+    /// All resources (not hooks) in apply order.
     pub fn manifests(&self) -> impl Iterator<Item = &Manifest> {
-        self.stages.iter().flat_map(|(_, ms)| ms.iter())
+        self.steps.iter().flat_map(Step::manifests)
     }
 
-    /// Number of manifests to apply.
+    /// Number of resources to apply.
     pub fn apply_len(&self) -> usize {
-        self.stages.iter().map(|(_, ms)| ms.len()).sum()
+        self.manifests().count()
+    }
+
+    /// The steps of the phases a sync runs (`pre`, `main`, `post`), in order.
+    pub fn sync_steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| Phase::SYNC.contains(&s.phase))
+    }
+
+    /// The steps of `phase`, in order.
+    pub fn steps_of(&self, phase: Phase) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(move |s| s.phase == phase)
+    }
+
+    /// Whether the plan has more than one wave of the sync phases, or any hook in them: then
+    /// each wave waits until the one before is healthy.
+    pub fn is_phased(&self) -> bool {
+        self.sync_steps().count() > 1 || self.sync_steps().any(|s| !s.hooks.is_empty())
     }
 }
 
@@ -158,8 +218,13 @@ fn sort_key(key: &ObjectKey) -> ((Stage, usize), &str, &str, Option<&str>, &str)
 /// holds the current cluster copy of every object of interest (at least every inventory
 /// entry that still exists), keyed by [`ObjectKey`].
 ///
-/// Rejects duplicate keys in `desired` and an empty render over a non-empty inventory
-/// (unless `allow_empty`). Sets ownership labels on every desired object. Prunes only when
+/// Places every object in its phase and wave ([`crate::phases::placement`]; an unreadable
+/// annotation is a [`PlanError::Phase`]): resources in `main` waves, hook objects in the
+/// waves of their phases, objects that are not run in [`Plan::not_run`]. Hook objects get no
+/// ownership labels and never enter the inventory or the prune set.
+///
+/// Rejects duplicate keys in `desired` (per phase for named hooks) and an empty render over a
+/// non-empty inventory (unless `allow_empty`). Sets ownership labels on every desired object. Prunes only when
 /// `opts.prune` is on, and only previous-inventory entries that are not desired, still exist
 /// in `live`, and carry this Sync's ownership labels there; never a Namespace that a desired
 /// object lives in.
@@ -176,7 +241,40 @@ pub fn plan(
     }
 
     let mut by_key: BTreeMap<ObjectKey, Manifest> = BTreeMap::new();
+    let mut waves: BTreeMap<ObjectKey, i32> = BTreeMap::new();
+    let mut hooks: Vec<(Phase, i32, PlannedHook)> = Vec::new();
+    let mut not_run = Vec::new();
+    let mut named_hooks: BTreeMap<(Phase, ObjectKey), String> = BTreeMap::new();
     for mut m in desired {
+        let placed = placement(&m, opts.upgrade)?;
+        if let Some(why) = placed.not_run {
+            not_run.push((m, why));
+            continue;
+        }
+        if let Some(hook) = placed.hook {
+            for &phase in &placed.phases {
+                let key = m.key();
+                if !key.name.is_empty() {
+                    if let Some(first) = named_hooks.get(&(phase, key.clone())) {
+                        return Err(PlanError::DuplicateKey {
+                            key: Box::new(key),
+                            first: first.clone(),
+                            second: describe_source(&m),
+                        });
+                    }
+                    named_hooks.insert((phase, key), describe_source(&m));
+                }
+                hooks.push((
+                    phase,
+                    placed.wave,
+                    PlannedHook {
+                        manifest: m.clone(),
+                        hook: hook.clone(),
+                    },
+                ));
+            }
+            continue;
+        }
         let key = m.key();
         if let Some(first) = by_key.get(&key) {
             return Err(PlanError::DuplicateKey {
@@ -188,8 +286,15 @@ pub fn plan(
         if opts.own {
             mark_owned(&mut m, &opts.sync);
         }
+        waves.insert(key.clone(), placed.wave);
         by_key.insert(key, m);
     }
+    // A named hook is not a stale resource: it is this revision's hook, never pruned.
+    let hook_keys: BTreeSet<ObjectKey> = hooks
+        .iter()
+        .map(|(_, _, h)| h.manifest.key())
+        .filter(|k| !k.name.is_empty())
+        .collect();
 
     if opts.own && !opts.adopt {
         let conflicts: Vec<(ObjectKey, SyncId)> = by_key
@@ -215,7 +320,7 @@ pub fn plan(
     let mut prune = Vec::new();
     let mut prune_skipped = Vec::new();
     for entry in &inventory.entries {
-        if by_key.contains_key(&entry.key) {
+        if by_key.contains_key(&entry.key) || hook_keys.contains(&entry.key) {
             continue;
         }
         let Some(live_obj) = live.get(&entry.key) else {
@@ -245,24 +350,56 @@ pub fn plan(
             None => prune.push(entry.clone()),
         }
     }
-    prune.sort_by(|a, b| sort_key(&b.key).cmp(&sort_key(&a.key)));
+    // Reverse wave order, and reverse apply order within a wave.
+    let prune_wave = |e: &InventoryEntry| live.get(&e.key).map_or(0, wave_of_object);
+    prune.sort_by(|a, b| (prune_wave(b), sort_key(&b.key)).cmp(&(prune_wave(a), sort_key(&a.key))));
 
     let mut ordered: Vec<(ObjectKey, Manifest)> = by_key.into_iter().collect();
-    ordered.sort_by(|(a, _), (b, _)| sort_key(a).cmp(&sort_key(b)));
-    let mut stages: Vec<(Stage, Vec<Manifest>)> = Vec::new();
+    ordered.sort_by(|(a, _), (b, _)| (waves[a], sort_key(a)).cmp(&(waves[b], sort_key(b))));
+    hooks.sort_by(|(pa, wa, a), (pb, wb, b)| {
+        let (ka, kb) = (a.manifest.key(), b.manifest.key());
+        (pa, wa, sort_key(&ka), a.manifest.generate_name()).cmp(&(
+            pb,
+            wb,
+            sort_key(&kb),
+            b.manifest.generate_name(),
+        ))
+    });
+    let mut steps: Vec<Step> = Vec::new();
+    fn step_for(steps: &mut Vec<Step>, phase: Phase, wave: i32) -> &mut Step {
+        if let Some(i) = steps
+            .iter()
+            .position(|s| s.phase == phase && s.wave == wave)
+        {
+            return &mut steps[i];
+        }
+        steps.push(Step {
+            phase,
+            wave,
+            stages: Vec::new(),
+            hooks: Vec::new(),
+        });
+        steps.last_mut().expect("pushed just above")
+    }
     for (key, m) in ordered {
         let stage = apply_rank(&key.kind, &key.group).0;
-        match stages.last_mut() {
+        let step = step_for(&mut steps, Phase::Main, waves[&key]);
+        match step.stages.last_mut() {
             Some((s, ms)) if *s == stage => ms.push(m),
-            _ => stages.push((stage, vec![m])),
+            _ => step.stages.push((stage, vec![m])),
         }
     }
+    for (phase, wave, hook) in hooks {
+        step_for(&mut steps, phase, wave).hooks.push(hook);
+    }
+    steps.sort_by_key(|s| (s.phase, s.wave));
 
     Ok(Plan {
-        stages,
+        steps,
         prune,
         prune_skipped,
         new_inventory,
+        not_run,
     })
 }
 
@@ -294,6 +431,7 @@ mod tests {
             allow_empty: false,
             adopt: false,
             own: true,
+            upgrade: false,
         }
     }
 
@@ -450,6 +588,6 @@ mod tests {
     #[test]
     fn empty_render_with_empty_inventory_is_fine() {
         let p = plan(Vec::new(), &BTreeMap::new(), &Inventory::default(), &opts()).unwrap();
-        assert!(p.stages.is_empty() && p.prune.is_empty());
+        assert!(p.steps.is_empty() && p.prune.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use plumb_core::{
-    Inventory, Manifest, ObjectKey, PlanOptions, SourceLocation, SyncId, is_owned_by, plan,
+    Inventory, Manifest, ObjectKey, Phase, PlanOptions, SourceLocation, SyncId, is_owned_by, plan,
     unified_diff,
 };
 use serde_json::Value;
@@ -78,6 +78,8 @@ struct CaseOptions {
     prune: bool,
     #[serde(default)]
     allow_empty: bool,
+    #[serde(default)]
+    upgrade: bool,
 }
 
 #[test]
@@ -110,6 +112,7 @@ fn plan_golden() {
             .unwrap_or(CaseOptions {
                 prune: false,
                 allow_empty: false,
+                upgrade: false,
             });
         let opts = PlanOptions {
             sync: sync.clone(),
@@ -117,16 +120,42 @@ fn plan_golden() {
             allow_empty: o.allow_empty,
             adopt: false,
             own: true,
+            upgrade: o.upgrade,
         };
         let out = match plan(desired, &live, &inventory, &opts) {
             Err(e) => format!("error: {e}\n"),
             Ok(p) => {
                 let mut out = String::new();
-                for (stage, ms) in &p.stages {
-                    out.push_str(&format!("apply {stage}:\n"));
-                    for m in ms {
-                        assert!(is_owned_by(&m.object, &sync), "{} not marked", m.key());
-                        out.push_str(&format!("  {}\n", m.key()));
+                for step in &p.steps {
+                    // A plain revision (one main wave 0, no hooks) prints as before phases.
+                    let prefix = if !p.is_phased() && step.phase == Phase::Main && step.wave == 0 {
+                        String::new()
+                    } else {
+                        format!("{} wave {}: ", step.phase, step.wave)
+                    };
+                    for (stage, ms) in &step.stages {
+                        out.push_str(&format!("{prefix}apply {stage}:\n"));
+                        for m in ms {
+                            assert!(is_owned_by(&m.object, &sync), "{} not marked", m.key());
+                            out.push_str(&format!("  {}\n", m.key()));
+                        }
+                    }
+                    if !step.hooks.is_empty() {
+                        out.push_str(&format!("{prefix}hooks:\n"));
+                    }
+                    for h in &step.hooks {
+                        assert!(!is_owned_by(&h.manifest.object, &sync), "hook marked");
+                        let policies: Vec<String> = h
+                            .hook
+                            .delete_policies
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect();
+                        out.push_str(&format!(
+                            "  {} (delete: {})\n",
+                            plumb_core::phases::display_object(&h.manifest),
+                            policies.join(",")
+                        ));
                     }
                 }
                 out.push_str("prune:\n");
@@ -136,6 +165,15 @@ fn plan_golden() {
                 out.push_str("prune skipped:\n");
                 for (e, why) in &p.prune_skipped {
                     out.push_str(&format!("  {}: {why}\n", e.key));
+                }
+                if !p.not_run.is_empty() {
+                    out.push_str("not run:\n");
+                }
+                for (m, why) in &p.not_run {
+                    out.push_str(&format!(
+                        "  {}: {why}\n",
+                        plumb_core::phases::display_object(m)
+                    ));
                 }
                 out.push_str("new inventory:\n");
                 for e in &p.new_inventory.entries {

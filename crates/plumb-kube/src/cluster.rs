@@ -1,5 +1,6 @@
 //! The effects the engine has on a cluster, behind one narrow trait: discover kinds, read,
-//! list, apply (server-side, optionally dry-run and forced), delete with a uid precondition,
+//! list, apply (server-side, optionally dry-run and forced), create (hook objects), delete with
+//! a uid precondition,
 //! wait for a CRD. [`KubeCluster`] is the real one over a `kube::Client`; the engine's unit
 //! tests run its safety rules against an in-memory one.
 
@@ -11,8 +12,8 @@ use futures::stream::BoxStream;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
-    TypeMeta,
+    DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+    PropagationPolicy, TypeMeta,
 };
 use kube::discovery::Discovery;
 use kube::runtime::WatchStreamExt as _;
@@ -106,6 +107,17 @@ pub trait Cluster: Send + Sync {
         name: &str,
         body: &Value,
         mode: ApplyMode,
+    ) -> impl Future<Output = Result<Value, kube::Error>> + Send;
+
+    /// Creates `body` (a POST, as [`FIELD_MANAGER`]; never an apply over an existing object):
+    /// how hook objects are run, `metadata.generateName` included (the server names it).
+    /// Returns the object as the server stored it (or would, on a dry run).
+    fn create(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        body: &Value,
+        dry_run: bool,
     ) -> impl Future<Output = Result<Value, kube::Error>> + Send;
 
     /// Deletes the object in the background, only if its uid is still `uid` (when given).
@@ -222,6 +234,23 @@ impl Cluster for KubeCluster {
             .patch(name, &params, &Patch::Apply(body))
             .await?;
         Ok(to_value(obj))
+    }
+
+    async fn create(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<Value, kube::Error> {
+        let params = PostParams {
+            dry_run,
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+        };
+        let obj: DynamicObject =
+            serde_json::from_value(body.clone()).map_err(kube::Error::SerdeError)?;
+        let created = self.api(kind, namespace).create(&params, &obj).await?;
+        Ok(to_value(created))
     }
 
     async fn delete(

@@ -22,19 +22,25 @@ pub enum FailureKind {
     NotFound,
     /// Server errors, throttling, timeouts, connection failures: a retry may pass.
     Transient,
+    /// A hook object failed or did not complete in time (see `plumb_core::phases`).
+    Hook,
+    /// An object did not become healthy before the next wave within the timeout.
+    Unhealthy,
     /// Any other refusal.
     Other,
 }
 
 impl FailureKind {
     /// Every kind.
-    pub const ALL: [FailureKind; 7] = [
+    pub const ALL: [FailureKind; 9] = [
         FailureKind::Conflict,
         FailureKind::Immutable,
         FailureKind::Invalid,
         FailureKind::Forbidden,
         FailureKind::NotFound,
         FailureKind::Transient,
+        FailureKind::Hook,
+        FailureKind::Unhealthy,
         FailureKind::Other,
     ];
 
@@ -68,6 +74,8 @@ impl FailureKind {
             FailureKind::Forbidden => "forbidden",
             FailureKind::NotFound => "not_found",
             FailureKind::Transient => "transient",
+            FailureKind::Hook => "hook",
+            FailureKind::Unhealthy => "unhealthy",
             FailureKind::Other => "other",
         }
     }
@@ -120,6 +128,23 @@ impl ObjectError {
             object,
             location,
             kind: FailureKind::Other,
+            message,
+            source: None,
+        }
+    }
+
+    /// A failure of `kind` that is not an API error (a hook that failed, a wave that did
+    /// not become healthy).
+    pub fn new(
+        object: ObjectKey,
+        location: Option<SourceLocation>,
+        kind: FailureKind,
+        message: String,
+    ) -> Self {
+        Self {
+            object,
+            location,
+            kind,
             message,
             source: None,
         }
@@ -250,9 +275,9 @@ impl Error {
             Error::Api { source, .. } => is_transient(source),
             // Only when every refusal was transient (server errors, throttling, timeouts); a
             // refusal of the object itself comes back on retry.
-            Error::DryRun { failures } | Error::Apply { failures, .. } => {
-                failures.iter().all(ObjectError::is_transient)
-            }
+            Error::DryRun { failures } | Error::Apply { failures, .. } => failures
+                .iter()
+                .all(|f| f.is_transient() || f.kind == FailureKind::Unhealthy),
             Error::UnknownKind { .. } | Error::Plan(_) => false,
         }
     }

@@ -14,7 +14,7 @@ pub use cluster::{
     await_crds_established,
 };
 pub use engine::{
-    DiscoveryCache, Engine, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
+    DiscoveryCache, Engine, HookRun, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
     SyncOptions, SyncReport,
 };
 pub use error::{Error, FailureKind, ObjectError, Result};

@@ -136,7 +136,8 @@ pub struct SyncArgs {
     /// Wait until every applied object is healthy, showing the ones still awaited and why.
     #[arg(long)]
     pub wait: bool,
-    /// How long --wait waits (e.g. 90s, 5m).
+    /// How long --wait waits (e.g. 90s, 5m); also how long, in all, the waves of a revision
+    /// with sync waves or hooks wait for health and for their hooks to complete.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Take over fields that another applier owns instead of failing on the conflict.

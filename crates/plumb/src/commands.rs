@@ -174,6 +174,9 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     opts.adopt = args.adopt;
     opts.dry_run = args.dry_run;
     opts.concurrency = args.concurrency.max(1);
+    opts.timeout = args.timeout;
+    // Helm's upgrade hooks run once this sync unit applied a revision.
+    opts.upgrade = Some(state.revision.is_some() || !state.inventory.is_empty());
 
     let bar = Bar::new();
     let report = engine.sync(desired, &state.inventory, &opts, &bar).await;

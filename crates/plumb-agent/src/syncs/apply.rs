@@ -76,6 +76,10 @@ pub(super) async fn apply(
     ctx.write_status::<Sync>(ns, name, st).await?;
 
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
+    // Waves wait for health, hooks for completion, within the Sync's timeout; Helm's upgrade
+    // hooks run once the Sync applied a revision.
+    opts.timeout = timeout;
+    opts.upgrade = Some(st.last_applied_revision.is_some() || !inventory.is_empty());
     // Objects the watch vouches for and whose manifest did not change need no dry-run; an
     // explicit reconcile request checks everything.
     if unrequested {
@@ -83,6 +87,7 @@ pub(super) async fn apply(
     }
     let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.inventory = status::inventory_items(&report.inventory);
+    st.pending_hooks = report.hooks.iter().map(hook_line).collect();
     let counts = report.changes.counts();
 
     // The writes are over: what they wrote is registered now (all of it, or after a partial

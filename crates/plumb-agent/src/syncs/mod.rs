@@ -32,7 +32,7 @@ mod record;
 
 pub(crate) use apply::engine_for;
 use apply::{Applied, apply, cancelled, detect_only};
-use record::{fail, push_history, record_applied};
+use record::{fail, hook_line, push_history, record_applied};
 
 const NOT_READY_RETRY: Duration = Duration::from_secs(5);
 
@@ -152,10 +152,10 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     }
 }
 
-struct Prepared {
+pub(crate) struct Prepared {
     /// The artifact to render, held from the check to the end of the render.
-    record: Arc<crate::artifacts::Artifact>,
-    artifact: SourceArtifact,
+    pub(crate) record: Arc<crate::artifacts::Artifact>,
+    pub(crate) artifact: SourceArtifact,
 }
 
 /// What a reconcile found, for [`next_step`].
@@ -226,7 +226,7 @@ pub(crate) async fn fresh_status(
 }
 
 /// Checks dependencies and finds the source's artifact.
-async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
+pub(crate) async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prepared> {
     for dep in &sync.spec.depends_on {
         let dep_ns = dep.namespace.as_deref().unwrap_or(ns);
         if dep_ns != ns && !ctx.config.cross_namespace_refs {

@@ -94,6 +94,21 @@ pub(super) async fn fail(
     Ok(Action::requeue(ctx.backoff(&key)))
 }
 
+/// The history line of one hook run.
+pub(super) fn hook_line(run: &plumb_kube::HookRun) -> String {
+    let mut line = format!(
+        "{} wave {} {}: {}",
+        run.phase, run.wave, run.key, run.result
+    );
+    if let Some(note) = &run.message {
+        line.push_str(": ");
+        line.push_str(note);
+    }
+    line
+}
+
+/// Adds an entry to the history (the newest first; at most the last 10), with the hooks of
+/// the apply under way (`pending_hooks`).
 pub(super) fn push_history(
     st: &mut SyncStatus,
     artifact: &SourceArtifact,
@@ -113,6 +128,7 @@ pub(super) fn push_history(
             changes,
             duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
             message,
+            hooks: std::mem::take(&mut st.pending_hooks),
         },
     );
     st.history.truncate(HISTORY_LIMIT);

@@ -12,6 +12,7 @@ mod deletion;
 mod endpoints;
 mod health_waits;
 mod lifecycle;
+mod phases;
 mod policy;
 mod requests;
 mod support;

@@ -35,6 +35,11 @@ pub enum Request {
         name: String,
         uid: Option<String>,
     },
+    /// A create (hooks): the name, or the generateName prefix followed by `*`.
+    Create {
+        name: String,
+        dry_run: bool,
+    },
     AwaitCrd(String),
     /// A watch of a kind (its plural) with a selector.
     Watch(String, Selector),
@@ -56,6 +61,12 @@ struct State {
     log: Vec<Request>,
     failures: BTreeMap<(String, On), (u16, String, String)>,
     next_uid: u64,
+    /// Hook objects (by name or generateName prefix) whose run fails; every other created Job
+    /// completes and every other created Pod succeeds at once, as if their controller and
+    /// kubelet were instantaneous.
+    failing_hooks: Vec<String>,
+    /// Hook objects that run until read this many more times, then complete.
+    slow_hooks: BTreeMap<String, usize>,
 }
 
 /// One change, as watches see it: (plural, namespace, event).
@@ -109,7 +120,7 @@ fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
 }
 
 impl Memory {
-    /// A cluster serving Namespaces, ConfigMaps, Deployments and CRDs.
+    /// A cluster serving Namespaces, ConfigMaps, Deployments, Jobs, Pods and CRDs.
     pub fn new() -> Self {
         let memory = Memory::default();
         {
@@ -118,6 +129,8 @@ impl Memory {
                 kind("", "v1", "Namespace", "namespaces", false),
                 kind("", "v1", "ConfigMap", "configmaps", true),
                 kind("apps", "v1", "Deployment", "deployments", true),
+                kind("batch", "v1", "Job", "jobs", true),
+                kind("", "v1", "Pod", "pods", true),
                 kind(
                     "apiextensions.k8s.io",
                     "v1",
@@ -177,6 +190,16 @@ impl Memory {
         );
     }
 
+    /// Makes the created Job or Pod `name` (or generateName prefix) fail.
+    pub fn fail_hook(&self, name: &str) {
+        self.lock().failing_hooks.push(name.to_owned());
+    }
+
+    /// Makes the created Job `name` run until it was read `reads` times, then complete.
+    pub fn slow_hook(&self, name: &str, reads: usize) {
+        self.lock().slow_hooks.insert(name.to_owned(), reads);
+    }
+
     /// Every request so far, in order.
     pub fn log(&self) -> Vec<Request> {
         self.lock().log.clone()
@@ -216,7 +239,16 @@ impl Cluster for Memory {
     ) -> Result<Option<Value>, kube::Error> {
         let mut st = self.lock();
         st.log.push(Request::Get(name.to_owned()));
-        Ok(st.objects.get(&Self::key(kind, namespace, name)).cloned())
+        let key = Self::key(kind, namespace, name);
+        if let Some(left) = st.slow_hooks.get_mut(name) {
+            *left = left.saturating_sub(1);
+            if *left == 0
+                && let Some(obj) = st.objects.get_mut(&key)
+            {
+                obj["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+            }
+        }
+        Ok(st.objects.get(&key).cloned())
     }
 
     async fn list(
@@ -310,6 +342,82 @@ impl Cluster for Memory {
                     WatchEvent::Present(stored.clone()),
                 ));
             }
+            st.objects.insert(key, stored.clone());
+        }
+        Ok(stored)
+    }
+
+    async fn create(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        body: &Value,
+        dry_run: bool,
+    ) -> Result<Value, kube::Error> {
+        let mut st = self.lock();
+        let given = body["metadata"]["name"].as_str().unwrap_or_default();
+        let prefix = body["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or_default();
+        let label = if given.is_empty() {
+            format!("{prefix}*")
+        } else {
+            given.to_owned()
+        };
+        st.log.push(Request::Create {
+            name: label,
+            dry_run,
+        });
+        let on = if dry_run { On::DryRun } else { On::Write };
+        let id = if given.is_empty() { prefix } else { given };
+        if let Some(e) = Self::injected(&st, id, on) {
+            return Err(e);
+        }
+        if let Some(ns) = namespace.filter(|_| kind.namespaced)
+            && !st
+                .objects
+                .contains_key(&("namespaces".to_owned(), None, ns.to_owned()))
+        {
+            return Err(api_error(
+                404,
+                "NotFound",
+                &format!("namespaces \"{ns}\" not found"),
+            ));
+        }
+        st.next_uid += 1;
+        let name = if given.is_empty() {
+            format!("{prefix}{}", st.next_uid)
+        } else {
+            given.to_owned()
+        };
+        let key = Self::key(kind, namespace, &name);
+        if st.objects.contains_key(&key) {
+            return Err(api_error(
+                409,
+                "AlreadyExists",
+                &format!("{} \"{name}\" already exists", kind.resource.plural),
+            ));
+        }
+        let mut stored = body.clone();
+        stored["metadata"]["name"] = json!(name);
+        stored["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid));
+        stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
+        let fails = st.failing_hooks.iter().any(|f| f == id);
+        let slow = st.slow_hooks.contains_key(id);
+        match (kind.resource.kind.as_str(), fails) {
+            _ if slow => {}
+            ("Job", false) => {
+                stored["status"] = json!({"conditions": [{"type": "Complete", "status": "True"}]});
+            }
+            ("Job", true) => {
+                stored["status"] = json!({"conditions": [{"type": "Failed", "status": "True",
+                    "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]});
+            }
+            ("Pod", false) => stored["status"] = json!({"phase": "Succeeded"}),
+            ("Pod", true) => stored["status"] = json!({"phase": "Failed", "reason": "Error"}),
+            _ => {}
+        }
+        if !dry_run {
             st.objects.insert(key, stored.clone());
         }
         Ok(stored)

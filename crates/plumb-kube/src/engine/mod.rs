@@ -8,6 +8,7 @@
 
 mod apply;
 mod check;
+mod phases;
 mod prepare;
 mod prune;
 mod snapshot;
@@ -16,13 +17,15 @@ mod wait;
 #[cfg(test)]
 mod memory;
 #[cfg(test)]
+mod phases_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plumb_core::{Action, ChangeSet, HealthVerdict, Inventory, Manifest, ObjectKey, Stage, SyncId};
+use plumb_core::{Action, ChangeSet, HealthVerdict, Inventory, Manifest, ObjectKey, SyncId};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -32,6 +35,7 @@ use crate::discovery::{Kinds, Resolver};
 use crate::error::{Error, ObjectError, Result};
 
 pub use check::{ObjectCheck, ObjectState};
+pub use phases::HookRun;
 
 /// Options of one sync.
 #[derive(Debug, Clone)]
@@ -58,6 +62,16 @@ pub struct SyncOptions {
     pub concurrency: usize,
     /// How long to wait for CRDs to become Established.
     pub crd_timeout: Duration,
+    /// How long a revision with several waves or with hooks may wait, in all, for each wave
+    /// to become healthy before the next and for its hooks to complete (the Sync's timeout).
+    pub timeout: Duration,
+    /// Whether the sync unit applied a revision before (Helm's upgrade hooks run, not its
+    /// install hooks); `None`: whether the previous inventory is not empty.
+    pub upgrade: Option<bool>,
+    /// The sync unit is being deleted: of `desired` (its last applied revision) only the
+    /// `pre-delete` hooks run, then every owned object of the inventory is pruned, then the
+    /// `post-delete` hooks run. Set `prune` and `allow_empty` with it.
+    pub deleting: bool,
     /// Objects the caller vouches are live exactly as last applied, with that manifest as
     /// compact JSON (after namespace defaulting and ownership labels, as in
     /// [`SyncReport::applied`]). A planned object whose manifest is identical, and which
@@ -80,6 +94,9 @@ impl SyncOptions {
             dry_run: false,
             concurrency: 8,
             crd_timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(300),
+            upgrade: None,
+            deleting: false,
             vouched: BTreeMap::new(),
         }
     }
@@ -99,8 +116,11 @@ pub struct SyncReport {
     /// The `metadata` of each applied object as the sync last saw it (returned by its write,
     /// or read before it when unchanged): what a watch compares later changes with.
     pub live_meta: BTreeMap<ObjectKey, Value>,
-    /// Every object whose write or prune failed, in the order of `changes`.
+    /// Every object whose write or prune failed, every hook that failed, and every object
+    /// of a wave that did not become healthy before the next one, in the order of `changes`.
     pub failures: Vec<ObjectError>,
+    /// The hook objects that ran (or were skipped after a failure), in run order.
+    pub hooks: Vec<HookRun>,
 }
 
 impl SyncReport {
@@ -275,6 +295,12 @@ impl<C: Cluster> Engine<C> {
     /// CRD or Namespace this same sync creates are validated right after that stage). Objects
     /// whose dry-run result equals the live object are reported unchanged without a write.
     /// Nothing is pruned when anything failed.
+    ///
+    /// Hooks and waves (`plumb_core::phases`): the `pre`, `main` and `post` waves run in order,
+    /// each after the previous one is healthy and its hooks completed (within
+    /// [`SyncOptions::timeout`] in all); the prune follows the main phase; a failure skips
+    /// every later wave and runs the `fail` hooks. Hook objects are validated with the rest
+    /// and never enter the inventory.
     pub async fn sync(
         &self,
         desired: Vec<Manifest>,
@@ -282,11 +308,36 @@ impl<C: Cluster> Engine<C> {
         opts: &SyncOptions,
         progress: &dyn Progress,
     ) -> Result<SyncReport> {
+        let desired = if opts.deleting {
+            phases::delete_hooks_only(desired)
+        } else {
+            desired
+        };
         let mut prep = self.prepare(desired, inventory, opts).await?;
-        progress.start(prep.plan.apply_len() + prep.plan.prune.len());
+        let hook_count: usize = prep.plan.sync_steps().map(|s| s.hooks.len()).sum();
+        progress.start(prep.plan.apply_len() + prep.plan.prune.len() + hook_count);
         let mut changes = ChangeSet::new();
+        report_not_run(&prep.plan, &mut changes);
 
         if opts.dry_run {
+            for (step, h) in prep
+                .plan
+                .sync_steps()
+                .flat_map(|s| s.hooks.iter().map(move |h| (s, h)))
+            {
+                // Skipped, not created: a dry run runs no hook (and drift detection, which
+                // reads a dry run's creations as deleted objects, must not count hooks).
+                let key = phases::hook_key(&h.manifest);
+                progress.done(&key, Action::Skipped);
+                changes.push(
+                    key,
+                    Action::Skipped,
+                    Some(format!(
+                        "dry run: would run as a {} hook (wave {})",
+                        step.phase, step.wave
+                    )),
+                );
+            }
             for m in prep.plan.manifests() {
                 let key = m.key();
                 let action = prep.predicted_action(&key);
@@ -308,71 +359,24 @@ impl<C: Cluster> Engine<C> {
                 applied: prep.plan.manifests().cloned().collect(),
                 live_meta: BTreeMap::new(),
                 failures: Vec::new(),
+                hooks: Vec::new(),
             });
         }
 
         report_prune_skipped(&prep.plan, &mut changes, progress);
-        let stages = prep.plan.stages.clone();
-        let mut failed = false;
         let mut failures = Vec::new();
-        for (stage, manifests) in &stages {
-            if failed {
-                for m in manifests {
-                    progress.done(&m.key(), Action::Skipped);
-                    changes.push(
-                        m.key(),
-                        Action::Skipped,
-                        Some("not applied: an earlier stage failed".to_owned()),
-                    );
-                }
-                continue;
-            }
-            let stage_changes = self
-                .apply_stage(&mut prep, manifests, opts, progress, &mut failures)
-                .await;
-            failed = stage_changes.has_failures();
-            let crds_touched = stage_changes.entries.iter().any(|c| {
-                c.key.kind == "CustomResourceDefinition"
-                    && matches!(c.action, Action::Created | Action::Configured)
-            });
-            changes.extend(stage_changes);
-            if *stage == Stage::Definitions && crds_touched && !failed {
-                self.await_crds_established(manifests, opts.crd_timeout)
-                    .await?;
-                let kinds = self.discovery.refresh(&self.cluster).await?;
-                prep.resolver.replace_kinds(kinds);
-                self.resolve_pending(&mut prep).await?;
-            }
-        }
-
-        if failed {
-            for entry in &prep.plan.prune {
-                progress.done(&entry.key, Action::Skipped);
-                changes.push(
-                    entry.key.clone(),
-                    Action::Skipped,
-                    Some("not pruned: the sync had failures".to_owned()),
-                );
-            }
-        } else {
-            for entry in &prep.plan.prune {
-                match self.prune(&prep, entry).await {
-                    Ok(()) => {
-                        progress.done(&entry.key, Action::Pruned);
-                        changes.push(entry.key.clone(), Action::Pruned, None);
-                    }
-                    Err(failure) => {
-                        progress.done(&entry.key, Action::Failed);
-                        changes.push(
-                            entry.key.clone(),
-                            Action::Failed,
-                            Some(failure.message.clone()),
-                        );
-                        failures.push(failure);
-                    }
-                }
-            }
-        }
+        let mut hooks = Vec::new();
+        // Phase by phase, wave by wave, stage by stage; prune after the main phase.
+        let failed = self
+            .run_phases(
+                &mut prep,
+                opts,
+                progress,
+                &mut changes,
+                &mut failures,
+                &mut hooks,
+            )
+            .await?;
         let inventory_out = plumb_core::inventory_after(inventory, &prep.plan, &changes, failed);
 
         let live_meta = prep
@@ -386,6 +390,7 @@ impl<C: Cluster> Engine<C> {
             applied: prep.plan.manifests().cloned().collect(),
             live_meta,
             failures,
+            hooks,
         })
     }
 
@@ -426,6 +431,14 @@ impl<C: Cluster> Engine<C> {
             });
         }
         Ok(diffs)
+    }
+}
+
+/// Rendered objects that are not applied at all, and why (`argocd.argoproj.io/hook: Skip`, a
+/// Helm test hook, an install hook on an upgrade).
+fn report_not_run(plan: &plumb_core::Plan, changes: &mut ChangeSet) {
+    for (m, why) in &plan.not_run {
+        changes.push(phases::hook_key(m), Action::Skipped, Some(why.clone()));
     }
 }
 

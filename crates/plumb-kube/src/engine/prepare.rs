@@ -57,6 +57,8 @@ impl<C: Cluster> Engine<C> {
         // Namespaces from discovery; unknown kinds are an error naming the manifest.
         let mut desired = desired;
         let mut resolved_by_key = BTreeMap::new();
+        // Hook objects are read when they run, not in the snapshot.
+        let mut hook_keys = BTreeSet::new();
         for m in &mut desired {
             let Some(resolved) = resolver.resolve(m) else {
                 return Err(Error::UnknownKind {
@@ -81,13 +83,16 @@ impl<C: Cluster> Engine<C> {
             } else {
                 m.set_namespace(None);
             }
+            if plumb_core::phases::is_hook_annotated(&m.object) {
+                hook_keys.insert(m.key());
+            }
             resolved_by_key.insert(m.key(), resolved);
         }
 
         // Live snapshot of every desired object and every inventory entry.
         let mut wanted: Vec<(ObjectKey, Resolved)> = resolved_by_key
             .iter()
-            .filter(|(_, r)| r.served)
+            .filter(|(k, r)| r.served && !hook_keys.contains(*k))
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
         for entry in &inventory.entries {
@@ -113,6 +118,7 @@ impl<C: Cluster> Engine<C> {
                 allow_empty: opts.allow_empty,
                 adopt: opts.adopt,
                 own: opts.own,
+                upgrade: opts.upgrade.unwrap_or(!inventory.is_empty()),
             },
         )?;
 
@@ -176,7 +182,8 @@ impl<C: Cluster> Engine<C> {
                 .collect()
                 .await;
         let mut dry_run = BTreeMap::new();
-        let mut failures = Vec::new();
+        // Hook objects are validated too (a create dry-run), where the server can yet.
+        let mut failures = self.validate_hooks(&plan, &resolver, &new_namespaces).await;
         for (key, result) in results {
             match result {
                 Ok(mut v) => {

@@ -74,11 +74,17 @@ pub async fn history(global: &Global, args: &HistoryArgs) -> Result<ExitCode> {
     }
     let mut table = Table::new();
     table.load_style(NOTHING);
-    table.set_header([
+    // The hooks each apply ran (phase, wave, object, result), when any did.
+    let with_hooks = history.iter().any(|h| !h.hooks.is_empty());
+    let mut header = vec![
         "REVISION", "AUTHOR", "SIGNER", "TIME", "RESULT", "CHANGES", "DURATION", "MESSAGE",
-    ]);
+    ];
+    if with_hooks {
+        header.push("HOOKS");
+    }
+    table.set_header(header);
     for h in history {
-        table.add_row([
+        let mut row = vec![
             short_revision(&h.revision),
             h.author.unwrap_or_default(),
             h.signer.unwrap_or_default(),
@@ -87,7 +93,11 @@ pub async fn history(global: &Global, args: &HistoryArgs) -> Result<ExitCode> {
             h.changes,
             format_millis(h.duration_ms),
             h.message.unwrap_or_default(),
-        ]);
+        ];
+        if with_hooks {
+            row.push(h.hooks.join("\n"));
+        }
+        table.add_row(row);
     }
     println!("{table}");
     Ok(ExitCode::SUCCESS)
@@ -163,11 +173,16 @@ pub async fn tree(global: &Global, args: &TreeArgs) -> Result<ExitCode> {
                 .push((item.id.clone(), unknown("unreadable inventory id")));
             continue;
         };
-        let verdict = live_health(&client, &resolver, &r).await;
+        let (verdict, wave) = live_health(&client, &resolver, &r).await;
+        // Every owned object is in the main phase; its wave when it has one.
+        let label = match wave {
+            Some(w) => format!("{} [wave {w}]", r.label()),
+            None => r.label(),
+        };
         groups
             .entry(r.namespace.clone().unwrap_or_default())
             .or_default()
-            .push((r.label(), verdict));
+            .push((label, verdict));
     }
 
     if args.output != Format::Table {
@@ -184,7 +199,9 @@ pub async fn tree(global: &Global, args: &TreeArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        let value = json!({ "sync": format!("{ns}/{}", args.name), "objects": items });
+        let hooks = last_hooks(&status);
+        let value = json!({ "sync": format!("{ns}/{}", args.name), "objects": items,
+            "hooks": hooks });
         super::write_stdout(&args.output.render(&value)?)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -232,7 +249,24 @@ pub async fn tree(global: &Global, args: &TreeArgs) -> Result<ExitCode> {
             println!("{indent}{leaf}{label:<width$}  {}{reason}", v.status);
         }
     }
+    // Hook objects are owned by no inventory: the last apply's, from its history entry.
+    let hooks = last_hooks(&status);
+    if !hooks.is_empty() {
+        println!("Hooks of the last apply (phase, wave, object, result):");
+        for line in hooks {
+            println!("  {line}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The hooks the newest history entry ran.
+fn last_hooks(status: &plumb_agent::api::SyncStatus) -> Vec<String> {
+    status
+        .history
+        .first()
+        .map(|h| h.hooks.clone())
+        .unwrap_or_default()
 }
 
 /// A verdict for objects whose health could not be read.
@@ -247,9 +281,9 @@ async fn live_health(
     client: &Client,
     resolver: &plumb_kube::discovery::Resolver,
     r: &ItemRef,
-) -> HealthVerdict {
+) -> (HealthVerdict, Option<i32>) {
     let Some(resolved) = resolver.resolve_gvk(&r.group, &r.version, &r.kind) else {
-        return HealthVerdict::missing();
+        return (HealthVerdict::missing(), None);
     };
     let api: Api<DynamicObject> = match (&r.namespace, resolved.namespaced) {
         (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &resolved.resource),
@@ -257,11 +291,20 @@ async fn live_health(
     };
     match api.get_opt(&r.name).await {
         Ok(Some(obj)) => match serde_json::to_value(&obj) {
-            Ok(value) => health(&value),
-            Err(e) => unknown(&format!("cannot read the object: {e}")),
+            Ok(value) => {
+                let annotated = [
+                    plumb_core::phases::ARGO_WAVE,
+                    plumb_core::phases::HELM_WEIGHT,
+                ]
+                .iter()
+                .any(|a| value["metadata"]["annotations"].get(*a).is_some());
+                let wave = annotated.then(|| plumb_core::phases::wave_of_object(&value));
+                (health(&value), wave)
+            }
+            Err(e) => (unknown(&format!("cannot read the object: {e}")), None),
         },
-        Ok(None) => HealthVerdict::missing(),
-        Err(e) => unknown(&format!("cannot read the object: {e}")),
+        Ok(None) => (HealthVerdict::missing(), None),
+        Err(e) => (unknown(&format!("cannot read the object: {e}")), None),
     }
 }
 

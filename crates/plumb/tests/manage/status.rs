@@ -11,7 +11,8 @@ async fn history_and_tree_show_the_status() -> anyhow::Result<()> {
     let syncs = Api::<Sync>::namespaced(client.clone(), ns.name());
 
     // One live object; the Deployment of the inventory does not exist.
-    let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": "web-config" } }))?;
+    let cm: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": "web-config",
+        "annotations": { "argocd.argoproj.io/sync-wave": "-1" } } }))?;
     Api::<ConfigMap>::namespaced(client.clone(), ns.name())
         .create(&PostParams::default(), &cm)
         .await?;
@@ -37,6 +38,10 @@ async fn history_and_tree_show_the_status() -> anyhow::Result<()> {
                         "result": "success",
                         "changes": "1 created, 2 unchanged",
                         "durationMs": 1500,
+                        "hooks": [
+                            "pre wave 0 Job.batch/apps/migrate-x7k2p: succeeded",
+                            "post wave 1 Job.batch/apps/smoke: succeeded: deleted (hook-succeeded)",
+                        ],
                     },
                     {
                         "revision": "main@sha1:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
@@ -70,8 +75,20 @@ async fn history_and_tree_show_the_status() -> anyhow::Result<()> {
     ] {
         assert!(lines[1].contains(cell), "{cell:?} not in {:?}", lines[1]);
     }
+    // The hooks of an apply, one per line of its HOOKS cell.
+    assert!(lines[0].contains("HOOKS"), "{history}");
     assert!(
-        lines[2].contains("failure") && lines[2].contains("dry-run failed"),
+        lines[1].contains("pre wave 0 Job.batch/apps/migrate-x7k2p: succeeded"),
+        "{history}"
+    );
+    assert!(
+        history.contains("post wave 1 Job.batch/apps/smoke: succeeded: deleted (hook-succeeded)"),
+        "{history}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("failure") && l.contains("dry-run failed")),
         "{history}"
     );
     let json: Value =
@@ -90,7 +107,13 @@ async fn history_and_tree_show_the_status() -> anyhow::Result<()> {
             .to_owned()
     };
     assert!(line(&format!("Namespace/{}", ns.name())).contains("Healthy"));
-    assert!(line("ConfigMap/web-config").contains("Healthy"));
+    assert!(line("ConfigMap/web-config [wave -1]").contains("Healthy"));
+    assert!(!line("Deployment.apps/web").contains("wave"), "{tree}");
+    // The hooks of the last apply (hook objects are in no inventory).
+    let hooks = tree
+        .find("Hooks of the last apply")
+        .unwrap_or_else(|| panic!("no hooks in\n{tree}"));
+    assert!(tree[hooks..].contains("  pre wave 0 Job.batch/apps/migrate-x7k2p: succeeded"));
     assert!(line("Deployment.apps/web").contains("Missing"));
     // Grouped: the cluster-scoped branch, then the namespace's.
     let cluster = tree.find("(cluster-scoped)").expect("cluster branch");

@@ -1,0 +1,208 @@
+//! Phases and waves through the agent: the Argo CD example-style repository `examples/hooks`
+//! (PreSync Job with generateName, waves -1/0/1, a PostSync Job deleted once it succeeded)
+//! syncs as it is, and the Sync's history records the hooks it ran; a failing hook fails the
+//! revision, and the SyncFail hook runs.
+
+use k8s_openapi::api::batch::v1::Job;
+
+use super::*;
+
+fn example(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/hooks")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn the_agent_syncs_an_argo_cd_style_repository_with_hooks_and_waves() -> Result<()> {
+    let w = World::new("phases").await?;
+    let files: Vec<(String, String)> = [
+        "migrate.yaml",
+        "config.yaml",
+        "web.yaml",
+        "frontend.yaml",
+        "smoke.yaml",
+        "notify.yaml",
+    ]
+    .iter()
+    .map(|f| (format!("app/{f}"), example(f)))
+    .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let first = w.commit(&refs, w.signing())?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    let sync = w.wait_applied("app", &first).await?;
+    let st = sync.status.expect("a status");
+    let hooks = &st.history[0].hooks;
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    let pre = format!("pre wave 0 Job.batch/{}/migrate-", w.ns());
+    assert!(
+        hooks[0].starts_with(&pre) && hooks[0].ends_with(": succeeded"),
+        "{hooks:?}"
+    );
+    assert_eq!(
+        hooks[1],
+        format!(
+            "post wave 0 Job.batch/{}/smoke: succeeded: deleted (hook-succeeded)",
+            w.ns()
+        )
+    );
+    // Hooks are not owned: the inventory holds the resources only.
+    let mut ids: Vec<&str> = st.inventory.iter().map(|i| i.id.as_str()).collect();
+    ids.sort_unstable();
+    let ns = w.ns();
+    assert_eq!(
+        ids,
+        [
+            format!("ConfigMap/{ns}/frontend"),
+            format!("ConfigMap/{ns}/settings"),
+            format!("Deployment.apps/{ns}/web"),
+            format!("Service/{ns}/web"),
+        ]
+    );
+    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
+    assert!(jobs.get_opt("smoke").await?.is_none());
+    assert!(jobs.get_opt("notify-failure").await?.is_none());
+
+    // A revision whose Sync hook fails: the revision fails, its later wave is not applied, the
+    // SyncFail hook runs.
+    let failing = "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: check
+  annotations:
+    argocd.argoproj.io/hook: Sync
+spec:
+  backoffLimit: 0
+  activeDeadlineSeconds: 1
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {plumb.dev/no-such-node: \"true\"}
+      containers: [{name: check, image: busybox:1.36}]
+";
+    let later = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: later
+  annotations:
+    argocd.argoproj.io/sync-wave: \"5\"
+";
+    w.commit(
+        &[("app/check.yaml", failing), ("app/later.yaml", later)],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    let ready = w
+        .wait_condition("Sync", "app", "Ready", "False", WAIT)
+        .await?;
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("/check failed: DeadlineExceeded"),
+        "{ready:#}"
+    );
+    let notify = eventually("the SyncFail Job", WAIT, || {
+        let jobs = jobs.clone();
+        async move { Ok(jobs.get_opt("notify-failure").await?) }
+    })
+    .await?;
+    assert!(notify.metadata.annotations.is_some());
+    assert!(w.configmaps().get_opt("later").await?.is_none());
+    let sync: Sync = w.syncs().get("app").await?;
+    let history = &sync.status.expect("a status").history;
+    assert_eq!(history[0].result, "failure");
+    assert!(
+        history[0]
+            .hooks
+            .iter()
+            .any(|h| h.starts_with("main wave 0 Job.batch/") && h.contains("/check: failed")),
+        "{history:?}"
+    );
+    assert!(
+        history[0]
+            .hooks
+            .iter()
+            .any(|h| h.starts_with("fail wave 0") && h.contains("notify-failure: succeeded")),
+        "{history:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_sync_with_prune_runs_its_delete_hooks_around_the_prune() -> Result<()> {
+    let w = World::new("delhooks").await?;
+    let hook = |name: &str, annotation: &str| {
+        format!(
+            "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {name}
+  annotations:
+    {annotation}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: c, image: busybox:1.36}}]
+"
+        )
+    };
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "1")),
+            (
+                "app/backup.yaml",
+                &hook("backup", "helm.sh/hook: pre-delete"),
+            ),
+            (
+                "app/cleanup.yaml",
+                &hook("cleanup", "argocd.argoproj.io/hook: PostDelete"),
+            ),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h", "prune": true }),
+    )
+    .await?;
+    w.wait_applied("app", &first).await?;
+    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
+    assert!(jobs.get_opt("backup").await?.is_none(), "not run by a sync");
+    assert!(
+        jobs.get_opt("cleanup").await?.is_none(),
+        "not run by a sync"
+    );
+
+    w.syncs().delete("app", &Default::default()).await?;
+    w.wait_sync_gone("app", WAIT).await?;
+    assert!(w.configmaps().get_opt("settings").await?.is_none());
+    for name in ["backup", "cleanup"] {
+        let job = jobs.get(name).await?;
+        let complete = job
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        assert!(complete, "{name} ran to completion");
+    }
+    // The deletion says what it did: the two hooks created, the ConfigMap pruned (the order,
+    // pre-delete hooks, prune, post-delete hooks, is the engine's unit test).
+    let notes = w.events("app", "ObjectsDeleted").await?;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("2 created") && n.contains("1 pruned")),
+        "{notes:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
