@@ -407,13 +407,19 @@ fn helm_binary(opts: &RenderOptions) -> Option<PathBuf> {
 /// A release name or namespace: a DNS label (what Helm and the API server accept), and never
 /// something Helm could read as a flag.
 fn check_name(chart: &Path, what: &'static str, value: &str, max: usize) -> Result<()> {
+    // Helm allows dots in release names (a DNS subdomain); namespaces are DNS labels.
+    let dots = what == "release name";
     let ok = !value.is_empty()
         && value.len() <= max
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && (dots || !value.contains('.'));
     if ok {
         Ok(())
     } else {
@@ -421,7 +427,8 @@ fn check_name(chart: &Path, what: &'static str, value: &str, max: usize) -> Resu
             path: chart.to_owned(),
             origin: what.into(),
             message: format!(
-                "{value:?} is not a valid {what}: use lowercase letters, digits and '-', at most {max} characters, starting and ending with a letter or digit"
+                "{value:?} is not a valid {what}: use lowercase letters, digits and '-'{}, at most {max} characters, starting and ending with a letter or digit",
+                if dots { " ('.' between parts)" } else { "" }
             ),
         })
     }
@@ -862,6 +869,41 @@ mod tests {
             ),
             PathBuf::from("charts/web/charts/sub/templates/a.yaml")
         );
+    }
+
+    #[test]
+    fn release_names_and_namespaces() {
+        let chart = Path::new("app");
+        assert!(check_name(chart, "release name", "web.prod", 53).is_ok());
+        assert!(check_name(chart, "namespace", "web.prod", 63).is_err());
+        for bad in [
+            "",
+            "-web",
+            "web-",
+            "Web",
+            "a..b",
+            ".a",
+            "--set=x",
+            &"a".repeat(54),
+        ] {
+            assert!(check_name(chart, "release name", bad, 53).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_errors_never_carry_the_values() {
+        for text in [
+            "password: [s3cr3t-value\n",
+            "password: s3cr3t-value\npassword: s3cr3t-value\n",
+            "- s3cr3t-value\n",
+            "password: \"s3cr3t-value\n",
+            "password: {a: s3cr3t-value\n",
+        ] {
+            let e = ValuesLayer::from_yaml("Secret ns/db key values.yaml", text).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("Secret ns/db key values.yaml"), "{shown}");
+        }
     }
 
     #[test]

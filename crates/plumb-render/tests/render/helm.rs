@@ -609,3 +609,27 @@ fn a_missing_helm_binary_is_a_clear_error() {
     let e = render_path(t.path(), Path::new("app"), &o).unwrap_err();
     assert!(e.to_string().starts_with("app:"), "{e}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_helm_that_hangs_is_stopped() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("helm");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    chart(t.path(), "app");
+    let o = RenderOptions {
+        timeout: std::time::Duration::from_millis(300),
+        helm: Some(fake),
+        ..RenderOptions::default()
+    };
+    let e = render_path(t.path(), Path::new("app"), &o).unwrap_err();
+    assert!(matches!(e, RenderError::HelmTimeout { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "app: helm template did not finish within 0.3s and was stopped"
+    );
+    assert!(e.is_retryable());
+}
