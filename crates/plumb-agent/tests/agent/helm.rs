@@ -149,3 +149,109 @@ impl World {
         .await
     }
 }
+
+#[tokio::test]
+async fn values_from_is_read_as_the_syncs_service_account() -> Result<()> {
+    let w = World::new("helmsa").await?;
+    let ns = w.ns().to_owned();
+    // The Sync's account may write ConfigMaps; reading Secrets it gets only later.
+    let role = |secrets: bool| {
+        let mut rules = vec![json!({ "apiGroups": [""], "resources": ["configmaps"],
+            "verbs": ["get", "list", "watch", "create", "patch", "update"] })];
+        if secrets {
+            rules.push(json!({ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"] }));
+        }
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": "tenant" }, "rules": rules
+        })
+    };
+    for o in [
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "tenant" } }),
+        role(false),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "tenant" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "tenant", "namespace": ns }]
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "db" },
+            "stringData": { "password": "s3cr3t-in-a-secret" }
+        }),
+    ] {
+        apply_object(&w, o).await?;
+    }
+    let first = w.commit(
+        &[
+            ("app/Chart.yaml", CHART),
+            ("app/values.yaml", VALUES),
+            (
+                "app/templates/db.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-settings\ndata:\n  set: {{ ne .Values.db.password \"\" | quote }}\n",
+            ),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+            "serviceAccountName": "tenant",
+            "helm": { "valuesFrom": [
+                { "kind": "Secret", "name": "db", "valuesKey": "password", "targetPath": "db.password" }
+            ] }
+        }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to fail reading the Secret", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "app")
+                .await?
+                .filter(|(s, _, m)| s == "False" && m.contains("Secret"))
+                .map(|(_, _, m)| m))
+        }
+    })
+    .await?;
+    assert!(message.contains("forbidden"), "{message}");
+    assert!(
+        message.contains(&format!("Secret {ns}/db (spec.helm.valuesFrom[0])")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("system:serviceaccount:{ns}:tenant")),
+        "{message}"
+    );
+    assert!(w.configmaps().get_opt("db-settings").await?.is_none());
+
+    // Allowed to read it, the Sync applies; the value reaches the chart, never the status.
+    apply_object(&w, role(true)).await?;
+    w.request_reconcile("app").await?;
+    let sync = w.wait_applied("app", &first).await?;
+    w.wait_value_of("db-settings", "set", "true").await?;
+    let status = serde_json::to_string(&sync.status)?;
+    assert!(!status.contains("s3cr3t"), "{status}");
+    w.stop().await;
+    Ok(())
+}
+
+/// Creates or replaces a namespaced object of the world's namespace (server-side apply).
+async fn apply_object(w: &World, o: serde_json::Value) -> Result<()> {
+    let o: kube::api::DynamicObject = serde_json::from_value(o)?;
+    let gvk = kube::api::GroupVersionKind::try_from(o.types.as_ref().expect("typed"))?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        w.client().clone(),
+        w.ns(),
+        &kube::api::ApiResource::from_gvk(&gvk),
+    );
+    api.patch(
+        &o.name_any(),
+        &PatchParams::apply("helm-test").force(),
+        &Patch::Apply(&o),
+    )
+    .await?;
+    Ok(())
+}
