@@ -220,3 +220,44 @@ async fn sync_a_chart_upgrade_it_and_refuse_a_broken_one() {
 fn stderr_has(out: &Output, what: &str) -> bool {
     String::from_utf8_lossy(&out.stderr).contains(what)
 }
+
+#[tokio::test]
+async fn sync_a_chart_from_git_with_values_files_of_the_repository() {
+    let (client, ns, cache) = setup("helmgit").await;
+    let repo = plumb_testsupport::git::Repo::local("charts").unwrap();
+    let wt = repo.work_tree().unwrap();
+    wt.write("shop/Chart.yaml", CHART).unwrap();
+    wt.write("shop/values.yaml", VALUES).unwrap();
+    wt.write("shop/templates/settings.yaml", SETTINGS).unwrap();
+    wt.write("env/prod.yaml", "colour: blue\n").unwrap();
+    wt.commit("chart", &Default::default()).unwrap();
+    wt.push().unwrap();
+    let url = repo.file_url();
+    let cache = cache.path().join("cache");
+    let out = plumb(&[
+        "sync",
+        "--git",
+        &url,
+        "--branch",
+        "main",
+        "--path",
+        "shop",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--values",
+        "env/prod.yaml",
+        "--release-name",
+        "web",
+        "--name",
+        "shop",
+        "-n",
+        ns.name(),
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let data = cms.get("web-settings").await.unwrap().data.unwrap();
+    assert_eq!(data["colour"], "blue");
+    assert_eq!(data["size"], "small");
+}
