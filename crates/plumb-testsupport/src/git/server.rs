@@ -346,6 +346,11 @@ impl GitServers {
         )
     }
 
+    /// The plain http port (see [`GitServers::http_url`]).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
     /// The https port.
     pub fn https_port(&self) -> u16 {
         self.https_port
