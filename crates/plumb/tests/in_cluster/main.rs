@@ -6,26 +6,30 @@
 //! `kubernetes` Service, which the node routes to the API server), Ready by their probes, one
 //! leading (the Lease). Through them a GitSource (a Git server of plumb-testsupport on loopback,
 //! published to the node's Pods) and a Sync are applied, a hand edit is healed, and deleting the
-//! leader Pod hands over: the other takes the Lease and keeps reconciling.
+//! leader Pod hands over: the other takes the Lease and keeps reconciling. Then `plumb
+//! uninstall` against the agent Pods, keeping what the Sync applied (`--keep-objects`) and, after
+//! a new install, deleting it.
 //!
 //! The image: `PLUMB_TEST_IMAGE_ARCHIVE` (an archive of `scripts/image`, as `scripts/test`
 //! builds it), else `scripts/image --binary <this plumb>` builds one from the binary under test.
 //! Runs with the real node, by default in `scripts/test`: `PLUMB_TEST_REAL_NODE=1 cargo test -p
 //! plumb --test in_cluster`; `PLUMB_TEST_REAL_NODE=0` skips it.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, ListParams, LogParams};
+use kube::api::{ListParams, LogParams};
 use kube::{Api, Client, ResourceExt};
-use plumb_agent::api::Sync;
-use plumb_testsupport::git::GitServers;
 use plumb_testsupport::kube::{PrivateControlPlane, eventually};
-use plumb_testsupport::world::{Remote, World};
+
+mod agent;
+mod recovery;
+
+/// One private control plane with a real node at a time: each runs a kubelet and containerd.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Where `plumb install` puts the agent, and its Lease's name.
 const AGENT_NAMESPACE: &str = "plumb-system";
@@ -46,146 +50,28 @@ fn enabled() -> bool {
     false
 }
 
-fn configmap(name: &str, value: &str) -> String {
+pub(crate) fn configmap(name: &str, value: &str) -> String {
     format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
     )
 }
 
-#[tokio::test]
-async fn the_agent_runs_as_two_pods_heals_drift_and_hands_over_when_the_leader_pod_goes()
--> Result<()> {
-    if !enabled() {
-        return Ok(());
-    }
-    let plane = PrivateControlPlane::up_with_only_real_node()
-        .await
-        .context("starting a private control plane with the real node as its only node")?;
-    let result = agent_in_pods(&plane).await;
-    if result.is_err() {
-        if let Ok(client) = plane.client().await {
-            eprintln!("{}", agent_pod_logs(&client).await);
-        }
-        eprintln!(
-            "kubelet log (last lines):\n{}\n\ncontainerd log (last lines):\n{}",
-            plane.log_tail_of("kubelet", 40),
-            plane.log_tail_of("containerd", 15)
-        );
-    }
-    plane.down()?;
-    result
-}
-
-async fn agent_in_pods(plane: &PrivateControlPlane) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("plumb-in-cluster-")
-        .tempdir()?;
-    let image = load_image(plane, dir.path()).await?;
-
-    // The Git server listens on loopback; the agent's Pods reach it at the node's host address.
-    let servers = GitServers::start()?;
-    plane.expose_to_node(servers.http_port()).await?;
-    let w = World::private_with_remote(plane, "incluster", Remote::Http(&servers)).await?;
-    let url = format!(
-        "http://{}:{}/incluster.git",
-        plane.node_host_address()?,
-        servers.http_port()
-    );
-
-    let kubeconfig = plane.kubeconfig().to_str().context("kubeconfig path")?;
+/// Runs this crate's `plumb` with `args` against the private control plane; its stdout.
+async fn plumb(kubeconfig: &str, args: &[&str]) -> Result<String> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumb"))
-        .args(["--kubeconfig", kubeconfig, "install", "--image", &image])
+        .args(["--kubeconfig", kubeconfig])
+        .args(args)
         .output()
         .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         out.status.success(),
-        "plumb install failed ({}):\n{}{}",
+        "plumb {} failed ({}):\n{stdout}{}",
+        args.join(" "),
         out.status,
-        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    // Two Pods of the Deployment, on the real node, as its ServiceAccount, Ready by their probes.
-    let client = w.client().clone();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
-    let ready = ready_agent_pods(&pods, 2).await?;
-    for pod in &ready {
-        let spec = pod.spec.as_ref().context("a Pod without spec")?;
-        ensure!(
-            spec.node_name.as_deref() == Some("localhost"),
-            "{} runs on {:?}, not on the real node",
-            pod.name_any(),
-            spec.node_name
-        );
-        ensure!(
-            spec.service_account_name.as_deref() == Some("plumb-agent"),
-            "{} runs as {:?}",
-            pod.name_any(),
-            spec.service_account_name
-        );
-        ensure!(
-            spec.containers[0].image.as_deref() == Some(image.as_str()),
-            "{} runs {:?}",
-            pod.name_any(),
-            spec.containers[0].image
-        );
-    }
-    let names: BTreeSet<String> = ready.iter().map(ResourceExt::name_any).collect();
-
-    // One of them leads: it holds the Lease under its Pod name.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
-    let leader = eventually("one agent Pod to hold the Lease", WAIT, || {
-        let (leases, names) = (leases.clone(), names.clone());
-        async move { Ok(holder(&leases).await?.filter(|h| names.contains(h))) }
-    })
-    .await?;
-    println!("agent Pods {names:?}, leader {leader}");
-
-    // A GitSource and a Sync, applied by the agent in its Pod (in-cluster credentials only).
-    let first = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], w.signing())?;
-    w.create(
-        w.git_source("repo")
-            .verify("range")
-            .spec(serde_json::json!({ "url": url })),
-    )
-    .await?;
-    w.create(w.sync("app")).await?;
-    w.wait_applied::<Sync>("app", &first, WAIT).await?;
-    w.wait_value("settings", "1").await?;
-
-    // Drift: a hand edit is taken back.
-    w.edit_by_hand("settings", "by hand").await?;
-    w.wait_value("settings", "1").await?;
-
-    // The leader Pod goes (as in a node drain or a rollout): the other takes the Lease over.
-    pods.delete(&leader, &DeleteParams::default()).await?;
-    let successor = eventually("the other agent Pod to take the Lease", WAIT, || {
-        let (leases, names, leader) = (leases.clone(), names.clone(), leader.clone());
-        async move {
-            Ok(holder(&leases)
-                .await?
-                .filter(|h| *h != leader && names.contains(h)))
-        }
-    })
-    .await?;
-    println!("{leader} deleted; {successor} leads");
-
-    // ... and keeps reconciling: a new commit is applied and drift is healed again.
-    let second = w.commit(&[("app/cm.yaml", &configmap("settings", "2"))], w.signing())?;
-    w.poke_source().await?;
-    w.wait_applied::<Sync>("app", &second, WAIT).await?;
-    w.wait_value("settings", "2").await?;
-    w.edit_by_hand("settings", "by hand again").await?;
-    w.wait_value("settings", "2").await?;
-
-    // The Deployment replaced the deleted Pod; the new one is Ready and stands by.
-    let now = ready_agent_pods(&pods, 2).await?;
-    ensure!(
-        !now.iter().any(|p| p.name_any() == leader),
-        "the deleted leader {leader} is still listed as Ready"
-    );
-    ensure!(holder(&leases).await?.as_deref() == Some(successor.as_str()));
-    Ok(())
+    Ok(stdout)
 }
 
 /// The agent image in the real node's containerd; returns its reference.
@@ -290,4 +176,16 @@ async fn agent_pod_logs(client: &Client) -> String {
     } else {
         text
     }
+}
+
+/// What a failed test prints: the agent Pods, the kubelet's and containerd's logs.
+async fn diagnose(plane: &PrivateControlPlane) {
+    if let Ok(client) = plane.client().await {
+        eprintln!("{}", agent_pod_logs(&client).await);
+    }
+    eprintln!(
+        "kubelet log (last lines):\n{}\n\ncontainerd log (last lines):\n{}",
+        plane.log_tail_of("kubelet", 40),
+        plane.log_tail_of("containerd", 15)
+    );
 }
