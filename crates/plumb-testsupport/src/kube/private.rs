@@ -173,6 +173,12 @@ impl PrivateControlPlane {
         self.testenv(&["node", "import", archive]).await
     }
 
+    /// Gives `image` in the real node's containerd the second name `new` (`scripts/testenv node
+    /// tag`): another tag of the same content, for upgrades without a registry.
+    pub async fn tag_image(&self, image: &str, new: &str) -> Result<()> {
+        self.testenv(&["node", "tag", image, new]).await
+    }
+
     /// SIGKILLs `component` (as a crash or the OOM killer would) and waits until it is gone.
     pub async fn kill(&self, component: Component) -> Result<()> {
         self.testenv(&["kill", component.name()]).await?;

@@ -1,19 +1,26 @@
 //! Disaster recovery drill: the cluster is lost; a new, empty one is bootstrapped against the
 //! fleet repository (the agent's own manifests, a second Sync and its apps) and everything comes
 //! back through the agent Pods. The time from `plumb bootstrap` to every Sync Ready is the
-//! recovery time (RTO); the test prints it.
+//! recovery time (RTO); the test prints it. Then the agent upgrades itself from Git: a new image
+//! tag committed to its own manifests rolls its Pods out through itself, the new Pods take the
+//! Lease over, and no revision is lost (the rollout's and the next one are both applied and in
+//! the history).
 
 use std::net::IpAddr;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, ResourceExt};
 use plumb_agent::api::Sync;
 use plumb_testsupport::git::{GitServers, ServerOptions, Signing};
 use plumb_testsupport::kube::{PrivateControlPlane, eventually};
-use plumb_testsupport::world::condition_is;
+use plumb_testsupport::world::{RECONCILE_REQUEST_ANNOTATION, condition_is};
 use serde_json::json;
 
 use super::*;
@@ -33,7 +40,8 @@ spec:
 const APP_CONFIGMAPS: usize = 20;
 
 #[tokio::test]
-async fn bootstrap_restores_an_empty_cluster_from_git_and_prints_the_recovery_time() -> Result<()> {
+async fn bootstrap_restores_an_empty_cluster_from_git_then_the_agent_upgrades_itself() -> Result<()>
+{
     if !enabled() {
         return Ok(());
     }
@@ -68,7 +76,7 @@ async fn drill(plane: &PrivateControlPlane) -> Result<()> {
     let repo = servers.create_repo("fleet")?;
     let wt = repo.work_tree()?;
     let export = plumb(kubeconfig, &["install", "--export", "--image", &image]).await?;
-    wt.write("clusters/prod/plumb.yaml", export)?;
+    wt.write("clusters/prod/plumb.yaml", &export)?;
     wt.write("clusters/prod/apps.yaml", APPS_SYNC)?;
     let mut apps = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: demo}\n");
     for i in 0..APP_CONFIGMAPS {
@@ -118,26 +126,7 @@ async fn drill(plane: &PrivateControlPlane) -> Result<()> {
     )
     .await?;
     let syncs: Api<Sync> = Api::all(client.clone());
-    let ready = eventually(
-        "every Sync to be Ready with the fleet's commit",
-        PODS_READY + WAIT,
-        || {
-            let (syncs, commit) = (syncs.clone(), commit.clone());
-            async move {
-                let list = syncs.list(&ListParams::default()).await?;
-                let all_ready = list.items.len() == 2
-                    && list.items.iter().all(|s| {
-                        let value = serde_json::to_value(s).unwrap_or_default();
-                        condition_is(&value, "Ready", "True")
-                            && value["status"]["lastAppliedRevision"]
-                                .as_str()
-                                .is_some_and(|r| r.ends_with(&commit))
-                    });
-                Ok(all_ready.then_some(list.items))
-            }
-        },
-    )
-    .await?;
+    let ready = all_syncs_ready(&syncs, &commit).await?;
     let rto = started.elapsed();
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "demo");
@@ -159,5 +148,137 @@ async fn drill(plane: &PrivateControlPlane) -> Result<()> {
         names.join(", "),
         rto.as_secs_f64()
     );
+
+    // The agent manages itself: a new tag of its image (the same content under a second name,
+    // as a registry would serve a new release) committed to its manifests in Git.
+    let next = format!("{image}-next");
+    plane.tag_image(&image, &next).await?;
+    ensure!(
+        export.matches(image.as_str()).count() == 1,
+        "one image reference in {export}"
+    );
+    wt.write("clusters/prod/plumb.yaml", export.replace(&image, &next))?;
+    let rollout = wt.commit("plumb: the next image", &Signing::None)?;
+    wt.push()?;
+    poke_source(&client).await?;
+    // Rolled out through itself: both Pods run the new tag and one of them leads.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    eventually(
+        "the agent's Deployment to roll out the next image",
+        PODS_READY,
+        || {
+            let (deployments, next) = (deployments.clone(), next.clone());
+            async move {
+                let d = deployments.get("plumb-agent").await?;
+                let image = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .and_then(|s| s.containers[0].image.clone());
+                let status = d.status.unwrap_or_default();
+                let done = image.as_deref() == Some(next.as_str())
+                    && d.metadata.generation == status.observed_generation
+                    && status.updated_replicas == Some(2)
+                    && status.ready_replicas == Some(2)
+                    && status.replicas == Some(2);
+                Ok(done.then_some(()))
+            }
+        },
+    )
+    .await?;
+    let upgraded = ready_agent_pods(&pods, 2).await?;
+    for pod in &upgraded {
+        let image = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers[0].image.as_deref());
+        ensure!(
+            image == Some(next.as_str()),
+            "{} runs {image:?}",
+            pod.name_any()
+        );
+    }
+    let new_pods: Vec<String> = upgraded.iter().map(ResourceExt::name_any).collect();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), AGENT_NAMESPACE);
+    let leader = eventually("a Pod of the next image to lead", WAIT, || {
+        let (leases, new_pods) = (leases.clone(), new_pods.clone());
+        async move { Ok(holder(&leases).await?.filter(|h| new_pods.contains(h))) }
+    })
+    .await?;
+    println!("rolled out {next} through the agent itself; {leader} leads");
+
+    // The new Pods keep going: the next commit is applied, and both revisions are in the history.
+    wt.write(
+        "apps/after.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: after-upgrade, namespace: demo}\ndata: {value: applied}\n",
+    )?;
+    let after = wt.commit("apps: after the upgrade", &Signing::None)?;
+    wt.push()?;
+    poke_source(&client).await?;
+    let ready = all_syncs_ready(&syncs, &after).await?;
+    ensure!(
+        cms.get_opt("after-upgrade").await?.is_some(),
+        "the commit after the upgrade was not applied"
+    );
+    for sync in &ready {
+        let value = serde_json::to_value(sync)?;
+        let revisions: Vec<&str> = value["status"]["history"]
+            .as_array()
+            .map(|h| h.iter().filter_map(|e| e["revision"].as_str()).collect())
+            .unwrap_or_default();
+        for commit in [&commit, &rollout, &after] {
+            ensure!(
+                revisions.iter().any(|r| r.ends_with(commit.as_str())),
+                "Sync {}: revision {commit} is missing from its history {revisions:?}",
+                sync.name_any()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until both Syncs are Ready with `commit` applied; returns them.
+async fn all_syncs_ready(syncs: &Api<Sync>, commit: &str) -> Result<Vec<Sync>> {
+    eventually(
+        &format!("every Sync to be Ready with {commit}"),
+        PODS_READY + WAIT,
+        || {
+            let syncs = syncs.clone();
+            async move {
+                let list = syncs.list(&ListParams::default()).await?;
+                let all_ready = list.items.len() == 2
+                    && list.items.iter().all(|s| {
+                        let value = serde_json::to_value(s).unwrap_or_default();
+                        condition_is(&value, "Ready", "True")
+                            && value["status"]["lastAppliedRevision"]
+                                .as_str()
+                                .is_some_and(|r| r.ends_with(commit))
+                    });
+                Ok(all_ready.then_some(list.items))
+            }
+        },
+    )
+    .await
+}
+
+/// Asks the bootstrap GitSource to fetch now (what `plumb reconcile source` does).
+async fn poke_source(client: &kube::Client) -> Result<()> {
+    let gvk = GroupVersionKind::gvk("plumb.dev", "v1alpha1", "GitSource");
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        AGENT_NAMESPACE,
+        &ApiResource::from_gvk(&gvk),
+    );
+    let patch = json!({ "metadata": { "annotations": {
+        RECONCILE_REQUEST_ANNOTATION: k8s_openapi::jiff::Timestamp::now().to_string()
+    } } });
+    api.patch(
+        "plumb-system",
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .context("requesting a fetch of GitSource plumb-system")?;
     Ok(())
 }
