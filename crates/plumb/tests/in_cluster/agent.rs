@@ -33,10 +33,7 @@ async fn the_agent_runs_as_two_pods_heals_drift_and_hands_over_when_the_leader_p
 }
 
 async fn agent_in_pods(plane: &PrivateControlPlane) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("plumb-in-cluster-")
-        .tempdir()?;
-    let image = load_image(plane, dir.path()).await?;
+    let image = load_image(plane).await?;
 
     // The Git server listens on loopback; the agent's Pods reach it at the node's host address.
     let servers = GitServers::start()?;

@@ -11,11 +11,12 @@
 //! a new install, deleting it.
 //!
 //! The image: `PLUMB_TEST_IMAGE_ARCHIVE` (an archive of `scripts/image`, as `scripts/test`
-//! builds it), else `scripts/image --binary <this plumb>` builds one from the binary under test.
+//! builds it), else `scripts/image --binary <this plumb>` builds one from the binary under test
+//! (once per run, in `target/tmp/in-cluster-image`).
 //! Runs with the real node, by default in `scripts/test`: `PLUMB_TEST_REAL_NODE=1 cargo test -p
 //! plumb --test in_cluster`; `PLUMB_TEST_REAL_NODE=0` skips it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -75,37 +76,49 @@ async fn plumb(kubeconfig: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The agent image in the real node's containerd; returns its reference.
-async fn load_image(plane: &PrivateControlPlane, dir: &Path) -> Result<String> {
+async fn load_image(plane: &PrivateControlPlane) -> Result<String> {
     // `scripts/image` names every image it builds so.
     let reference = format!("ghcr.io/plumb-dev/plumb:{}", env!("CARGO_PKG_VERSION"));
-    if let Some(archive) = std::env::var_os("PLUMB_TEST_IMAGE_ARCHIVE") {
-        plane.import_image(Path::new(&archive)).await?;
-        return Ok(reference);
-    }
-    // Built from the binary under test, imported into the node (PLUMB_TESTENV_RUN).
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/image");
-    let out = tokio::process::Command::new(script)
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_plumb"))
-        .arg("--out")
-        .arg(dir)
-        .env("PLUMB_TESTENV_RUN", plane.run_dir())
-        .output()
-        .await
-        .context("running scripts/image")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        out.status.success(),
-        "scripts/image failed ({}):\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    ensure!(
-        last == reference,
-        "scripts/image printed {last:?} last, not {reference}"
-    );
+    let archive = image_archive().await?;
+    plane.import_image(archive).await?;
     Ok(reference)
+}
+
+/// `PLUMB_TEST_IMAGE_ARCHIVE`, else an archive `scripts/image --binary` builds (once per run of
+/// these tests) from the plumb binary under test.
+async fn image_archive() -> Result<&'static Path> {
+    static ARCHIVE: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    let path = ARCHIVE
+        .get_or_try_init(|| async {
+            if let Some(archive) = std::env::var_os("PLUMB_TEST_IMAGE_ARCHIVE") {
+                return Ok(PathBuf::from(archive));
+            }
+            let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("in-cluster-image");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/image");
+            let out = tokio::process::Command::new(script)
+                .arg("--binary")
+                .arg(env!("CARGO_BIN_EXE_plumb"))
+                .arg("--out")
+                .arg(&out_dir)
+                .arg("--no-load")
+                .output()
+                .await
+                .context("running scripts/image")?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                out.status.success(),
+                "scripts/image failed ({}):\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let archive = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("archive "))
+                .with_context(|| format!("scripts/image named no archive:\n{stdout}"))?;
+            Ok::<_, anyhow::Error>(PathBuf::from(archive))
+        })
+        .await?;
+    Ok(path.as_path())
 }
 
 /// Waits until `count` agent Pods (not being deleted) are Ready; returns them.

@@ -58,10 +58,7 @@ async fn bootstrap_restores_an_empty_cluster_from_git_then_the_agent_upgrades_it
 }
 
 async fn drill(plane: &PrivateControlPlane) -> Result<()> {
-    let dir = tempfile::Builder::new()
-        .prefix("plumb-recovery-")
-        .tempdir()?;
-    let image = load_image(plane, dir.path()).await?;
+    let image = load_image(plane).await?;
     let kubeconfig = plane.kubeconfig().to_str().context("kubeconfig path")?;
 
     // The Git server over https with basic auth, its certificate naming the address at which
