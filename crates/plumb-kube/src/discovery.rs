@@ -176,3 +176,33 @@ impl Resolver {
 fn is_namespaced(caps: &ApiCapabilities) -> bool {
     matches!(caps.scope, Scope::Namespaced)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_as_helm_capabilities_read_them() {
+        let mut kinds = Kinds::default();
+        for (group, version, kind) in [
+            ("", "v1", "Pod"),
+            ("apps", "v1", "Deployment"),
+            ("apps", "v1", "StatefulSet"),
+        ] {
+            kinds.insert(
+                ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind)),
+                true,
+            );
+        }
+        assert_eq!(
+            kinds.api_versions(),
+            [
+                "apps/v1",
+                "apps/v1/Deployment",
+                "apps/v1/StatefulSet",
+                "v1",
+                "v1/Pod"
+            ]
+        );
+    }
+}
