@@ -266,6 +266,152 @@ pub struct SyncSpec {
     /// are a conflict naming the owner, and nothing is applied).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// How to render the Helm chart at `path` (a directory holding `Chart.yaml`). A chart
+    /// without this block renders with its own values, release name = the Sync's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmSpec>,
+}
+
+/// Helm rendering of a chart in the source (`helm template`, sandboxed: no plugins, no
+/// network; dependencies must be vendored in `charts/`). The release namespace
+/// (`.Release.Namespace`) is `targetNamespace`, else the Sync's namespace. Values precedence,
+/// lowest first: the chart's `values.yaml`, `valuesFiles`, `valuesFrom`, `values`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmSpec {
+    /// `.Release.Name` (default: the Sync's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 53), regex(pattern = DNS_LABEL_PATTERN))]
+    pub release_name: Option<String>,
+    /// Values files in the source, relative to its root (not to `path`), in order: a later
+    /// file wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// ConfigMaps and Secrets in the Sync's namespace holding values, merged after
+    /// `valuesFiles` in order; read with the Sync's service account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesReference>,
+    /// Inline values, merged last (they win over everything else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub values: Option<serde_json::Value>,
+    /// Render the CRDs of the chart's `crds/` directories (applied first, like every CRD).
+    #[serde(
+        default,
+        rename = "includeCRDs",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub include_crds: bool,
+    /// Kustomize runs over the chart's output, in order (as Flux's
+    /// `postRenderers[].kustomize`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_renderers: Vec<PostRendererSpec>,
+}
+
+/// A ConfigMap or Secret key holding values.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValuesReference {
+    /// `ConfigMap` or `Secret`.
+    #[schemars(extend("enum" = ["ConfigMap", "Secret"]))]
+    pub kind: String,
+    /// Its name, in the Sync's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub name: String,
+    /// The key (default `values.yaml`). Without `targetPath` it holds a YAML map of values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values_key: Option<String>,
+    /// Dotted path (`a.b.c`; `\.` for a dot inside a key) at which the key's text is set as
+    /// one string value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_path: Option<String>,
+    /// A missing object or key is skipped instead of failing the render.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// One post-renderer.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostRendererSpec {
+    /// Kustomize over the chart's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kustomize: Option<KustomizePostRenderer>,
+}
+
+/// A kustomization whose only resource is the chart's output.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizePostRenderer {
+    /// Kustomize `patches`: strategic merge or JSON 6902 patches, with a target selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<KustomizePatch>,
+    /// Kustomize `images`: image name, tag and digest overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<KustomizeImage>,
+}
+
+/// A Kustomize patch.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizePatch {
+    /// The patch, YAML or JSON text.
+    pub patch: String,
+    /// Which objects it applies to (default: those the patch names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PatchSelector>,
+}
+
+/// Kustomize's patch target selector.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchSelector {
+    /// API group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// API version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name (a regular expression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace (a regular expression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Label selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// Annotation selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotation_selector: Option<String>,
+}
+
+/// A Kustomize image override.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KustomizeImage {
+    /// The image name in the chart's output.
+    pub name: String,
+    /// Replacement name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_name: Option<String>,
+    /// Replacement tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_tag: Option<String>,
+    /// Digest (replaces the tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// Any map, kept as is (Helm values).
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// Reference to a GitSource.

@@ -228,10 +228,23 @@ impl Drop for Staging {
 /// Renders `path` of `artifact` after checking its digest on disk, on a blocking thread
 /// (Kustomize may run for up to a minute), holding the artifact for the whole render.
 pub async fn render(artifact: Arc<Artifact>, path: Option<String>) -> Result<Vec<Manifest>> {
+    render_with(artifact, path, None).await
+}
+
+/// [`render`], with `chart` options when the path is (or must be) a Helm chart.
+pub async fn render_with(
+    artifact: Arc<Artifact>,
+    path: Option<String>,
+    chart: Option<plumb_render::ChartOptions>,
+) -> Result<Vec<Manifest>> {
     tokio::task::spawn_blocking(move || {
         plumb_source::export::verify_dir(&artifact.dir, &artifact.tree_digest)
             .map_err(|e| Error::Source(plumb_source::Error::Export(e)))?;
-        render_dir(&artifact.dir, path.as_deref())
+        let opts = plumb_render::RenderOptions {
+            chart: chart.unwrap_or_default(),
+            ..plumb_render::RenderOptions::default()
+        };
+        render_dir_with(&artifact.dir, path.as_deref(), &opts)
     })
     .await
     .map_err(|e| Error::Io {
@@ -242,13 +255,17 @@ pub async fn render(artifact: Arc<Artifact>, path: Option<String>) -> Result<Vec
 
 /// Renders `path` (relative; empty or `.` for the root) of the directory `dir`.
 pub fn render_dir(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
+    render_dir_with(dir, path, &plumb_render::RenderOptions::default())
+}
+
+fn render_dir_with(
+    dir: &Path,
+    path: Option<&str>,
+    opts: &plumb_render::RenderOptions,
+) -> Result<Vec<Manifest>> {
     // `render_path` reads "", "." and "./x/" as the root and `x`.
     let path = Path::new(path.unwrap_or(""));
-    Ok(plumb_render::render_path(
-        dir,
-        path,
-        &plumb_render::RenderOptions::default(),
-    )?)
+    Ok(plumb_render::render_path(dir, path, opts)?)
 }
 
 #[cfg(test)]

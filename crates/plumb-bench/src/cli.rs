@@ -1,4 +1,4 @@
-//! Command line: `plumb-bench sync|agent|source` and their flags.
+//! Command line: `plumb-bench sync|agent|flux|source` and their flags.
 
 use clap::{Args, Parser, Subcommand};
 
@@ -18,8 +18,58 @@ enum Command {
     Sync(SyncArgs),
     /// The agent: drift healing, commit to applied, steady-state requests, memory.
     Agent(AgentArgs),
+    /// Flux (source-controller and kustomize-controller, built by scripts/flux) against
+    /// `plumb agent` on the same https repository: cold start, requests, CPU, memory, at rest,
+    /// drift, commit to applied; and the API server's own ceiling for the same writes.
+    Flux(FluxArgs),
     /// Fetch and verification of plumb-source against plain git (no cluster needed).
     Source,
+}
+
+/// Which systems `plumb-bench flux` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Flux,
+    Plumb,
+}
+
+/// Flags of `plumb-bench flux`.
+#[derive(Args, Debug)]
+pub struct FluxArgs {
+    /// Apps, 4 objects each (repeatable: one table per size; default 1000). The last line
+    /// compares the first size.
+    #[arg(long = "apps", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub apps: Vec<u32>,
+    /// Kustomizations and Syncs the apps are split into (must divide every --apps).
+    #[arg(long, default_value_t = 10)]
+    pub syncs: u32,
+    /// Reconciles at once: Flux's --concurrent, plumb agent's --concurrency.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: u32,
+    /// Interval of the Git source and of every Kustomization and Sync.
+    #[arg(long, default_value = "1m")]
+    pub interval: String,
+    /// Manual edits undone per system (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub edits: u32,
+    /// Commits per system for commit to applied (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub commits: u32,
+    /// Seconds of the at-rest window.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rest: u64,
+    /// The systems to run, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "flux,plumb")]
+    pub systems: Vec<System>,
+    /// Concurrency of the minimal client that measures the API server's own ceiling (0: skip).
+    #[arg(long, default_value_t = 64)]
+    pub ceiling_concurrency: usize,
+    /// Where scripts/flux put Flux (bin/ and crds/); scripts/bench sets it.
+    #[arg(long, env = "PLUMB_FLUX_DIR")]
+    pub flux_dir: Option<std::path::PathBuf>,
+    /// Keep the work directory (logs of every process).
+    #[arg(long)]
+    pub keep_dir: bool,
 }
 
 /// Flags of `plumb-bench sync`.
@@ -86,6 +136,17 @@ impl Cli {
                     "--apps must be a positive multiple of --syncs"
                 );
                 crate::agent::run(args).await
+            }
+            Command::Flux(mut args) => {
+                if args.apps.is_empty() {
+                    args.apps = vec![1000];
+                }
+                anyhow::ensure!(
+                    args.syncs >= 1 && args.apps.iter().all(|a| a % args.syncs == 0),
+                    "every --apps must be a positive multiple of --syncs"
+                );
+                anyhow::ensure!(!args.systems.is_empty(), "--systems names none");
+                crate::flux::run(args).await
             }
             Command::Source => crate::source::run().await,
         }

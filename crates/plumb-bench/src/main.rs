@@ -14,6 +14,7 @@ mod agent;
 mod apps;
 mod cli;
 mod cluster;
+mod flux;
 mod kubeclient;
 mod metrics;
 mod process;

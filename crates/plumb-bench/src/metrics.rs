@@ -34,6 +34,8 @@ pub struct RequestCounts {
     /// Every non-dry-run write to any resource but leases and events, subresources included:
     /// what `settle` waits to go quiet.
     pub background_writes: f64,
+    /// Every request of every client, to any resource.
+    pub total: f64,
 }
 
 impl RequestCounts {
@@ -45,6 +47,7 @@ impl RequestCounts {
     pub fn of(samples: &[Sample]) -> Self {
         let mut s = Self::default();
         for sample in samples {
+            s.total += sample.value;
             let resource = sample.label("resource");
             let is_write = WRITE_VERBS.contains(&sample.label("verb"));
             let dry_run = !sample.label("dry_run").is_empty();
@@ -74,6 +77,7 @@ impl RequestCounts {
             dry_runs: d(self.dry_runs, after.dry_runs),
             reads: d(self.reads, after.reads),
             background_writes: d(self.background_writes, after.background_writes),
+            total: d(self.total, after.total),
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct RequestDelta {
     pub dry_runs: i64,
     pub reads: i64,
     pub background_writes: i64,
+    pub total: i64,
 }
 
 impl std::fmt::Display for RequestDelta {
@@ -95,6 +100,12 @@ impl std::fmt::Display for RequestDelta {
             self.writes, self.dry_runs, self.reads, self.background_writes
         )
     }
+}
+
+/// The sum of every sample of counter `name` (e.g. `rest_client_requests_total`, the requests
+/// a Go client sent, or `plumb_api_requests_total`).
+pub fn counter_sum(text: &str, name: &str) -> f64 {
+    samples(text, name).iter().fold(0.0, |sum, s| sum + s.value)
 }
 
 /// The agent's `plumb_api_requests_total` keyed by (verb, resource, dry_run), in text order.
@@ -147,12 +158,23 @@ apiserver_request_duration_seconds_bucket{le="0.1",verb="POST"} 12
                 // The configmap POST, the deployment status PUT and the replicaset POST; not
                 // the lease or the dry-run.
                 background_writes: 112.0,
+                total: 1415.0,
             }
         );
         let mut later = counts;
         later.writes += 4.0;
         let d = counts.delta(&later);
         assert_eq!((d.writes, d.dry_runs, d.reads), (4, 0, 0));
+    }
+
+    #[test]
+    fn counters_are_summed_over_their_labels() {
+        let text = "# TYPE rest_client_requests_total counter\n\
+                    rest_client_requests_total{code=\"200\",host=\"127.0.0.1:6443\",method=\"GET\"} 40\n\
+                    rest_client_requests_total{code=\"201\",host=\"127.0.0.1:6443\",method=\"POST\"} 2\n\
+                    rest_client_request_duration_seconds_count{verb=\"GET\"} 1000\n";
+        assert_eq!(counter_sum(text, "rest_client_requests_total"), 42.0);
+        assert_eq!(counter_sum(text, "plumb_api_requests_total"), 0.0);
     }
 
     #[test]

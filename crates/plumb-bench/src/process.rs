@@ -159,6 +159,40 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS")?, field("VmHWM")?))
 }
 
+/// CPU seconds process `pid` used so far, its waited-for children included (user + system,
+/// from `/proc/<pid>/stat`), with `ticks` clock ticks per second (`getconf CLK_TCK`).
+pub fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    cpu_ticks(&stat)
+        .map(|t| t as f64 / ticks)
+        .with_context(|| format!("cannot parse {path}"))
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/<pid>/stat` line. The command
+/// name (field 2) may hold spaces and parentheses: fields are counted after its last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts with field 3 (state): utime is the 12th token.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields
+        .get(11..15)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when it cannot be asked).
+pub async fn clock_ticks() -> f64 {
+    match Command::new("getconf").arg("CLK_TCK").output().await {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100.0),
+        _ => 100.0,
+    }
+}
+
 /// The value in kB of field `name` of a `/proc/<pid>/status` text.
 fn proc_status_kib(status: &str, name: &str) -> Option<u64> {
     status.lines().find_map(|line| {
@@ -187,5 +221,12 @@ mod tests {
         assert_eq!(proc_status_kib(status, "VmRSS"), Some(89088));
         assert_eq!(proc_status_kib(status, "VmHWM"), Some(93184));
         assert_eq!(proc_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (source (ctl) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 12 0 99 1000 200";
+        assert_eq!(cpu_ticks(stat), Some(250 + 50 + 7 + 3));
+        assert_eq!(cpu_ticks("4242 (x) S 1"), None);
     }
 }

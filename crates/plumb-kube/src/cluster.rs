@@ -7,13 +7,18 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
     PropagationPolicy, TypeMeta,
 };
 use kube::discovery::Discovery;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::Value;
 
@@ -41,8 +46,37 @@ pub struct Page {
     pub continue_token: Option<String>,
 }
 
+/// What a watch of one kind reports ([`Cluster::watch`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// A listing starts (the first one, or again after the watch lost its place): until
+    /// [`WatchEvent::Listed`], the [`WatchEvent::Present`] events are the whole current state.
+    Listing,
+    /// The object exists as given (listed, created or changed), with `apiVersion` and `kind`.
+    Present(Value),
+    /// The listing is complete: an object it did not report does not exist.
+    Listed,
+    /// The object was deleted.
+    Deleted(Value),
+}
+
+/// Which objects of a kind a watch reports: those whose labels match `labels` and whose fields
+/// match `fields` (selectors as the API spells them; `None`: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// A label selector, e.g. `plumb.dev/sync-name=web,plumb.dev/sync-namespace=apps`.
+    pub labels: Option<String>,
+    /// A field selector, e.g. `metadata.name=web`.
+    pub fields: Option<String>,
+}
+
+/// The events of a watch. An error does not end it: it lists again (after a backoff) and goes
+/// on; errors are reported so that the caller can tell a refusal from a transient failure.
+pub type WatchStream = BoxStream<'static, Result<WatchEvent, kube::Error>>;
+
 /// What the engine asks of a cluster. Every method is one request (or one watch, for the
-/// CRD wait); errors are the API's own, so that their kind and retryability survive.
+/// CRD wait and [`Cluster::watch`]); errors are the API's own, so that their kind and
+/// retryability survive.
 pub trait Cluster: Send + Sync {
     /// Every kind the API server serves.
     fn discover(&self) -> impl Future<Output = Result<Kinds>> + Send;
@@ -101,6 +135,10 @@ pub trait Cluster: Send + Sync {
         name: &str,
         timeout: Duration,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Watches the objects of `kind` in `namespace` (all namespaces: `None`) that `selector`
+    /// selects: one LIST, then one WATCH from the list's resourceVersion (again after an error).
+    fn watch(&self, kind: &Resolved, namespace: Option<&str>, selector: &Selector) -> WatchStream;
 }
 
 /// The real cluster, over a `kube::Client`.
@@ -236,6 +274,48 @@ impl Cluster for KubeCluster {
 
     async fn await_crd_established(&self, name: &str, timeout: Duration) -> Result<()> {
         await_crds_established(&self.client, &[name], timeout).await
+    }
+
+    fn watch(&self, kind: &Resolved, namespace: Option<&str>, selector: &Selector) -> WatchStream {
+        let mut config = watcher::Config::default();
+        if let Some(labels) = &selector.labels {
+            config = config.labels(labels);
+        }
+        if let Some(fields) = &selector.fields {
+            config = config.fields(fields);
+        }
+        let types = TypeMeta {
+            api_version: kind.resource.api_version.clone(),
+            kind: kind.resource.kind.clone(),
+        };
+        let value = move |mut obj: DynamicObject| {
+            // Listed items come without apiVersion and kind (kube-rs#946); health needs them.
+            obj.types = Some(types.clone());
+            to_value(obj)
+        };
+        watcher::watcher(self.api(kind, namespace), config)
+            .default_backoff()
+            .map(move |event| match event {
+                Ok(watcher::Event::Init) => Ok(WatchEvent::Listing),
+                Ok(watcher::Event::InitApply(obj) | watcher::Event::Apply(obj)) => {
+                    Ok(WatchEvent::Present(value(obj)))
+                }
+                Ok(watcher::Event::InitDone) => Ok(WatchEvent::Listed),
+                Ok(watcher::Event::Delete(obj)) => Ok(WatchEvent::Deleted(value(obj))),
+                Err(e) => Err(watch_error(e)),
+            })
+            .boxed()
+    }
+}
+
+/// The API error behind a watcher's error.
+fn watch_error(e: watcher::Error) -> kube::Error {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        watcher::Error::WatchError(status) => kube::Error::Api(status),
+        other @ watcher::Error::NoResourceVersion => kube::Error::Service(Box::new(other)),
     }
 }
 

@@ -63,6 +63,22 @@ impl Kinds {
         self.served.is_empty()
     }
 
+    /// Every served `group/version` and `group/version/Kind` (`v1` and `v1/Pod` for the core
+    /// group), sorted: what Helm's `.Capabilities.APIVersions` holds for this cluster.
+    pub fn api_versions(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (group, version, kind) in self.served.keys() {
+            let gv = if group.is_empty() {
+                version.clone()
+            } else {
+                format!("{group}/{version}")
+            };
+            out.insert(format!("{gv}/{kind}"));
+            out.insert(gv);
+        }
+        out.into_iter().collect()
+    }
+
     fn get(&self, group: &str, version: &str, kind: &str) -> Option<&(ApiResource, bool)> {
         self.served
             .get(&(group.to_owned(), version.to_owned(), kind.to_owned()))

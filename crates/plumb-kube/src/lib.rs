@@ -9,7 +9,10 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 
-pub use cluster::{ApplyMode, Cluster, FIELD_MANAGER, KubeCluster, Page, await_crds_established};
+pub use cluster::{
+    ApplyMode, Cluster, FIELD_MANAGER, KubeCluster, Page, Selector, WatchEvent, WatchStream,
+    await_crds_established,
+};
 pub use engine::{
     DiscoveryCache, Engine, HookRun, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
     SyncOptions, SyncReport,

@@ -149,6 +149,114 @@ pub enum RenderError {
         /// The limit.
         timeout: Duration,
     },
+    /// `Chart.yaml` is not a chart's metadata (no `name`).
+    #[error("{}: not a Helm chart's Chart.yaml: {message}", path.display())]
+    HelmChartInvalid {
+        /// The Chart.yaml, relative to the source root.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A dependency of the chart is not vendored in its `charts/` directory.
+    #[error("{}: chart dependency {name:?} (repository {repository:?}) is not in {}; vendor it there as a directory or .tgz (`helm dependency build`) and commit it: Plumb never lets Helm fetch charts", at(path, *line), charts.display())]
+    HelmDependencyMissing {
+        /// The Chart.yaml (or requirements.yaml) listing it.
+        path: PathBuf,
+        /// 1-based line of its name, 0 if unknown.
+        line: u64,
+        /// The dependency's name.
+        name: String,
+        /// Where it would come from.
+        repository: String,
+        /// The charts/ directory it is missing from.
+        charts: PathBuf,
+    },
+    /// A chart's `values.schema.json` references another document (a file or URL), which
+    /// Helm's schema loader would read.
+    #[error("{}: `{key}` names {value:?}; a chart's values schema may only reference its own definitions (\"#/...\"), because Helm would read that file or URL: inline the referenced schema", at(path, *line))]
+    HelmSchemaRef {
+        /// The schema file (or the vendored chart archive holding it).
+        path: PathBuf,
+        /// 1-based line, 0 if unknown (inside an archive).
+        line: u64,
+        /// `$ref`, `$dynamicRef`, `$recursiveRef` or `$schema`.
+        key: String,
+        /// What it names.
+        value: String,
+    },
+    /// Chart settings that are not usable: values that are no map, a bad release name or
+    /// namespace. Never carries the values themselves.
+    #[error("{}: {origin}: {message}", path.display())]
+    HelmValues {
+        /// The chart directory.
+        path: PathBuf,
+        /// Which setting (e.g. `spec.helm.values`, `release name`).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No `helm` binary was found.
+    #[error("{}: a Helm chart was found but no `helm` binary (set it in the render options, put it next to plumb, or on PATH; `scripts/testenv build` builds the pinned one)", path.display())]
+    HelmNotFound {
+        /// The chart directory.
+        path: PathBuf,
+    },
+    /// A template of the chart failed to render; Helm named the file and line.
+    #[error("{}: rendering chart {} failed: {message}", at_col(file, *line, *column), chart.display())]
+    HelmTemplate {
+        /// The chart directory, relative to the source root.
+        chart: PathBuf,
+        /// The template file Helm names, relative to the source root.
+        file: PathBuf,
+        /// 1-based line, 0 if Helm gave none.
+        line: u64,
+        /// 1-based column, 0 if Helm gave none.
+        column: u64,
+        /// Helm's message.
+        message: String,
+    },
+    /// `helm template` failed without naming a template.
+    #[error("{}: helm template failed ({status}): {stderr}", path.display())]
+    HelmFailed {
+        /// The chart directory.
+        path: PathBuf,
+        /// Exit status description.
+        status: String,
+        /// Helm's standard error (trimmed, at most a few KiB).
+        stderr: String,
+    },
+    /// `helm template` did not finish in time and was stopped.
+    #[error("{}: helm template did not finish within {}s and was stopped", path.display(), timeout.as_secs_f64())]
+    HelmTimeout {
+        /// The chart directory.
+        path: PathBuf,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A post-renderer (Kustomize over the chart's output) failed.
+    #[error("{}: post-renderer {index} (kustomize) failed: {source}", path.display())]
+    HelmPostRender {
+        /// The chart directory.
+        path: PathBuf,
+        /// 0-based index of the post-renderer.
+        index: usize,
+        /// What Kustomize (or its pre-build check) said.
+        #[source]
+        source: Box<RenderError>,
+    },
+    /// Chart settings (values, release name, ...) were given for a directory that is no chart.
+    #[error("{}: Helm settings were given, but the directory holds no Chart.yaml", path.display())]
+    NotAChart {
+        /// The rendered directory.
+        path: PathBuf,
+    },
+    /// A chart below the rendered directory of plain manifests (its templates are no
+    /// manifests).
+    #[error("{}: a Helm chart inside a directory of plain manifests; render the chart by pointing the path at it ({}) instead", path.display(), path.display())]
+    NestedChart {
+        /// The chart directory.
+        path: PathBuf,
+    },
 }
 
 impl RenderError {
@@ -171,6 +279,17 @@ impl RenderError {
             RenderError::KustomizeNotFound { .. } => "render_kustomize_not_found",
             RenderError::KustomizeFailed { .. } => "render_kustomize_failed",
             RenderError::KustomizeTimeout { .. } => "render_kustomize_timeout",
+            RenderError::HelmChartInvalid { .. } => "render_helm_chart_invalid",
+            RenderError::HelmDependencyMissing { .. } => "render_helm_dependency_missing",
+            RenderError::HelmSchemaRef { .. } => "render_helm_schema_ref",
+            RenderError::HelmValues { .. } => "render_helm_values",
+            RenderError::HelmNotFound { .. } => "render_helm_not_found",
+            RenderError::HelmTemplate { .. } => "render_helm_template",
+            RenderError::HelmFailed { .. } => "render_helm_failed",
+            RenderError::HelmTimeout { .. } => "render_helm_timeout",
+            RenderError::HelmPostRender { source, .. } => source.metric_label(),
+            RenderError::NotAChart { .. } => "render_not_a_chart",
+            RenderError::NestedChart { .. } => "render_nested_chart",
         }
     }
 
@@ -179,7 +298,9 @@ impl RenderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            RenderError::Io { .. } | RenderError::KustomizeTimeout { .. }
+            RenderError::Io { .. }
+                | RenderError::KustomizeTimeout { .. }
+                | RenderError::HelmTimeout { .. }
         )
     }
 }
@@ -253,6 +374,15 @@ fn at(path: &std::path::Path, line: u64) -> String {
         path.display().to_string()
     } else {
         format!("{}:{line}", path.display())
+    }
+}
+
+/// `path:line:column`, leaving out what is unknown (0).
+fn at_col(path: &std::path::Path, line: u64, column: u64) -> String {
+    match (line, column) {
+        (0, _) => path.display().to_string(),
+        (l, 0) => format!("{}:{l}", path.display()),
+        (l, c) => format!("{}:{l}:{c}", path.display()),
     }
 }
 

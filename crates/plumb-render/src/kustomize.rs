@@ -71,10 +71,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use plumb_core::Manifest;
 
@@ -82,6 +79,7 @@ use plumb_core::Manifest;
 use crate::error::Refusal;
 use crate::error::{RenderError, Result};
 use crate::parse::parse_manifests;
+use crate::process::{Ran, find_on_path, run_bounded};
 use crate::{RenderOptions, display_path};
 
 mod check;
@@ -94,9 +92,6 @@ pub use check::{
 /// File names that make a directory a Kustomize root.
 pub const KUSTOMIZATION_FILES: [&str; 3] =
     ["kustomization.yaml", "kustomization.yml", "Kustomization"];
-
-/// Largest stderr kept for error messages.
-const MAX_STDERR: u64 = 16 * 1024;
 
 pub(crate) fn find_kustomization(dir: &Path) -> Option<&'static str> {
     KUSTOMIZATION_FILES
@@ -256,13 +251,6 @@ impl Checker<'_> {
     }
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// Builds the kustomization in `rel_dir`; returns the manifests and the bytes of output read.
 pub(crate) fn build(
     root: &Path,
@@ -305,76 +293,30 @@ pub(crate) fn build(
         .env("http_proxy", "http://127.0.0.1:9")
         .env("https_proxy", "http://127.0.0.1:9")
         .env("GIT_ALLOW_PROTOCOL", "file")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| RenderError::Io {
-        path: shown.clone(),
-        source,
-    })?;
-
-    let overflow = Arc::new(AtomicBool::new(false));
-    let stdout = child.stdout.take().expect("stdout was piped");
-    let stderr = child.stderr.take().expect("stderr was piped");
-    let flag = Arc::clone(&overflow);
-    let out_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let res = stdout.take(max_bytes + 1).read_to_end(&mut buf);
-        if buf.len() as u64 > max_bytes {
-            flag.store(true, Ordering::SeqCst);
-        }
-        res.map(|_| buf)
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        // Keep draining so the child never blocks on a full stderr pipe.
-        let _ = stderr.take(MAX_STDERR).read_to_end(&mut buf);
-        buf
-    });
-
-    let deadline = Instant::now() + opts.timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|source| RenderError::Io {
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let (status, stdout, stderr) =
+        match run_bounded(&mut cmd, max_bytes, opts.timeout).map_err(|source| RenderError::Io {
             path: shown.clone(),
             source,
         })? {
-            break status;
-        }
-        if overflow.load(Ordering::SeqCst) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(RenderError::TotalTooLarge {
-                path: shown,
-                limit: opts.max_total_size,
-            });
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(RenderError::KustomizeTimeout {
-                path: shown,
-                timeout: opts.timeout,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out_thread
-        .join()
-        .unwrap_or_else(|_| Ok(Vec::new()))
-        .map_err(|source| RenderError::Io {
-            path: shown.clone(),
-            source,
-        })?;
-    let stderr = err_thread.join().unwrap_or_default();
-    // Checked before the exit status: we close the pipe at the limit, so the build may have
-    // died of SIGPIPE.
-    if overflow.load(Ordering::SeqCst) {
-        return Err(RenderError::TotalTooLarge {
-            path: shown,
-            limit: opts.max_total_size,
-        });
-    }
+            Ran::Exited {
+                status,
+                stdout,
+                stderr,
+            } => (status, stdout, stderr),
+            Ran::Overflow => {
+                return Err(RenderError::TotalTooLarge {
+                    path: shown,
+                    limit: opts.max_total_size,
+                });
+            }
+            Ran::TimedOut => {
+                return Err(RenderError::KustomizeTimeout {
+                    path: shown,
+                    timeout: opts.timeout,
+                });
+            }
+        };
     if !status.success() {
         let stderr = strip_klog_prefixes(&String::from_utf8_lossy(&stderr));
         return Err(RenderError::KustomizeFailed {

@@ -1,15 +1,18 @@
-//! Renders a directory of manifests (plain YAML, Kustomize) safely.
+//! Renders a directory of manifests (plain YAML, Kustomize, Helm charts) safely.
 //!
 //! [`render`] turns a directory into [`Manifest`]s: plain `.yaml`/`.yml`/`.json` files are read
 //! recursively in sorted order; a directory holding a kustomization is built with Kustomize
-//! instead. Symlinks and paths out of the root are refused, sizes and counts are capped, and
+//! instead, and a chart (`Chart.yaml` at the rendered path) with `helm template` (see
+//! [`ChartOptions`]). Symlinks and paths out of the root are refused, sizes and counts are capped, and
 //! every error names the file (relative to the root) and line. Nothing partial is returned.
 
 #![warn(clippy::unwrap_used)]
 
 mod error;
+mod helm;
 mod kustomize;
 mod parse;
+mod process;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use plumb_core::Manifest;
 
 pub use error::{Refusal, RenderError, Result};
+pub use helm::{CHART_FILE, Capabilities, ChartOptions, PostRenderer, ValuesLayer};
 pub use kustomize::{
     KUSTOMIZATION_FILES, KustomizationRole, Reference, ReferenceKind, check_kustomization_text,
     check_kustomization_text_as, check_plugin_config_text,
@@ -34,11 +38,17 @@ pub struct RenderOptions {
     pub max_total_size: u64,
     /// Most objects one render may produce, after flattening Lists (default 10,000).
     pub max_documents: usize,
-    /// Longest a Kustomize build may run before it is killed (default 60 s).
+    /// Longest a Kustomize build or `helm template` may run before it is killed (default 60 s).
     pub timeout: Duration,
     /// A `kustomize` binary to run as `<path> build`, instead of looking up `kustomize` and
     /// then `kubectl` (as `kubectl kustomize`) on PATH.
     pub kustomize: Option<PathBuf>,
+    /// A `helm` binary to run as `<path> template`, instead of `helm` next to the running
+    /// executable, then on PATH.
+    pub helm: Option<PathBuf>,
+    /// How to render the path when it is a Helm chart. Anything but the default for a path
+    /// that is no chart is an error ([`RenderError::NotAChart`]).
+    pub chart: ChartOptions,
 }
 
 impl Default for RenderOptions {
@@ -49,6 +59,8 @@ impl Default for RenderOptions {
             max_documents: 10_000,
             timeout: Duration::from_secs(60),
             kustomize: None,
+            helm: None,
+            chart: ChartOptions::default(),
         }
     }
 }
@@ -68,7 +80,10 @@ pub fn render(dir: &Path, opts: &RenderOptions) -> Result<Vec<Manifest>> {
 /// Order: entries sorted by name, depth first; documents in file order. Hidden entries
 /// (names starting with `.`, such as `.git`) are skipped. A directory containing
 /// `kustomization.yaml`, `kustomization.yml` or `Kustomization` is built with
-/// `kustomize build` (or `kubectl kustomize`) and its files are not read directly.
+/// `kustomize build` (or `kubectl kustomize`) and its files are not read directly. When
+/// `path` itself holds `Chart.yaml`, it is rendered with `helm template` as `opts.chart` says
+/// (a chart wins over a kustomization in the same directory); a chart deeper down is an
+/// error ([`RenderError::NestedChart`]).
 pub fn render_path(root: &Path, path: &Path, opts: &RenderOptions) -> Result<Vec<Manifest>> {
     let io = |p: &Path| {
         let p = p.to_owned();
@@ -97,6 +112,16 @@ pub fn render_path(root: &Path, path: &Path, opts: &RenderOptions) -> Result<Vec
     }
     if !root.join(&rel).is_dir() {
         return Err(RenderError::NotADirectory { path: rel });
+    }
+    if helm::is_chart(&root.join(&rel)) {
+        let (manifests, _) =
+            helm::render(&root, &rel, opts, opts.max_total_size, opts.max_documents)?;
+        return Ok(manifests);
+    }
+    if opts.chart != ChartOptions::default() {
+        return Err(RenderError::NotAChart {
+            path: display_path(&rel),
+        });
     }
     let mut walker = Walker {
         root,
@@ -187,6 +212,9 @@ impl Walker<'_> {
             let child = rel.join(&name);
             let (_, meta) = self.checked(&child)?;
             if meta.is_dir() {
+                if helm::is_chart(&self.root.join(&child)) {
+                    return Err(RenderError::NestedChart { path: child });
+                }
                 self.dir(&child)?;
             } else if meta.is_file() && is_manifest_file(&name) {
                 self.file(&child, meta.len())?;

@@ -100,6 +100,15 @@ impl World {
     /// A world on a private control plane, with a local repository: its namespace
     /// (`plumb-test-<prefix>`) goes with the control plane.
     pub async fn private(plane: &PrivateControlPlane, prefix: &str) -> Result<Self> {
+        Self::private_with_remote(plane, prefix, Remote::Local).await
+    }
+
+    /// A world on a private control plane whose repository is at `remote`.
+    pub async fn private_with_remote(
+        plane: &PrivateControlPlane,
+        prefix: &str,
+        remote: Remote<'_>,
+    ) -> Result<Self> {
         let client = plane.client().await?;
         let ns = format!("plumb-test-{prefix}");
         let namespace: Namespace = serde_json::from_value(json!({ "metadata": { "name": ns } }))?;
@@ -108,7 +117,7 @@ impl World {
             .await
             .with_context(|| format!("creating namespace {ns}"))?;
         let kubeconfig = plane.kubeconfig().to_path_buf();
-        Self::build(client, kubeconfig, ns, None, prefix, Remote::Local).await
+        Self::build(client, kubeconfig, ns, None, prefix, remote).await
     }
 
     async fn build(

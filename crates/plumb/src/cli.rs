@@ -67,10 +67,66 @@ pub enum Command {
 /// Arguments of `plumb render`.
 #[derive(Debug, Args)]
 pub struct RenderArgs {
-    /// Directory of manifests (plain YAML/JSON, or a Kustomize directory).
+    /// Directory of manifests (plain YAML/JSON, a Kustomize directory, or a Helm chart).
     pub dir: PathBuf,
     #[command(flatten)]
     pub root: Root,
+    #[command(flatten)]
+    pub helm: HelmArgs,
+    /// A chart's `.Release.Namespace` (default: `default`).
+    #[arg(short, long, help_heading = "Helm charts (DIR holds Chart.yaml)")]
+    pub namespace: Option<String>,
+    /// The Kubernetes version a chart's `.Capabilities.KubeVersion` reports (e.g. v1.35.4;
+    /// default: Helm's built-in one). `sync` and `diff` take it from the cluster.
+    #[arg(
+        long,
+        value_name = "VERSION",
+        help_heading = "Helm charts (DIR holds Chart.yaml)"
+    )]
+    pub kube_version: Option<String>,
+    /// API versions a chart's `.Capabilities.APIVersions` holds besides Helm's built-in ones
+    /// (`group/version` or `group/version/Kind`; repeatable or comma-separated). `sync` and
+    /// `diff` take them from the cluster.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        help_heading = "Helm charts (DIR holds Chart.yaml)"
+    )]
+    pub api_versions: Vec<String>,
+}
+
+/// How a Helm chart renders (when the rendered directory holds `Chart.yaml`). Values
+/// precedence, lowest first: the chart's values.yaml, --values files in order, --set-json in
+/// order.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Helm charts (DIR holds Chart.yaml)")]
+pub struct HelmArgs {
+    /// A values file (repeatable; a later one wins). It must be inside the root; with --git
+    /// the path is relative to the repository's root.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Set one value as JSON at a dotted path, e.g. `--set-json 'image.tag="v2"'` or
+    /// `--set-json 'resources={"limits":{"cpu":"1"}}'` (repeatable; wins over --values).
+    #[arg(long = "set-json", value_name = "PATH=JSON")]
+    pub set_json: Vec<String>,
+    /// The chart's `.Release.Name` (default: --name for sync and diff, the chart's name for
+    /// render).
+    #[arg(long, value_name = "NAME")]
+    pub release_name: Option<String>,
+    /// Render the CRDs in the chart's `crds/` directories too (applied first, as every CRD).
+    #[arg(long)]
+    pub include_crds: bool,
+}
+
+impl HelmArgs {
+    /// Whether any Helm setting was given.
+    pub fn given(&self) -> bool {
+        !self.values.is_empty()
+            || !self.set_json.is_empty()
+            || self.release_name.is_some()
+            || self.include_crds
+    }
 }
 
 /// The boundary nothing rendered may come from outside of.
@@ -85,13 +141,15 @@ pub struct Root {
 /// Which sync unit, and where its objects go.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Directory of manifests (plain YAML/JSON, or a Kustomize directory).
+    /// Directory of manifests (plain YAML/JSON, a Kustomize directory, or a Helm chart).
     #[arg(required_unless_present = "git", conflicts_with = "git")]
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub git: crate::source::GitArgs,
     #[command(flatten)]
     pub root: Root,
+    #[command(flatten)]
+    pub helm: HelmArgs,
     /// Name of the sync unit: it owns what it applies, and prunes only what it owns.
     #[arg(long)]
     pub name: String,

@@ -1,7 +1,7 @@
 //! The subcommands: thin faces over plumb-render and plumb-kube.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -11,11 +11,14 @@ use plumb_core::{
     Action, ChangeSet, HealthVerdict, Manifest, ObjectKey, SyncId, to_yaml, unified_diff,
 };
 use plumb_kube::{ConfigMapInventory, Engine, Progress, StoredState, SyncOptions};
+use plumb_render::{Capabilities, ChartOptions, ValuesLayer};
 
 use crate::source::Fetched;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, DiffArgs, Global, Output, RenderArgs, Root, SyncArgs, Target};
+use crate::cli::{
+    Cli, Command, DiffArgs, Global, HelmArgs, Output, RenderArgs, Root, SyncArgs, Target,
+};
 
 /// Runs one command and maps its outcome to the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -44,9 +47,9 @@ fn report(e: &anyhow::Error) {
     eprintln!("error: {e:#}");
 }
 
-/// Renders `dir`, reading nothing outside `root` (default: the Git work tree holding `dir`,
-/// else `dir` itself).
-fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
+/// The source root for `dir` (`--root`, else the Git work tree holding `dir`, else `dir`
+/// itself), `dir` relative to it, and a note for error messages.
+fn locate(dir: &Path, root: &Root) -> Result<(PathBuf, PathBuf, &'static str)> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot open directory {}", dir.display()))?;
@@ -67,25 +70,129 @@ fn render_dir(dir: &Path, root: &Root) -> Result<Vec<Manifest>> {
             ),
         },
     };
-    let relative = dir.strip_prefix(&root).map_err(|_| {
-        anyhow::anyhow!(
-            "{} is not inside the root {}",
-            dir.display(),
-            root.display()
-        )
-    })?;
-    plumb_render::render_path(&root, relative, &plumb_render::RenderOptions::default())
-        .with_context(|| {
-            format!(
-                "rendering {} (root {}{note})",
+    let relative = dir
+        .strip_prefix(&root)
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not inside the root {}",
                 dir.display(),
                 root.display()
             )
-        })
+        })?
+        .to_path_buf();
+    Ok((root, relative, note))
+}
+
+/// A `--values` file named relative to the working directory, as a path relative to `root`
+/// (the renderer then refuses symlinks on the way and anything else it refuses in a source).
+fn values_file_in_root(file: &Path, root: &Path) -> Result<PathBuf> {
+    let absolute = std::env::current_dir()
+        .context("reading the working directory")?
+        .join(file);
+    let name = absolute
+        .file_name()
+        .with_context(|| format!("values file {} names no file", file.display()))?;
+    let parent = absolute
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .canonicalize()
+        .with_context(|| format!("cannot open values file {}", file.display()))?;
+    let relative = parent.strip_prefix(root).map_err(|_| {
+        anyhow::anyhow!(
+            "values file {} is outside the root {}: values files must be inside the source \
+             (pass --root to widen it)",
+            file.display(),
+            root.display()
+        )
+    })?;
+    Ok(relative.join(name))
+}
+
+/// Chart options from the Helm flags over `base` (release, namespace, capabilities); values
+/// files as they are given when `cwd_relative` is false (relative to a Git source's root).
+fn chart_options(
+    helm: &HelmArgs,
+    root: &Path,
+    cwd_relative: bool,
+    base: ChartOptions,
+) -> Result<ChartOptions> {
+    let mut opts = base;
+    if let Some(name) = &helm.release_name {
+        opts.release_name = Some(name.clone());
+    }
+    opts.include_crds = helm.include_crds;
+    for file in &helm.values {
+        opts.values_files.push(if cwd_relative {
+            values_file_in_root(file, root)?
+        } else {
+            file.clone()
+        });
+    }
+    for (i, set) in helm.set_json.iter().enumerate() {
+        let origin = format!("--set-json #{}", i + 1);
+        let (path, json) = set
+            .split_once('=')
+            .with_context(|| format!("{origin}: expected PATH=JSON, e.g. image.tag=\"v2\""))?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .with_context(|| format!("{origin}: the value after `=` is not JSON"))?;
+        opts.values
+            .push(ValuesLayer::at_path(&origin, path, value)?);
+    }
+    Ok(opts)
+}
+
+/// Renders `dir`, reading nothing outside `root` (default: the Git work tree holding `dir`,
+/// else `dir` itself); a chart with the Helm flags over `base`.
+fn render_dir(
+    dir: &Path,
+    root: &Root,
+    helm: &HelmArgs,
+    base: ChartOptions,
+) -> Result<Vec<Manifest>> {
+    let (root, relative, note) = locate(dir, root)?;
+    let shown = dir.display();
+    let opts = plumb_render::RenderOptions {
+        chart: if is_chart(dir) || helm.given() {
+            chart_options(helm, &root, true, base)?
+        } else {
+            ChartOptions::default()
+        },
+        ..plumb_render::RenderOptions::default()
+    };
+    plumb_render::render_path(&root, &relative, &opts)
+        .with_context(|| format!("rendering {shown} (root {}{note})", root.display()))
+}
+
+fn is_chart(dir: &Path) -> bool {
+    dir.join(plumb_render::CHART_FILE).exists()
+}
+
+/// What the cluster tells a chart's `.Capabilities`: its version and served API versions.
+async fn capabilities(engine: &Engine) -> Result<Capabilities> {
+    let version = engine
+        .client()
+        .apiserver_version()
+        .await
+        .context("reading the cluster's version for the chart's .Capabilities")?;
+    let kinds = engine.kinds().await?;
+    Ok(Capabilities {
+        kube_version: Some(version.git_version),
+        api_versions: kinds.api_versions(),
+    })
 }
 
 fn render(args: &RenderArgs) -> Result<()> {
-    let manifests = render_dir(&args.dir, &args.root)?;
+    let base = ChartOptions {
+        namespace: args.namespace.clone(),
+        capabilities: (args.kube_version.is_some() || !args.api_versions.is_empty()).then(|| {
+            Capabilities {
+                kube_version: args.kube_version.clone(),
+                api_versions: args.api_versions.clone(),
+            }
+        }),
+        ..ChartOptions::default()
+    };
+    let manifests = render_dir(&args.dir, &args.root, &args.helm, base)?;
     let mut out = std::io::stdout().lock();
     for m in &manifests {
         writeln!(out, "---")?;
@@ -113,9 +220,15 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
     // A local directory is rendered first: a broken one is reported without touching the
     // cluster. A Git source needs the last applied revision (the start of the verification
     // range) from the cluster first.
+    // A chart waits for the cluster: its `.Capabilities` come from there.
     let local = match &target.dir {
-        Some(dir) => Some(render_dir(dir, &target.root)?),
-        None => None,
+        Some(dir) if !is_chart(dir) => Some(render_dir(
+            dir,
+            &target.root,
+            &target.helm,
+            ChartOptions::default(),
+        )?),
+        _ => None,
     };
     let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
         .await
@@ -124,24 +237,44 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         .namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let sync = SyncId::new(namespace, target.name.clone());
+    let engine = Engine::new(client.clone());
+    let chart_base = |capabilities| ChartOptions {
+        release_name: Some(target.name.clone()),
+        namespace: Some(namespace.clone()),
+        capabilities: Some(capabilities),
+        ..ChartOptions::default()
+    };
+    let sync = SyncId::new(namespace.clone(), target.name.clone());
     let store = ConfigMapInventory::new(client.clone(), &sync);
     let state = store.load_state().await?;
-    let (desired, fetched) = match (local, &target.git.git) {
-        (Some(desired), _) => (desired, None),
-        (None, Some(url)) => {
+    let (desired, fetched) = match (local, &target.dir, &target.git.git) {
+        (Some(desired), _, _) => (desired, None),
+        (None, Some(dir), _) => {
+            let base = chart_base(capabilities(&engine).await?);
+            (render_dir(dir, &target.root, &target.helm, base)?, None)
+        }
+        (None, None, Some(url)) => {
             let fetched = crate::source::fetch(&target.git, url, state.revision.clone()).await?;
             let root = &fetched.artifact.dir;
             let path = target.git.path.as_deref().unwrap_or(Path::new(""));
-            let desired =
-                plumb_render::render_path(root, path, &plumb_render::RenderOptions::default())
-                    .with_context(|| format!("rendering {}", fetched.describe()))?;
+            let chart = if is_chart(&root.join(path)) || target.helm.given() {
+                let base = chart_base(capabilities(&engine).await?);
+                chart_options(&target.helm, root, false, base)?
+            } else {
+                ChartOptions::default()
+            };
+            let opts = plumb_render::RenderOptions {
+                chart,
+                ..plumb_render::RenderOptions::default()
+            };
+            let desired = plumb_render::render_path(root, path, &opts)
+                .with_context(|| format!("rendering {}", fetched.describe()))?;
             (desired, Some(fetched))
         }
-        (None, None) => anyhow::bail!("give a directory or --git URL"),
+        (None, None, None) => anyhow::bail!("give a directory or --git URL"),
     };
     Ok(Loaded {
-        engine: Engine::new(client),
+        engine,
         sync,
         store,
         state,

@@ -25,8 +25,9 @@ pub(super) async fn apply(
 ) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
+    let chart = super::helm::chart_options(sync, ctx, ns, &record.dir).await?;
     // Held for the whole render; its digest is checked on disk first.
-    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
+    let desired = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await?;
     let rendered = digest(&desired);
 
     // A new revision that renders exactly what was applied (a commit elsewhere in the
@@ -348,8 +349,9 @@ pub(super) async fn detect_only(
     st: &mut SyncStatus,
 ) -> Result<()> {
     let ticket = ctx.drift.ticket();
+    let chart = super::helm::chart_options(sync, ctx, ns, &record.dir).await?;
     // Held for the whole render; its digest is checked on disk first.
-    let desired = crate::artifacts::render(record, sync.spec.path.clone()).await?;
+    let desired = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await?;
     let rendered = digest(&desired);
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;

@@ -28,6 +28,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const HISTORY_LIMIT: usize = 10;
 /// How soon to look again while a dependency or the source is not ready.
 mod apply;
+mod helm;
 mod record;
 
 pub(crate) use apply::engine_for;

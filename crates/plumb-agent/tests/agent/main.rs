@@ -11,6 +11,7 @@ mod apply;
 mod deletion;
 mod endpoints;
 mod health_waits;
+mod helm;
 mod lifecycle;
 mod phases;
 mod policy;

@@ -8,10 +8,10 @@
 //! commit-to-applied latency from `git push` to the changed object in the cluster, with a
 //! webhook and with polling; the agent's RSS (current and peak).
 
-mod http;
+pub(crate) mod http;
 mod measure;
 mod setup;
-mod watch;
+pub(crate) mod watch;
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -5,16 +5,18 @@
 //! added to `managedFields`), and only
 //! what the safety rules depend on is modelled (dry-run stores nothing, namespaced objects
 //! need their Namespace, a delete checks its uid precondition, CRD kinds are served once the
-//! CRD is Established).
+//! CRD is Established). Watches see every change made through it (or [`Memory::put`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use kube::core::{ApiResource, GroupVersionKind, Status};
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
 
-use crate::cluster::{ApplyMode, Cluster, Page};
+use crate::cluster::{ApplyMode, Cluster, Page, Selector, WatchEvent, WatchStream};
 use crate::discovery::{Kinds, Resolved};
 use crate::error::Result;
 
@@ -39,6 +41,8 @@ pub enum Request {
         dry_run: bool,
     },
     AwaitCrd(String),
+    /// A watch of a kind (its plural) with a selector.
+    Watch(String, Selector),
 }
 
 /// Which request of an object fails.
@@ -65,10 +69,38 @@ struct State {
     slow_hooks: BTreeMap<String, usize>,
 }
 
+/// One change, as watches see it: (plural, namespace, event).
+type Change = (String, Option<String>, WatchEvent);
+
 /// The in-memory cluster.
-#[derive(Default)]
 pub struct Memory {
     state: Mutex<State>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// Whether `obj` matches `selector` (equality-based labels, `metadata.name` fields).
+fn selects(selector: &Selector, obj: &Value) -> bool {
+    let labels = selector.labels.iter().flat_map(|l| l.split(','));
+    let fields = selector.fields.iter().flat_map(|f| f.split(','));
+    labels
+        .map(|term| (term, &obj["metadata"]["labels"]))
+        .chain(fields.map(|term| (term, &Value::Null)))
+        .all(|(term, labels)| {
+            let (key, value) = term.split_once('=').unwrap_or((term, ""));
+            match key {
+                "metadata.name" => obj["metadata"]["name"].as_str() == Some(value),
+                _ => labels[key].as_str() == Some(value),
+            }
+        })
 }
 
 /// A served kind.
@@ -131,6 +163,11 @@ impl Memory {
                 .unwrap_or_default()
                 .to_owned(),
         );
+        let _ = self.changes.send((
+            key.0.clone(),
+            key.1.clone(),
+            WatchEvent::Present(object.clone()),
+        ));
         st.objects.insert(key, object.clone());
         object
     }
@@ -299,6 +336,11 @@ impl Cluster for Memory {
             st.next_uid += 1;
             if st.objects.get(&key) != Some(&stored) {
                 stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
+                let _ = self.changes.send((
+                    key.0.clone(),
+                    key.1.clone(),
+                    WatchEvent::Present(stored.clone()),
+                ));
             }
             st.objects.insert(key, stored.clone());
         }
@@ -407,7 +449,9 @@ impl Cluster for Memory {
                 "Precondition failed: UID in precondition does not match",
             ));
         }
-        st.objects.remove(&key);
+        if let Some(gone) = st.objects.remove(&key) {
+            let _ = self.changes.send((key.0, key.1, WatchEvent::Deleted(gone)));
+        }
         Ok(())
     }
 
@@ -439,5 +483,46 @@ impl Cluster for Memory {
             st.kinds.insert(r.resource, r.namespaced);
         }
         Ok(())
+    }
+
+    fn watch(&self, kind: &Resolved, namespace: Option<&str>, selector: &Selector) -> WatchStream {
+        let mut st = self.lock();
+        st.log.push(Request::Watch(
+            kind.resource.plural.clone(),
+            selector.clone(),
+        ));
+        let plural = kind.resource.plural.clone();
+        let namespace = namespace.filter(|_| kind.namespaced).map(str::to_owned);
+        let selector = selector.clone();
+        let wanted = move |p: &str, ns: &Option<String>, obj: &Value| {
+            p == plural && (namespace.is_none() || *ns == namespace) && selects(&selector, obj)
+        };
+        // Subscribed under the lock that guards the listing: no change falls in between.
+        let changes = self.changes.subscribe();
+        let mut initial = vec![Ok(WatchEvent::Listing)];
+        initial.extend(
+            st.objects
+                .iter()
+                .filter(|((p, ns, _), obj)| wanted(p, ns, obj))
+                .map(|(_, obj)| Ok(WatchEvent::Present(obj.clone()))),
+        );
+        initial.push(Ok(WatchEvent::Listed));
+        let later = futures::stream::unfold(changes, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(change) => return Some((change, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter_map(move |(p, ns, event)| {
+            let keep = match &event {
+                WatchEvent::Present(obj) | WatchEvent::Deleted(obj) => wanted(&p, &ns, obj),
+                _ => false,
+            };
+            futures::future::ready(keep.then_some(Ok(event)))
+        });
+        futures::stream::iter(initial).chain(later).boxed()
     }
 }

@@ -273,6 +273,11 @@ impl<C: Cluster> Engine<C> {
         &self.cluster
     }
 
+    /// The kinds the shared discovery found (discovering if it is empty or old).
+    pub async fn kinds(&self) -> Result<Arc<Kinds>> {
+        Ok(self.discovery.get(&self.cluster).await?.0)
+    }
+
     /// A resolver over the shared discovery.
     pub async fn resolver(&self) -> Result<Resolver> {
         Ok(Resolver::from_kinds(

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::memory::{Memory, On, Request};
 use super::{Engine, NoProgress, SyncOptions};
+use crate::cluster::{Cluster as _, Selector, WatchEvent};
 use crate::error::{Error, FailureKind};
 
 fn engine() -> Engine<Memory> {
@@ -555,40 +556,140 @@ async fn the_drift_check_leaves_an_object_another_sync_adopted_alone() {
     assert!(check.corrected);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_health_wait_reads_objects_healthy_once_present_only_until_they_exist() {
-    let engine = engine();
-    let deployment = Manifest::from_value(
+fn deployment(available: i64) -> Manifest {
+    let mut labels = serde_json::Map::new();
+    labels.insert(plumb_core::SYNC_NAME_LABEL.into(), json!("s"));
+    labels.insert(plumb_core::SYNC_NAMESPACE_LABEL.into(), json!("ns"));
+    Manifest::from_value(
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": "web", "namespace": "ns", "generation": 1},
+               "metadata": {"name": "web", "namespace": "ns", "generation": 1, "labels": labels},
                "spec": {"replicas": 1},
                "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
-                          "availableReplicas": 0}}),
+                          "availableReplicas": available}}),
         None,
     )
-    .expect("valid");
-    engine
-        .cluster()
-        .put("deployments", deployment.object.clone());
+    .expect("valid")
+}
+
+fn watches(log: &[Request]) -> Vec<String> {
+    log.iter()
+        .filter_map(|r| match r {
+            Request::Watch(plural, _) => Some(plural.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_health_wait_reads_no_object_and_sees_health_from_the_watch() {
+    let engine = engine();
+    engine.cluster().put("deployments", deployment(0).object);
     engine.cluster().put("configmaps", cm("a", "1").object);
+    let objects = [cm("a", "1"), deployment(0)];
+    let becomes_available = async {
+        // Once the wait watches, the Deployment becomes available (as its controller would
+        // report it).
+        while watches(&engine.cluster().log()).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        engine.cluster().put("deployments", deployment(1).object);
+    };
+    let (waited, ()) = tokio::join!(
+        engine.wait_healthy(&objects, std::time::Duration::from_secs(30)),
+        becomes_available
+    );
+    let verdicts = waited.expect("the Deployment became available");
+    assert!(
+        verdicts
+            .iter()
+            .all(|(_, v)| v.status == plumb_core::HealthStatus::Healthy),
+        "{verdicts:?}"
+    );
+    let log = engine.cluster().log();
+    assert!(
+        !log.iter()
+            .any(|r| matches!(r, Request::Get(_) | Request::List(_))),
+        "no object is read on its own: {log:?}"
+    );
+    assert_eq!(
+        watches(&log),
+        ["deployments"],
+        "one watch, of the Deployments only (a ConfigMap is healthy once present)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_wait_times_out_naming_what_is_not_healthy_and_watches_a_sync_by_its_labels() {
+    let engine = engine();
+    let mut other = deployment(0);
+    other.object["metadata"]["name"] = json!("api");
+    engine.cluster().put("deployments", deployment(0).object);
+    engine.cluster().put("deployments", other.object.clone());
     let err = engine
         .wait_healthy(
-            &[cm("a", "1"), deployment],
+            &[cm("a", "1"), deployment(0), other],
             std::time::Duration::from_secs(3),
         )
         .await
-        .expect_err("the Deployment never becomes available");
-    assert!(err.to_string().contains("Deployment"), "{err}");
-    let gets = |name: &str| {
-        engine
-            .cluster()
-            .log()
-            .iter()
-            .filter(|r| **r == Request::Get(name.to_owned()))
-            .count()
+        .expect_err("the Deployments never become available");
+    let Error::Unhealthy { unhealthy, .. } = &err else {
+        panic!("{err}");
     };
-    assert!(gets("web") >= 3, "the Deployment is read every round");
-    assert_eq!(gets("a"), 1, "the ConfigMap is read once");
+    assert_eq!(unhealthy.len(), 2, "{err}");
+    assert!(err.to_string().contains("Deployment.apps/ns/web"), "{err}");
+    let log = engine.cluster().log();
+    let selectors: Vec<&Selector> = log
+        .iter()
+        .filter_map(|r| match r {
+            Request::Watch(_, selector) => Some(selector),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        selectors,
+        [&Selector {
+            labels: Some("plumb.dev/sync-name=s,plumb.dev/sync-namespace=ns".into()),
+            fields: None,
+        }]
+    );
+    assert!(!log.iter().any(|r| matches!(r, Request::Get(_))), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_object_is_missing_again_until_it_is_back() {
+    let engine = engine();
+    engine.cluster().put("deployments", deployment(1).object);
+    let kind = super::memory::kind("apps", "v1", "Deployment", "deployments", true);
+    let mut events = engine.cluster().watch(
+        &kind,
+        Some("ns"),
+        &Selector {
+            labels: None,
+            fields: Some("metadata.name=web".into()),
+        },
+    );
+    use futures::StreamExt as _;
+    assert_eq!(
+        events.next().await.map(|e| e.ok()),
+        Some(Some(WatchEvent::Listing))
+    );
+    assert!(matches!(
+        events.next().await,
+        Some(Ok(WatchEvent::Present(_)))
+    ));
+    assert_eq!(
+        events.next().await.map(|e| e.ok()),
+        Some(Some(WatchEvent::Listed))
+    );
+    engine
+        .cluster()
+        .delete(&kind, Some("ns"), "web", None)
+        .await
+        .expect("deletes");
+    assert!(matches!(
+        events.next().await,
+        Some(Ok(WatchEvent::Deleted(_)))
+    ));
 }
 
 #[tokio::test]

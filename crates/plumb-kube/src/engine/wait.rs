@@ -1,14 +1,18 @@
 //! Waiting: for the CRDs of a sync to be Established (before their custom resources are
 //! validated), and for applied objects to become healthy.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt, stream};
-use plumb_core::{HealthStatus, HealthVerdict, Manifest, ObjectKey, health};
+use futures::{FutureExt as _, StreamExt as _, stream};
+use plumb_core::{
+    HealthStatus, HealthVerdict, Manifest, ObjectKey, SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL, health,
+};
 
 use super::{Engine, NoProgress, Progress};
-use crate::cluster::Cluster;
-use crate::error::{Error, Result};
+use crate::cluster::{Cluster, Selector, WatchEvent};
+use crate::discovery::Resolved;
+use crate::error::{Error, Result, is_transient};
 
 impl<C: Cluster> Engine<C> {
     /// Waits until every CRD among `manifests` is Established.
@@ -28,11 +32,15 @@ impl<C: Cluster> Engine<C> {
         Ok(())
     }
 
-    /// Waits until every object in `objects` is healthy (or suspended), polling, for at most
-    /// `timeout`. An object of a kind that is healthy once present
-    /// ([`plumb_core::healthy_once_present`]: ConfigMaps, Secrets, RBAC, ...) is read until it
-    /// exists, then no more. Returns every object's verdict; on timeout, an error naming the
-    /// objects that are not healthy and why.
+    /// Waits until every object in `objects` is healthy (or suspended), for at most `timeout`,
+    /// without polling: objects of a kind that is healthy once present
+    /// ([`plumb_core::healthy_once_present`]: ConfigMaps, Secrets, RBAC, ...) were just
+    /// applied and are not looked at; the others are watched, one LIST and one WATCH per kind
+    /// and namespace (selecting the sync's ownership labels when every object carries the same,
+    /// or the one object's name), so that the wait costs no request per object and sees each
+    /// change as it happens. Returns every object's verdict; on timeout, an error naming the
+    /// objects that are not healthy and why. The objects must have been applied (a sync's
+    /// [`super::SyncReport::applied`]).
     pub async fn wait_healthy(
         &self,
         objects: &[Manifest],
@@ -41,67 +49,97 @@ impl<C: Cluster> Engine<C> {
         self.wait_healthy_with(objects, timeout, &NoProgress).await
     }
 
-    /// [`Engine::wait_healthy`], telling `progress` after every look which objects are still
-    /// awaited and why ([`Progress::waiting`]).
+    /// [`Engine::wait_healthy`], telling `progress` whenever a verdict changed which objects
+    /// are still awaited and why ([`Progress::waiting`]).
     pub async fn wait_healthy_with(
         &self,
         objects: &[Manifest],
         timeout: Duration,
         progress: &dyn Progress,
     ) -> Result<Vec<(ObjectKey, HealthVerdict)>> {
-        let resolver = self.resolver_for(objects).await?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let once = |m: &Manifest| plumb_core::healthy_once_present(&m.object);
-        // Objects healthy once present that were seen present: not read again.
-        let mut present: Vec<Option<HealthVerdict>> = vec![None; objects.len()];
-        loop {
-            let verdicts: Vec<(ObjectKey, HealthVerdict)> = stream::iter(0..objects.len())
-                .map(|i| {
-                    let resolver = &resolver;
-                    let m = &objects[i];
-                    let seen = present[i].clone();
-                    async move {
-                        let key = m.key();
-                        if let Some(verdict) = seen {
-                            return Ok((key, verdict));
-                        }
-                        let verdict = match resolver.resolve(m).filter(|r| r.served) {
-                            None => HealthVerdict::missing(),
-                            Some(r) => match self.cluster.get(&r, m.namespace(), m.name()).await {
-                                Ok(Some(obj)) => health(&obj),
-                                Ok(None) => HealthVerdict::missing(),
-                                Err(e) => {
-                                    return Err(Error::Api {
-                                        context: format!("reading {key}"),
-                                        source: e,
-                                    });
-                                }
-                            },
-                        };
-                        Ok((key, verdict))
-                    }
-                })
-                .buffered(16)
-                .try_collect()
-                .await?;
-            for (i, (_, v)) in verdicts.iter().enumerate() {
-                if present[i].is_none() && once(&objects[i]) && v.status == HealthStatus::Healthy {
-                    present[i] = Some(v.clone());
+        let mut verdicts: Vec<HealthVerdict> = vec![HealthVerdict::missing(); objects.len()];
+        let mut groups: BTreeMap<GroupKey, Group> = BTreeMap::new();
+        let mut resolver = None;
+        for (i, m) in objects.iter().enumerate() {
+            if plumb_core::healthy_once_present(&m.object) {
+                // Judged by its manifest: such kinds have no status to wait for.
+                let verdict = health(&m.object);
+                if verdict.status == HealthStatus::Healthy {
+                    verdicts[i] = verdict;
+                    continue;
                 }
             }
-            let ready = |v: &HealthVerdict| {
-                matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended)
-            };
-            let pending: Vec<(ObjectKey, HealthVerdict)> = verdicts
-                .iter()
-                .filter(|(_, v)| !ready(v))
-                .cloned()
-                .collect();
-            progress.waiting(&pending, verdicts.len());
-            if pending.is_empty() {
-                return Ok(verdicts);
+            if resolver.is_none() {
+                resolver = Some(self.resolver_for(objects).await?);
             }
-            if tokio::time::Instant::now() >= deadline {
+            let Some(r) = resolver
+                .as_ref()
+                .and_then(|res| res.resolve(m))
+                .filter(|r| r.served)
+            else {
+                // Not served: missing until the timeout says so.
+                continue;
+            };
+            let namespace = m.namespace().filter(|_| r.namespaced).map(str::to_owned);
+            let key = (
+                r.resource.group.clone(),
+                r.resource.version.clone(),
+                r.resource.plural.clone(),
+                namespace.clone(),
+            );
+            let group = groups.entry(key).or_insert_with(|| Group {
+                resolved: r.clone(),
+                namespace,
+                members: BTreeMap::new(),
+                listing: None,
+                listed: false,
+            });
+            group
+                .members
+                .entry(m.name().to_owned())
+                .or_default()
+                .push(i);
+        }
+        let groups: Vec<Group> = groups.into_values().collect();
+        let mut events = stream::select_all(groups.iter().enumerate().map(|(g, group)| {
+            let selector = selector_for(group, objects);
+            self.cluster
+                .watch(&group.resolved, group.namespace.as_deref(), &selector)
+                .map(move |e| (g, e))
+        }));
+        let mut groups = groups;
+        let ready =
+            |v: &HealthVerdict| matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended);
+        let result = |verdicts: &[HealthVerdict]| -> Vec<(ObjectKey, HealthVerdict)> {
+            objects
+                .iter()
+                .zip(verdicts)
+                .map(|(m, v)| (m.key(), v.clone()))
+                .collect()
+        };
+        loop {
+            let pending: Vec<(ObjectKey, HealthVerdict)> = objects
+                .iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| !ready(v))
+                .map(|(m, v)| (m.key(), v.clone()))
+                .collect();
+            progress.waiting(&pending, objects.len());
+            if pending.is_empty() {
+                return Ok(result(&verdicts));
+            }
+            let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(event)) => Some(event),
+                // Every watch ended (none was needed, or a cluster that ends them): nothing
+                // will change any more.
+                Ok(None) => {
+                    tokio::time::sleep_until(deadline).await;
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(first) = next else {
                 let unhealthy = pending
                     .iter()
                     .map(|(k, v)| format!("  {k}: {} ({})", v.status, v.reason))
@@ -109,10 +147,131 @@ impl<C: Cluster> Engine<C> {
                 return Err(Error::Unhealthy {
                     seconds: timeout.as_secs(),
                     unhealthy,
-                    verdicts,
+                    verdicts: result(&verdicts),
                 });
+            };
+            // Everything that has arrived, then one report.
+            let mut batch = vec![first];
+            while let Some(Some(more)) = events.next().now_or_never() {
+                batch.push(more);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            for (g, event) in batch {
+                groups[g].on(event, objects, &mut verdicts)?;
+            }
         }
+    }
+}
+
+/// Objects of one kind in one namespace: `(group, version, plural, namespace)`.
+type GroupKey = (String, String, String, Option<String>);
+
+/// The watched objects of one kind in one namespace.
+struct Group {
+    resolved: Resolved,
+    namespace: Option<String>,
+    /// Object name -> indices into the awaited objects (one, unless listed twice).
+    members: BTreeMap<String, Vec<usize>>,
+    /// While a listing runs: the names it reported so far.
+    listing: Option<BTreeSet<String>>,
+    /// Whether a listing has completed once.
+    listed: bool,
+}
+
+impl Group {
+    /// Updates `verdicts` from one event of this group's watch.
+    fn on(
+        &mut self,
+        event: std::result::Result<WatchEvent, kube::Error>,
+        objects: &[Manifest],
+        verdicts: &mut [HealthVerdict],
+    ) -> Result<()> {
+        match event {
+            Ok(WatchEvent::Listing) => self.listing = Some(BTreeSet::new()),
+            Ok(WatchEvent::Present(obj)) => {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(name.to_owned());
+                }
+                for &i in self.members.get(name).into_iter().flatten() {
+                    verdicts[i] = health(&obj);
+                }
+            }
+            Ok(WatchEvent::Listed) => {
+                let listed = self.listing.take().unwrap_or_default();
+                for (name, members) in &self.members {
+                    if !listed.contains(name) {
+                        for &i in members {
+                            verdicts[i] = HealthVerdict::missing();
+                        }
+                    }
+                }
+                self.listed = true;
+            }
+            Ok(WatchEvent::Deleted(obj)) => {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                for &i in self.members.get(name).into_iter().flatten() {
+                    verdicts[i] = HealthVerdict::missing();
+                }
+            }
+            Err(e) => {
+                let first = self.members.values().flatten().next().copied();
+                let what = first.map_or_else(String::new, |i| objects[i].key().to_string());
+                // Refused before the first listing (no permission to list or watch): waiting
+                // longer would not help.
+                if !self.listed && !is_transient(&e) {
+                    return Err(Error::Api {
+                        context: format!(
+                            "watching {} in {} for the health of {what}",
+                            self.resolved.resource.plural,
+                            self.namespace.as_deref().unwrap_or("all namespaces")
+                        ),
+                        source: e,
+                    });
+                }
+                tracing::debug!(kind = %self.resolved.resource.kind, error = %e, "health watch error; watching again");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a group's watch selects: the one object by name, or the ownership labels that every
+/// object of the group carries with the same values, or everything.
+fn selector_for(group: &Group, objects: &[Manifest]) -> Selector {
+    if group.members.len() == 1
+        && let Some(name) = group.members.keys().next()
+    {
+        return Selector {
+            labels: None,
+            fields: Some(format!("metadata.name={name}")),
+        };
+    }
+    let label = |i: usize, key: &str| -> Option<String> {
+        objects[i].object["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let mut indices = group.members.values().flatten().copied();
+    let Some(first) = indices.next() else {
+        return Selector::default();
+    };
+    let mut labels = Vec::new();
+    for key in [SYNC_NAME_LABEL, SYNC_NAMESPACE_LABEL] {
+        let Some(value) = label(first, key) else {
+            return Selector::default();
+        };
+        if group
+            .members
+            .values()
+            .flatten()
+            .any(|&i| label(i, key).as_ref() != Some(&value))
+        {
+            return Selector::default();
+        }
+        labels.push(format!("{key}={value}"));
+    }
+    Selector {
+        labels: Some(labels.join(",")),
+        fields: None,
     }
 }

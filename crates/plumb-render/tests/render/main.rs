@@ -27,6 +27,7 @@ fn has_kustomize() -> bool {
     })
 }
 
+mod helm;
 mod kustomize;
 mod plain;
 mod prebuild;

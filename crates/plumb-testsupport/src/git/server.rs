@@ -102,9 +102,19 @@ impl GitServers {
 
     /// Like [`GitServers::start`], with `options`.
     pub fn start_with(options: ServerOptions) -> anyhow::Result<Self> {
+        Self::start_reachable_at(options, None)
+    }
+
+    /// Like [`GitServers::start_with`], with `extra_ip` in the https certificate too: the
+    /// address at which clients elsewhere reach the servers through a DNAT to 127.0.0.1 (a real
+    /// node's Pods: `PrivateControlPlane::expose_to_node`).
+    pub fn start_reachable_at(
+        options: ServerOptions,
+        extra_ip: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(&options) {
+            match Self::start_once(&options, extra_ip) {
                 Ok(servers) => return Ok(servers),
                 // Free ports are found by binding port 0 and closing it, so another process
                 // may take one before our server binds it: pick new ports and try again.
@@ -119,7 +129,10 @@ impl GitServers {
         }
     }
 
-    fn start_once(options: &ServerOptions) -> anyhow::Result<Self> {
+    fn start_once(
+        options: &ServerOptions,
+        extra_ip: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("plumb-git-")
@@ -141,7 +154,7 @@ impl GitServers {
             .map(char::from)
             .collect();
 
-        let tls = generate_tls(&root.join("tls"))?;
+        let tls = generate_tls(&root.join("tls"), extra_ip)?;
         let htpasswd = root.join("htpasswd");
         let hash = run_with_stdin(
             Command::new("openssl").args(["passwd", "-apr1", "-stdin"]),
@@ -344,6 +357,11 @@ impl GitServers {
             self.ssh_port,
             self.repo_path(name).display()
         )
+    }
+
+    /// The plain http port (see [`GitServers::http_url`]).
+    pub fn http_port(&self) -> u16 {
+        self.http_port
     }
 
     /// The https port.

@@ -11,6 +11,10 @@
 //! (kubelet, containerd, runc) with a containerd of its own: node label and taint
 //! `plumb.dev/real-node=true` (a Pod for it has a nodeSelector on the label and tolerates the
 //! `NoSchedule` taint), test image `plumb.dev/testenv/hello:1` (see `scripts/testenv`).
+//! [`PrivateControlPlane::up_with_only_real_node`] makes the real node the only node, untainted,
+//! so that unmodified manifests (the agent's own Deployment) run there. Its Pods reach the API
+//! server through the `kubernetes` Service, as in a cluster, and the loopback ports published
+//! with [`PrivateControlPlane::expose_to_node`] at [`PrivateControlPlane::node_host_address`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -76,8 +80,9 @@ pub struct PrivateControlPlane {
     /// Files in `$PLUMB_TEST_PIDS_DIR` naming the running components, so that `scripts/test`
     /// kills them even if this process dies without dropping the value.
     pid_records: Mutex<Vec<PathBuf>>,
-    /// Whether `up` added the real node.
-    real_node: bool,
+    /// Whether `up` added the real node: `""` no, `"1"` beside the kwok nodes, `"only"` alone
+    /// (the value of `PLUMB_TESTENV_REAL_NODE`).
+    real_node: &'static str,
     down: bool,
     // Last: deleted after `down` stopped the processes.
     _dir: TempDir,
@@ -87,17 +92,23 @@ impl PrivateControlPlane {
     /// Starts etcd, kube-apiserver, controller-manager, scheduler and kwok on free ports and
     /// waits until they serve (about 10 s with the binaries cached).
     pub async fn up() -> Result<Self> {
-        Self::start_plane(false).await
+        Self::start_plane("").await
     }
 
     /// As [`up`](Self::up), and adds the real node (`PLUMB_TESTENV_REAL_NODE=1 scripts/testenv
     /// up`): its own containerd, a kubelet, Debian's runc and CNI plugins (installed when
     /// missing), ready once the node is (about 10 s more with the kubelet cached).
     pub async fn up_with_real_node() -> Result<Self> {
-        Self::start_plane(true).await
+        Self::start_plane("1").await
     }
 
-    async fn start_plane(real_node: bool) -> Result<Self> {
+    /// As [`up`](Self::up) with the real node as the only node (`PLUMB_TESTENV_REAL_NODE=only`):
+    /// no kwok nodes, no taint, so that every Pod runs there, as in a one-node cluster.
+    pub async fn up_with_only_real_node() -> Result<Self> {
+        Self::start_plane("only").await
+    }
+
+    async fn start_plane(real_node: &'static str) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("plumb-control-plane-")
             .tempdir()
@@ -136,6 +147,36 @@ impl PrivateControlPlane {
                 .await
                 .context("loading the private control plane's kubeconfig")?;
         Client::try_from(config).context("building a client for the private control plane")
+    }
+
+    /// The real node's Pods reach the loopback server on `port` at
+    /// [`node_host_address`](Self::node_host_address)`:port` (`scripts/testenv node expose`).
+    pub async fn expose_to_node(&self, port: u16) -> Result<()> {
+        self.testenv(&["node", "expose", &port.to_string()]).await
+    }
+
+    /// The address of the host on the real node's Pod network: where its Pods reach the ports
+    /// published with [`expose_to_node`](Self::expose_to_node).
+    pub fn node_host_address(&self) -> Result<String> {
+        let path = self.run.join("node/host-address");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is the real node up?)", path.display()))?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// Imports an image archive (OCI or docker, e.g. `scripts/image`'s) into the real node's
+    /// containerd (`scripts/testenv node import`), under the name it carries.
+    pub async fn import_image(&self, archive: &Path) -> Result<()> {
+        let archive = archive
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", archive.display()))?;
+        self.testenv(&["node", "import", archive]).await
+    }
+
+    /// Gives `image` in the real node's containerd the second name `new` (`scripts/testenv node
+    /// tag`): another tag of the same content, for upgrades without a registry.
+    pub async fn tag_image(&self, image: &str, new: &str) -> Result<()> {
+        self.testenv(&["node", "tag", image, new]).await
     }
 
     /// SIGKILLs `component` (as a crash or the OOM killer would) and waits until it is gone.
@@ -216,10 +257,7 @@ impl PrivateControlPlane {
         let mut cmd = std::process::Command::new(script);
         cmd.args(args)
             .env("PLUMB_TESTENV_RUN", &self.run)
-            .env(
-                "PLUMB_TESTENV_REAL_NODE",
-                if self.real_node { "1" } else { "" },
-            )
+            .env("PLUMB_TESTENV_REAL_NODE", self.real_node)
             .stdin(std::process::Stdio::null());
         cmd
     }
@@ -255,7 +293,7 @@ impl PrivateControlPlane {
         if std::fs::create_dir_all(&pids_dir).is_err() {
             return;
         }
-        let node = if self.real_node {
+        let node = if !self.real_node.is_empty() {
             &REAL_NODE_PROCESSES[..]
         } else {
             &[]

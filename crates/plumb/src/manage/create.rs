@@ -269,6 +269,7 @@ pub fn sync(args: &SyncArgs, namespace: &str) -> Result<Sync> {
         },
         force: false,
         adopt: args.adopt,
+        helm: None,
     };
     let mut obj = Sync::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);

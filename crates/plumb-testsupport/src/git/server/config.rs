@@ -8,8 +8,9 @@ pub(super) struct Tls {
     pub(super) server_key: PathBuf,
 }
 
-/// A self-signed CA (P-256) and a server certificate it issued for 127.0.0.1 and localhost.
-pub(super) fn generate_tls(dir: &Path) -> anyhow::Result<Tls> {
+/// A self-signed CA (P-256) and a server certificate it issued for 127.0.0.1, localhost and
+/// `extra_ip` (an address that reaches the servers through a DNAT, e.g. a real node's).
+pub(super) fn generate_tls(dir: &Path, extra_ip: Option<std::net::IpAddr>) -> anyhow::Result<Tls> {
     create_dir(dir)?;
     let ca_key = dir.join("ca.key");
     let ca_cert = dir.join("ca.crt");
@@ -42,14 +43,17 @@ pub(super) fn generate_tls(dir: &Path) -> anyhow::Result<Tls> {
         .arg("-out")
         .arg(&server_csr))
     .context("cannot generate the https server key")?;
+    let extra = extra_ip.map(|ip| format!(",IP:{ip}")).unwrap_or_default();
     write_file(
         &server_ext,
-        "basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\n\
-         subjectAltName=IP:127.0.0.1,DNS:localhost\n\
-         subjectKeyIdentifier=hash\n\
-         authorityKeyIdentifier=keyid\n",
+        format!(
+            "basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n\
+             subjectAltName=IP:127.0.0.1,DNS:localhost{extra}\n\
+             subjectKeyIdentifier=hash\n\
+             authorityKeyIdentifier=keyid\n"
+        ),
     )?;
     run(Command::new("openssl")
         .args(["x509", "-req", "-days", "7", "-set_serial", "2"])

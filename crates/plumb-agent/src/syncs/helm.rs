@@ -1,0 +1,157 @@
+//! A Sync's Helm settings as plumb-render's chart options: values from ConfigMaps and Secrets
+//! (read as the Sync's service account), the cluster's version and API versions for
+//! `.Capabilities`.
+
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use plumb_render::{Capabilities, ChartOptions, PostRenderer, ValuesLayer};
+
+use super::*;
+use crate::api::HelmSpec;
+
+/// The chart options to render `sync`'s path of `dir` with: `None` when the path is no chart
+/// and the Sync has no `helm` block (then nothing is read from the cluster here).
+pub(super) async fn chart_options(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    dir: &Path,
+) -> Result<Option<ChartOptions>> {
+    let path = sync.spec.path.as_deref().unwrap_or("");
+    let is_chart = std::fs::symlink_metadata(dir.join(path).join(plumb_render::CHART_FILE)).is_ok();
+    let spec = sync.spec.helm.clone();
+    if !is_chart && spec.is_none() {
+        return Ok(None);
+    }
+    let spec = spec.unwrap_or_default();
+    let client = ctx
+        .client_for(ns, sync.spec.service_account_name.as_deref())
+        .map_err(|source| Error::Api {
+            context: "building an impersonating client".into(),
+            source,
+        })?;
+    let mut values = Vec::new();
+    for (i, reference) in spec.values_from.iter().enumerate() {
+        if let Some(layer) = values_from(&client, ns, i, reference).await? {
+            values.push(layer);
+        }
+    }
+    if let Some(inline) = &spec.values {
+        values.push(ValuesLayer::new("spec.helm.values", inline.clone())?);
+    }
+    let mut opts = ChartOptions {
+        release_name: Some(spec.release_name.clone().unwrap_or_else(|| sync.name_any())),
+        namespace: Some(
+            sync.spec
+                .target_namespace
+                .clone()
+                .unwrap_or_else(|| ns.to_owned()),
+        ),
+        values_files: spec.values_files.iter().map(Into::into).collect(),
+        values,
+        include_crds: spec.include_crds,
+        capabilities: None,
+        post_renderers: post_renderers(&spec),
+    };
+    if is_chart {
+        opts.capabilities = Some(capabilities(ctx, client).await?);
+    }
+    Ok(Some(opts))
+}
+
+fn post_renderers(spec: &HelmSpec) -> Vec<PostRenderer> {
+    spec.post_renderers
+        .iter()
+        .filter_map(|p| p.kustomize.as_ref())
+        .map(|k| PostRenderer {
+            patches: k
+                .patches
+                .iter()
+                .map(|p| serde_json::to_value(p).expect("a patch serialises"))
+                .collect(),
+            images: k
+                .images
+                .iter()
+                .map(|i| serde_json::to_value(i).expect("an image serialises"))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The cluster's version and served API versions (from the discovery the engines share).
+async fn capabilities(ctx: &Context, client: kube::Client) -> Result<Capabilities> {
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::Api {
+            context: "reading the cluster's version for the chart's .Capabilities".into(),
+            source,
+        })?;
+    let engine = Engine::new(client).sharing(ctx.discovery.clone());
+    let kinds = engine.kinds().await?;
+    Ok(Capabilities {
+        kube_version: Some(version.git_version),
+        api_versions: kinds.api_versions(),
+    })
+}
+
+/// One `valuesFrom` entry, read with the Sync's client; `None` for a missing optional one.
+/// Errors name the object and key, never the content.
+async fn values_from(
+    client: &kube::Client,
+    ns: &str,
+    index: usize,
+    reference: &crate::api::ValuesReference,
+) -> Result<Option<ValuesLayer>> {
+    let key = reference.values_key.as_deref().unwrap_or("values.yaml");
+    let name = &reference.name;
+    let what = format!(
+        "{} {ns}/{name} (spec.helm.valuesFrom[{index}])",
+        reference.kind
+    );
+    let api_error = |source| Error::Api {
+        context: format!("reading {what}"),
+        source,
+    };
+    let text = match reference.kind.as_str() {
+        "ConfigMap" => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(api_error)?
+            .map(|cm| cm.data.and_then(|mut d| d.remove(key))),
+        "Secret" => {
+            let secret = Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(api_error)?;
+            match secret {
+                None => None,
+                Some(s) => match s.data.and_then(|mut d| d.remove(key)) {
+                    None => Some(None),
+                    Some(bytes) => Some(Some(String::from_utf8(bytes.0).map_err(|_| {
+                        Error::Spec(format!("{what}: key {key:?} is not UTF-8 text"))
+                    })?)),
+                },
+            }
+        }
+        other => {
+            return Err(Error::Spec(format!(
+                "spec.helm.valuesFrom[{index}].kind {other:?} is not supported (ConfigMap or Secret)"
+            )));
+        }
+    };
+    let text = match text {
+        Some(Some(text)) => text,
+        _ if reference.optional => return Ok(None),
+        None => return Err(Error::NotReady(format!("{what} does not exist"))),
+        Some(None) => return Err(Error::NotReady(format!("{what} has no key {key:?}"))),
+    };
+    let origin = format!("{what} key {key}");
+    let layer = match &reference.target_path {
+        Some(path) => ValuesLayer::at_path(&origin, path, serde_json::Value::String(text))?,
+        None => ValuesLayer::from_yaml(&origin, &text)?,
+    };
+    Ok(Some(layer))
+}

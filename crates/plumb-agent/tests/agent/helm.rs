@@ -1,0 +1,257 @@
+//! A Helm chart in Git, applied by a Sync with a `helm` block: values from files in the source,
+//! a ConfigMap and a Secret (read as the Sync's identity), inline values, the cluster's
+//! capabilities; a values change in Git is configured; a broken chart applies nothing.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use super::*;
+
+const CHART: &str = "apiVersion: v2\nname: shop\nversion: 0.1.0\n";
+const VALUES: &str =
+    "colour: red\nsize: small\ngreeting: hello\nimage:\n  repository: nginx\n  tag: latest\n";
+const TEMPLATE: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-settings
+data:
+  colour: {{ .Values.colour | quote }}
+  size: {{ .Values.size | quote }}
+  greeting: {{ .Values.greeting | quote }}
+  image: {{ printf \"%s:%s\" .Values.image.repository .Values.image.tag | quote }}
+  namespace: {{ .Release.Namespace | quote }}
+  kube: {{ .Capabilities.KubeVersion.Version | quote }}
+  syncs: {{ .Capabilities.APIVersions.Has \"plumb.dev/v1alpha1/Sync\" | quote }}
+";
+
+#[tokio::test]
+async fn agent_applies_a_chart_from_git_with_values_from_everywhere() -> Result<()> {
+    let w = World::new("helm").await?;
+    let first = w.commit(
+        &[
+            ("charts/shop/Chart.yaml", CHART),
+            ("charts/shop/values.yaml", VALUES),
+            ("charts/shop/templates/settings.yaml", TEMPLATE),
+            ("env/prod.yaml", "colour: blue\n"),
+        ],
+        w.signing(),
+    )?;
+    let values = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": "shop-values" },
+        "data": { "values.yaml": "size: large\ngreeting: from-configmap\n" }
+    });
+    w.configmaps()
+        .create(&PostParams::default(), &serde_json::from_value(values)?)
+        .await?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "shop-image" },
+        "stringData": { "tag": "1.27" }
+    }))?;
+    w.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "shop",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "charts/shop", "prune": true,
+            "interval": "1h",
+            "helm": {
+                "releaseName": "web",
+                "valuesFiles": ["env/prod.yaml"],
+                "valuesFrom": [
+                    { "kind": "ConfigMap", "name": "shop-values" },
+                    { "kind": "Secret", "name": "shop-image", "valuesKey": "tag", "targetPath": "image.tag" },
+                    { "kind": "ConfigMap", "name": "not-there", "optional": true }
+                ],
+                "values": { "greeting": "inline" }
+            }
+        }),
+    )
+    .await?;
+    let sync = w.wait_applied("shop", &first).await?;
+    let settings = w.configmaps().get("web-settings").await?;
+    let data = settings.data.unwrap_or_default();
+    // values.yaml < valuesFiles < valuesFrom (in order) < values.
+    assert_eq!(data["colour"], "blue", "{data:?}");
+    assert_eq!(data["size"], "large", "{data:?}");
+    assert_eq!(data["greeting"], "inline", "{data:?}");
+    assert_eq!(data["image"], "nginx:1.27", "{data:?}");
+    // The release namespace is the Sync's; the capabilities are the cluster's.
+    assert_eq!(data["namespace"], w.ns(), "{data:?}");
+    let version = w.client().apiserver_version().await?;
+    assert_eq!(data["kube"], version.git_version, "{data:?}");
+    assert_eq!(data["syncs"], "true", "{data:?}");
+    let st = sync.status.unwrap();
+    assert_eq!(st.inventory.len(), 1, "{:?}", st.inventory);
+
+    // A values change in Git is configured.
+    let second = w.commit(&[("env/prod.yaml", "colour: green\n")], w.signing())?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("shop", &second).await?;
+    w.wait_value_of("web-settings", "colour", "green").await?;
+    let st = sync.status.unwrap();
+    assert!(
+        st.history[0].changes.contains("1 configured"),
+        "{:?}",
+        st.history[0]
+    );
+
+    // A broken template is a RenderFailed naming the template and line; nothing changes.
+    let before = w.configmaps().get("web-settings").await?.resource_version();
+    let third = w.commit(
+        &[(
+            "charts/shop/templates/settings.yaml",
+            &format!("{TEMPLATE}  broken: {{{{ .Values.no.such.value }}}}\n"),
+        )],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    let syncs = w.plumb_api("Sync");
+    let failed = eventually("Sync shop to fail to render", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            let s = syncs.get("shop").await?;
+            Ok(world::condition(&s.data, "Ready").filter(|c| c["reason"] == "RenderFailed"))
+        }
+    })
+    .await?;
+    let message = failed["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("charts/shop/templates/settings.yaml:13:"),
+        "{message} (commit {third})"
+    );
+    assert_eq!(
+        w.configmaps().get("web-settings").await?.resource_version(),
+        before
+    );
+    w.stop().await;
+    Ok(())
+}
+
+impl World {
+    /// Waits until ConfigMap `name` holds `value` under `key`.
+    async fn wait_value_of(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let cms = self.configmaps();
+        eventually(
+            &format!("ConfigMap {name} to hold {key}={value}"),
+            WAIT,
+            || {
+                let cms = cms.clone();
+                async move {
+                    let data = cms.get(name).await?.data.unwrap_or_default();
+                    Ok((data.get(key).map(String::as_str) == Some(value)).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn values_from_is_read_as_the_syncs_service_account() -> Result<()> {
+    let w = World::new("helmsa").await?;
+    let ns = w.ns().to_owned();
+    // The Sync's account may write ConfigMaps; reading Secrets it gets only later.
+    let role = |secrets: bool| {
+        let mut rules = vec![json!({ "apiGroups": [""], "resources": ["configmaps"],
+            "verbs": ["get", "list", "watch", "create", "patch", "update"] })];
+        if secrets {
+            rules.push(json!({ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"] }));
+        }
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": "tenant" }, "rules": rules
+        })
+    };
+    for o in [
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "tenant" } }),
+        role(false),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "tenant" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "tenant", "namespace": ns }]
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "db" },
+            "stringData": { "password": "s3cr3t-in-a-secret" }
+        }),
+    ] {
+        apply_object(&w, o).await?;
+    }
+    let first = w.commit(
+        &[
+            ("app/Chart.yaml", CHART),
+            ("app/values.yaml", VALUES),
+            (
+                "app/templates/db.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-settings\ndata:\n  set: {{ ne .Values.db.password \"\" | quote }}\n",
+            ),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+            "serviceAccountName": "tenant",
+            "helm": { "valuesFrom": [
+                { "kind": "Secret", "name": "db", "valuesKey": "password", "targetPath": "db.password" }
+            ] }
+        }),
+    )
+    .await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to fail reading the Secret", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "app")
+                .await?
+                .filter(|(s, _, m)| s == "False" && m.contains("Secret"))
+                .map(|(_, _, m)| m))
+        }
+    })
+    .await?;
+    assert!(message.contains("forbidden"), "{message}");
+    assert!(
+        message.contains(&format!("Secret {ns}/db (spec.helm.valuesFrom[0])")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("system:serviceaccount:{ns}:tenant")),
+        "{message}"
+    );
+    assert!(w.configmaps().get_opt("db-settings").await?.is_none());
+
+    // Allowed to read it, the Sync applies; the value reaches the chart, never the status.
+    apply_object(&w, role(true)).await?;
+    w.request_reconcile("app").await?;
+    let sync = w.wait_applied("app", &first).await?;
+    w.wait_value_of("db-settings", "set", "true").await?;
+    let status = serde_json::to_string(&sync.status)?;
+    assert!(!status.contains("s3cr3t"), "{status}");
+    w.stop().await;
+    Ok(())
+}
+
+/// Creates or replaces a namespaced object of the world's namespace (server-side apply).
+async fn apply_object(w: &World, o: serde_json::Value) -> Result<()> {
+    let o: kube::api::DynamicObject = serde_json::from_value(o)?;
+    let gvk = kube::api::GroupVersionKind::try_from(o.types.as_ref().expect("typed"))?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        w.client().clone(),
+        w.ns(),
+        &kube::api::ApiResource::from_gvk(&gvk),
+    );
+    api.patch(
+        &o.name_any(),
+        &PatchParams::apply("helm-test").force(),
+        &Patch::Apply(&o),
+    )
+    .await?;
+    Ok(())
+}
