@@ -86,7 +86,28 @@ pub(super) async fn apply(
     if unrequested {
         opts.vouched = ctx.drift.vouched(&skey);
     }
-    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    // A revision with waves or hooks waits inside the engine: what supersedes a health wait
+    // (below) stops those waits too, and the engine reports what it did up to then.
+    let src = &sync.spec.source_ref;
+    let source_key = (
+        src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
+        src.name.clone(),
+    );
+    let applying = Applying::of(sync, source_key, &artifact.commit);
+    let (cancel, cancelled) = tokio::sync::watch::channel(false);
+    opts.cancel = Some(cancelled);
+    let run = engine.sync(desired, &inventory, &opts, &NoProgress);
+    tokio::pin!(run);
+    let mut superseded = None;
+    let report = tokio::select! {
+        biased;
+        report = &mut run => report,
+        why = ctx.supersede.superseded(&applying) => {
+            superseded = Some(why);
+            let _ = cancel.send(true);
+            run.await
+        }
+    }?;
     st.inventory = status::inventory_items(&report.inventory);
     st.pending_hooks = report.hooks.iter().map(hook_line).collect();
     let counts = report.changes.counts();
@@ -106,6 +127,10 @@ pub(super) async fn apply(
     phase.end();
 
     if let Some(failure) = report.error() {
+        // Stopped because something newer came: recorded as cancelled, and that runs at once.
+        if let Some(why) = superseded {
+            return Ok(Applied::Cancelled(why));
+        }
         return Err(Error::Kube(failure));
     }
     if sync.spec.wait {
@@ -126,12 +151,6 @@ pub(super) async fn apply(
         ctx.write_status::<Sync>(ns, name, st).await?;
         // A new revision, a spec change, a request, the Sync's deletion or the agent stopping
         // make the wait moot: it is cancelled, and what superseded it runs at once.
-        let src = &sync.spec.source_ref;
-        let source_key = (
-            src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
-            src.name.clone(),
-        );
-        let applying = Applying::of(sync, source_key, &artifact.commit);
         let wait = engine.wait_healthy(&report.applied, timeout);
         match ctx.supersede.unless_superseded(&applying, wait).await {
             Ok(healthy) => {

@@ -7,6 +7,10 @@ use k8s_openapi::api::batch::v1::Job;
 
 use super::*;
 
+/// Hooks and waves wait for kwok to run Jobs and make Deployments ready: on a shared, loaded
+/// control plane that takes longer than a plain apply (a bound, not a measurement).
+const PHASED: Duration = Duration::from_secs(240);
+
 fn example(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/hooks")
@@ -35,7 +39,7 @@ async fn the_agent_syncs_an_argo_cd_style_repository_with_hooks_and_waves() -> R
     let first = w.commit(&refs, w.signing())?;
     w.create_source("range").await?;
     w.create_sync("app", "correct").await?;
-    let sync = w.wait_applied("app", &first).await?;
+    let sync = w.inner.wait_applied::<Sync>("app", &first, PHASED).await?;
     let st = sync.status.expect("a status");
     let hooks = &st.history[0].hooks;
     assert_eq!(hooks.len(), 2, "{hooks:?}");
@@ -98,14 +102,14 @@ metadata:
     )?;
     w.poke_source().await?;
     let ready = w
-        .wait_condition("Sync", "app", "Ready", "False", WAIT)
+        .wait_condition("Sync", "app", "Ready", "False", PHASED)
         .await?;
     let message = ready["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("/check failed: DeadlineExceeded"),
         "{ready:#}"
     );
-    let notify = eventually("the SyncFail Job", WAIT, || {
+    let notify = eventually("the SyncFail Job", PHASED, || {
         let jobs = jobs.clone();
         async move { Ok(jobs.get_opt("notify-failure").await?) }
     })
@@ -173,7 +177,7 @@ spec:
         json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h", "prune": true }),
     )
     .await?;
-    w.wait_applied("app", &first).await?;
+    w.inner.wait_applied::<Sync>("app", &first, PHASED).await?;
     let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
     assert!(jobs.get_opt("backup").await?.is_none(), "not run by a sync");
     assert!(
@@ -182,7 +186,7 @@ spec:
     );
 
     w.syncs().delete("app", &Default::default()).await?;
-    w.wait_sync_gone("app", WAIT).await?;
+    w.wait_sync_gone("app", PHASED).await?;
     assert!(w.configmaps().get_opt("settings").await?.is_none());
     for name in ["backup", "cleanup"] {
         let job = jobs.get(name).await?;
@@ -202,6 +206,62 @@ spec:
             .iter()
             .any(|n| n.contains("2 created") && n.contains("1 pruned")),
         "{notes:?}"
+    );
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_revision_cancels_a_running_hook_wait() -> Result<()> {
+    let w = World::new("hookcancel").await?;
+    // A PreSync Job no node takes: it runs until the Sync's ten-minute timeout.
+    let stuck = "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: stuck
+  annotations:
+    argocd.argoproj.io/hook: PreSync
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {plumb.dev/no-such-node: \"true\"}
+      containers: [{name: c, image: busybox:1.36}]
+";
+    w.commit(
+        &[
+            ("app/stuck.yaml", stuck),
+            ("app/cm.yaml", &configmap("settings", "1")),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+                "timeout": "10m" }),
+    )
+    .await?;
+    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
+    eventually("the stuck hook to be created", PHASED, || {
+        let jobs = jobs.clone();
+        async move { Ok(jobs.get_opt("stuck").await?) }
+    })
+    .await?;
+
+    // The fix, pushed while the hook runs: applied long before the ten minutes.
+    w.wt().remove("app/stuck.yaml")?;
+    let fixed = w.commit(&[("app/cm.yaml", &configmap("settings", "2"))], w.signing())?;
+    w.poke_source().await?;
+    let sync = w.inner.wait_applied::<Sync>("app", &fixed, PHASED).await?;
+    w.wait_value("settings", "2").await?;
+    let history = sync.status.expect("a status").history;
+    assert!(
+        history.iter().any(
+            |h| h.result == "cancelled" && h.hooks.iter().any(|l| l.contains("/stuck: failed"))
+        ),
+        "{history:#?}"
     );
     w.stop().await;
     Ok(())

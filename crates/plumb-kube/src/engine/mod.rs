@@ -72,6 +72,10 @@ pub struct SyncOptions {
     /// `pre-delete` hooks run, then every owned object of the inventory is pruned, then the
     /// `post-delete` hooks run. Set `prune` and `allow_empty` with it.
     pub deleting: bool,
+    /// Set to `true` when the revision no longer matters (a newer one, a spec change): a
+    /// running wave or hook wait stops, later waves are skipped, nothing is pruned and no
+    /// `fail` hook runs; the objects stopped are failures saying so.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
     /// Objects the caller vouches are live exactly as last applied, with that manifest as
     /// compact JSON (after namespace defaulting and ownership labels, as in
     /// [`SyncReport::applied`]). A planned object whose manifest is identical, and which
@@ -97,6 +101,7 @@ impl SyncOptions {
             timeout: Duration::from_secs(300),
             upgrade: None,
             deleting: false,
+            cancel: None,
             vouched: BTreeMap::new(),
         }
     }

@@ -64,6 +64,22 @@ pub(super) fn delete_hooks_only(desired: Vec<Manifest>) -> Vec<Manifest> {
         .collect()
 }
 
+/// Why a wait stopped early.
+const CANCELLED: &str =
+    "its wait was cancelled: a newer revision or a change of the Sync superseded this one";
+
+/// Resolves once `cancel` says so (never without one).
+async fn cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
+    match cancel {
+        Some(mut rx) => {
+            if rx.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Everything a run of the phases adds to the report.
 struct Run<'a> {
     changes: &'a mut ChangeSet,
@@ -72,6 +88,10 @@ struct Run<'a> {
     progress: &'a dyn Progress,
     /// When the waits of this revision (wave gates, hooks) must be over.
     deadline: Instant,
+    /// Stops the waits early ([`SyncOptions::cancel`]).
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A wait was cancelled.
+    cancelled: bool,
 }
 
 impl Run<'_> {
@@ -122,6 +142,8 @@ impl<C: Cluster> Engine<C> {
             hooks,
             progress,
             deadline: Instant::now() + opts.timeout,
+            cancel: opts.cancel.clone(),
+            cancelled: false,
         };
         if opts.deleting {
             return Ok(self.run_deletion(prep, &mut run).await);
@@ -157,7 +179,8 @@ impl<C: Cluster> Engine<C> {
         if !pruned {
             failed |= self.prune_all(prep, failed, &mut run).await;
         }
-        if failed {
+        // A superseded revision did not fail: its fail hooks do not run.
+        if failed && !run.cancelled {
             // The fail hooks get time of their own: the failure may have been a timeout.
             run.deadline = Instant::now() + opts.timeout;
             let fail_steps: Vec<Step> = prep.plan.steps_of(Phase::Fail).cloned().collect();
@@ -243,7 +266,23 @@ impl<C: Cluster> Engine<C> {
             return Ok(false);
         }
         let left = run.deadline.saturating_duration_since(Instant::now());
-        match self.wait_healthy(&objects, left).await {
+        let waited = tokio::select! {
+            waited = self.wait_healthy(&objects, left) => waited,
+            () = cancelled(run.cancel.clone()) => {
+                run.cancelled = true;
+                for m in &objects {
+                    run.failures.push(ObjectError::new(
+                        m.key(),
+                        m.source.clone(),
+                        FailureKind::Unhealthy,
+                        format!("the waves after {} wave {} were not run: {CANCELLED}",
+                            step.phase, step.wave),
+                    ));
+                }
+                return Ok(true);
+            }
+        };
+        match waited {
             Ok(_) => Ok(false),
             Err(Error::Unhealthy { verdicts, .. }) => {
                 for (key, verdict) in verdicts {
@@ -312,7 +351,15 @@ impl<C: Cluster> Engine<C> {
                 run.skip_hook(step, hook, "not run: an earlier hook of its wave failed");
                 continue;
             }
-            let (key, outcome) = self.run_hook(&prep.resolver, hook, run.deadline).await;
+            let (key, outcome) = self
+                .run_hook(&prep.resolver, hook, run.deadline, run.cancel.clone())
+                .await;
+            if outcome
+                .as_ref()
+                .is_err_and(|f| f.message.ends_with(CANCELLED))
+            {
+                run.cancelled = true;
+            }
             let (action, result, note, message) = match &outcome {
                 Ok(note) => (
                     Action::Created,
@@ -357,6 +404,7 @@ impl<C: Cluster> Engine<C> {
         resolver: &Resolver,
         hook: &PlannedHook,
         deadline: Instant,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> (ObjectKey, Result<Option<String>, ObjectError>) {
         let m = &hook.manifest;
         let mut key = hook_key(m);
@@ -416,7 +464,13 @@ impl<C: Cluster> Engine<C> {
                             "did not complete within the timeout (still: {state})"
                         ));
                     }
-                    tokio::time::sleep(HOOK_POLL).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(HOOK_POLL) => {}
+                        () = cancelled(cancel.clone()) => {
+                            let message = format!("hook {} did not complete: {CANCELLED}", display_object(m));
+                            return (key.clone(), Err(fail(&key, FailureKind::Hook, message)));
+                        }
+                    }
                     match self.cluster.get(&resolved, ns, &key.name).await {
                         Ok(Some(v)) => live = v,
                         Ok(None) => {

@@ -589,3 +589,40 @@ async fn a_deletion_runs_the_pre_delete_hooks_prunes_then_runs_the_post_delete_h
     assert_eq!(report.inventory.len(), 1);
     assert_eq!(report.failures[0].kind, FailureKind::Hook);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_wait_stops_the_revision_without_prune_or_fail_hooks() {
+    let engine = engine();
+    let inventory = Inventory::from_manifests(&[owned(&engine, "stale", 0)]);
+    engine.cluster().slow_hook("stuck", usize::MAX);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut o = opts();
+    o.cancel = Some(rx);
+    let desired = vec![
+        job("stuck", json!({"argocd.argoproj.io/hook": "PreSync"})),
+        cm("app", None),
+        job("notify", json!({"argocd.argoproj.io/hook": "SyncFail"})),
+    ];
+    // A newer revision arrives while the hook runs.
+    let supersede = async {
+        while !writes(&engine.cluster().log()).contains(&"create stuck".to_owned()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tx.send(true).expect("the sync listens");
+    };
+    let (report, ()) = tokio::join!(sync(&engine, desired, &inventory, &o), supersede);
+    assert_eq!(writes(&engine.cluster().log()), ["create stuck"]);
+    assert_eq!(report.failures.len(), 1);
+    assert_eq!(
+        report.failures[0].message,
+        "hook Job.batch/ns/stuck did not complete: its wait was cancelled: a newer revision or \
+         a change of the Sync superseded this one"
+    );
+    assert_eq!(
+        action_of(&report, "stale").map(|a| a.0),
+        Some(Action::Skipped),
+        "not pruned"
+    );
+    assert!(action_of(&report, "notify").is_none(), "no fail hook");
+    assert_eq!(report.inventory.len(), 1);
+}
