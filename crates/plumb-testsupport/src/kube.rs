@@ -108,34 +108,44 @@ impl Drop for TestNamespace {
 /// has stopped by the time its namespace goes, and nothing else would let them go. Kinds that
 /// are not installed are skipped.
 pub async fn release_plumb_finalizers(client: &Client, namespace: &str) -> Result<()> {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+    use kube::api::{ApiResource, GroupVersionKind};
     for kind in ["Sync", "GitSource"] {
         let gvk = GroupVersionKind::gvk("plumb.dev", "v1alpha1", kind);
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk(&gvk));
-        let objects = match api.list(&ListParams::default()).await {
-            Ok(list) => list.items,
-            Err(kube::Error::Api(e)) if e.code == 404 => continue,
-            Err(e) => return Err(e.into()),
+        release_finalizers(&Api::namespaced_with(
+            client.clone(),
+            namespace,
+            &ApiResource::from_gvk(&gvk),
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Removes the finalizers of every object of `api` (nothing when its kind is not installed).
+pub async fn release_finalizers(api: &Api<kube::api::DynamicObject>) -> Result<()> {
+    use kube::api::{ListParams, Patch, PatchParams};
+    let objects = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for obj in objects {
+        let Some(name) = obj.metadata.name.as_deref() else {
+            continue;
         };
-        for obj in objects {
-            let Some(name) = obj.metadata.name.as_deref() else {
-                continue;
-            };
-            if obj
-                .metadata
-                .finalizers
-                .as_ref()
-                .is_none_or(|f| f.is_empty())
-            {
-                continue;
-            }
-            let patch = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
-            match api.patch(name, &PatchParams::default(), &patch).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+        if obj
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_none_or(|f| f.is_empty())
+        {
+            continue;
+        }
+        let patch = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use plumb_testsupport::git::{GitServers, Identity, Repo, Signing, WorkTree};
 
@@ -341,7 +341,12 @@ async fn clean(client: &Client, names: &[String]) -> anyhow::Result<()> {
         for system in [System::Flux, System::Plumb] {
             let kinds = system.kinds();
             for ar in [&kinds.sync, &kinds.source] {
-                release_finalizers(&Api::namespaced_with(client.clone(), ns, ar)).await?;
+                plumb_testsupport::kube::release_finalizers(&Api::namespaced_with(
+                    client.clone(),
+                    ns,
+                    ar,
+                ))
+                .await?;
             }
         }
         match api.delete(ns, &DeleteParams::background()).await {
@@ -361,35 +366,6 @@ async fn clean(client: &Client, names: &[String]) -> anyhow::Result<()> {
                 bail!("namespace {ns} was not deleted within 900s");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-    Ok(())
-}
-
-/// Removes the finalizers of every object of `api` (none when its kind is not installed).
-async fn release_finalizers(api: &Api<DynamicObject>) -> anyhow::Result<()> {
-    let objects = match api.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    for obj in objects {
-        let Some(name) = obj.metadata.name.as_deref() else {
-            continue;
-        };
-        if obj
-            .metadata
-            .finalizers
-            .as_ref()
-            .is_none_or(|f| f.is_empty())
-        {
-            continue;
-        }
-        let patch = Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
-        match api.patch(name, &PatchParams::default(), &patch).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
