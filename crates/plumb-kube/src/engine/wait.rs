@@ -125,7 +125,11 @@ impl<C: Cluster> Engine<C> {
                 .filter(|(_, v)| !ready(v))
                 .map(|(m, v)| (m.key(), v.clone()))
                 .collect();
-            progress.waiting(&pending, objects.len());
+            // Until every watch has listed once, an object not seen yet is unknown, not
+            // missing: report nothing rather than blame objects that exist.
+            if pending.is_empty() || groups.iter().all(|g| g.listed) {
+                progress.waiting(&pending, objects.len());
+            }
             if pending.is_empty() {
                 return Ok(result(&verdicts));
             }

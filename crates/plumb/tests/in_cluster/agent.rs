@@ -100,14 +100,16 @@ async fn agent_in_pods(plane: &PrivateControlPlane) -> Result<()> {
     w.edit_by_hand("settings", "by hand").await?;
     w.wait_value("settings", "1").await?;
 
-    // The leader Pod goes (as in a node drain or a rollout): the other takes the Lease over.
+    // The leader Pod goes (as in a node drain or a rollout): another agent Pod takes the Lease
+    // over: the standby, or the Deployment's replacement Pod if it wins the race (the leader
+    // releases the Lease on SIGTERM, and either may acquire it first).
     pods.delete(&leader, &DeleteParams::default()).await?;
-    let successor = eventually("the other agent Pod to take the Lease", WAIT, || {
-        let (leases, names, leader) = (leases.clone(), names.clone(), leader.clone());
+    let successor = eventually("another agent Pod to take the Lease", WAIT, || {
+        let (leases, leader) = (leases.clone(), leader.clone());
         async move {
             Ok(holder(&leases)
                 .await?
-                .filter(|h| *h != leader && names.contains(h)))
+                .filter(|h| *h != leader && h.starts_with("plumb-agent-")))
         }
     })
     .await?;
