@@ -36,7 +36,7 @@ use serde_json::Value;
 
 use crate::error::{RenderError, Result};
 use crate::parse::{parse_manifests, parse_value};
-use crate::process::{Ran, find_on_path, run_bounded};
+use crate::process::{find_on_path, run_renderer};
 use crate::{RenderOptions, display_path};
 
 /// The file that makes a directory a Helm chart.
@@ -310,28 +310,9 @@ pub(crate) fn render(
         .env("http_proxy", nowhere)
         .env("https_proxy", nowhere);
     let (status, stdout, stderr) =
-        match run_bounded(&mut cmd, max_bytes, opts.timeout).map_err(|source| RenderError::Io {
-            path: chart.clone(),
-            source,
-        })? {
-            Ran::Exited {
-                status,
-                stdout,
-                stderr,
-            } => (status, stdout, stderr),
-            Ran::Overflow => {
-                return Err(RenderError::TotalTooLarge {
-                    path: chart.clone(),
-                    limit: opts.max_total_size,
-                });
-            }
-            Ran::TimedOut => {
-                return Err(RenderError::HelmTimeout {
-                    path: chart.clone(),
-                    timeout: opts.timeout,
-                });
-            }
-        };
+        run_renderer(&mut cmd, max_bytes, opts, &chart, |path, timeout| {
+            RenderError::HelmTimeout { path, timeout }
+        })?;
     if !status.success() {
         // Helm names the copies in the sandbox and absolute paths: say what the user knows.
         let mut stderr = String::from_utf8_lossy(&stderr).into_owned();

@@ -79,7 +79,7 @@ use plumb_core::Manifest;
 use crate::error::Refusal;
 use crate::error::{RenderError, Result};
 use crate::parse::parse_manifests;
-use crate::process::{Ran, find_on_path, run_bounded};
+use crate::process::{find_on_path, run_renderer};
 use crate::{RenderOptions, display_path};
 
 mod check;
@@ -295,28 +295,9 @@ pub(crate) fn build(
         .env("GIT_ALLOW_PROTOCOL", "file")
         .env("GIT_TERMINAL_PROMPT", "0");
     let (status, stdout, stderr) =
-        match run_bounded(&mut cmd, max_bytes, opts.timeout).map_err(|source| RenderError::Io {
-            path: shown.clone(),
-            source,
-        })? {
-            Ran::Exited {
-                status,
-                stdout,
-                stderr,
-            } => (status, stdout, stderr),
-            Ran::Overflow => {
-                return Err(RenderError::TotalTooLarge {
-                    path: shown,
-                    limit: opts.max_total_size,
-                });
-            }
-            Ran::TimedOut => {
-                return Err(RenderError::KustomizeTimeout {
-                    path: shown,
-                    timeout: opts.timeout,
-                });
-            }
-        };
+        run_renderer(&mut cmd, max_bytes, opts, &shown, |path, timeout| {
+            RenderError::KustomizeTimeout { path, timeout }
+        })?;
     if !status.success() {
         let stderr = strip_klog_prefixes(&String::from_utf8_lossy(&stderr));
         return Err(RenderError::KustomizeFailed {

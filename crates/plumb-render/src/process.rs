@@ -89,6 +89,34 @@ pub(crate) fn run_bounded(
 }
 
 /// Looks up an executable file `name` on PATH.
+/// Runs a renderer (`helm`, `kustomize`) through [`run_bounded`] with a render's limits: its
+/// exit status, stdout and stderr, or the error for `path` (the chart or kustomization as the
+/// user names it): the total size limit when the output overflows, `timed_out` when it ran out
+/// of time.
+pub(crate) fn run_renderer(
+    cmd: &mut Command,
+    max_bytes: u64,
+    opts: &crate::RenderOptions,
+    path: &std::path::Path,
+    timed_out: impl FnOnce(std::path::PathBuf, Duration) -> crate::RenderError,
+) -> crate::Result<(ExitStatus, Vec<u8>, Vec<u8>)> {
+    match run_bounded(cmd, max_bytes, opts.timeout).map_err(|source| crate::RenderError::Io {
+        path: path.to_owned(),
+        source,
+    })? {
+        Ran::Exited {
+            status,
+            stdout,
+            stderr,
+        } => Ok((status, stdout, stderr)),
+        Ran::Overflow => Err(crate::RenderError::TotalTooLarge {
+            path: path.to_owned(),
+            limit: opts.max_total_size,
+        }),
+        Ran::TimedOut => Err(timed_out(path.to_owned(), opts.timeout)),
+    }
+}
+
 pub(crate) fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
