@@ -1,31 +1,12 @@
 //! The health wait against the real API server: it costs no request per object.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use kube::Client;
 use plumb_core::{HealthStatus, Inventory, Manifest, SyncId};
 use plumb_kube::{Engine, NoProgress, SyncOptions};
-use plumb_testsupport::kube::TestNamespace;
+use plumb_testsupport::kube::{TestNamespace, recording_client};
 use serde_json::json;
-
-/// A client that records `METHOD URI` of every request it sends.
-fn recording_client(config: kube::Config) -> Result<(Client, Arc<Mutex<Vec<String>>>)> {
-    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
-    let recorder = requests.clone();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        recorder
-            .lock()
-            .unwrap()
-            .push(format!("{} {}", req.method(), req.uri()));
-        req
-    });
-    let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&layer)
-        .build();
-    Ok((client, requests))
-}
 
 fn manifests(ns: &str) -> Vec<Manifest> {
     let mut out = Vec::new();

@@ -240,3 +240,23 @@ spec:
 "
     )
 }
+
+/// A client for `config` that records `METHOD URI` of every request it sends, for tests that
+/// count what a component asks of the API server.
+pub fn recording_client(
+    config: kube::Config,
+) -> Result<(Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        recorder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!("{} {}", req.method(), req.uri()));
+        req
+    });
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+    Ok((client, requests))
+}

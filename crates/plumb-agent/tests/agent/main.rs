@@ -33,7 +33,7 @@ use plumb_agent::metrics::Metrics;
 use plumb_agent::runner::{AgentOptions, LeaderOptions, run};
 use plumb_testsupport::git::{Repo, Signing};
 use plumb_testsupport::http::free_addr;
-use plumb_testsupport::kube::eventually;
+use plumb_testsupport::kube::{eventually, recording_client};
 use plumb_testsupport::world::{self, Agent, AgentSpec, Launcher};
 use serde_json::json;
 use support::*;

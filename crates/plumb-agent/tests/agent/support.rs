@@ -2,25 +2,6 @@
 
 use super::*;
 
-/// A client that records the method and path of every request it sends.
-pub(crate) fn recording_client(
-    config: kube::Config,
-) -> Result<(Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
-    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let recorder = requests.clone();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        recorder
-            .lock()
-            .unwrap()
-            .push(format!("{} {}", req.method(), req.uri()));
-        req
-    });
-    let client = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&layer)
-        .build();
-    Ok((client, requests))
-}
-
 pub(crate) async fn ready_condition(
     syncs: &Api<Sync>,
     name: &str,
