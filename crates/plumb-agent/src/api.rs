@@ -302,6 +302,14 @@ pub struct HelmSpec {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub include_crds: bool,
+    /// Let the chart's `lookup` function read the cluster (default: off, and `lookup` returns
+    /// nothing, as in `helm template`). Helm then reaches the API server only through a
+    /// loopback proxy that Plumb runs for the render: reads (GET) only, as the identity the
+    /// apply uses (`serviceAccountName`, else the agent's default service account, else the
+    /// agent), so that identity's RBAC decides what the chart may read, Secrets included.
+    /// Every kind the chart renders must then be known to the cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lookup: bool,
     /// Kustomize runs over the chart's output, in order (as Flux's
     /// `postRenderers[].kustomize`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -112,6 +112,7 @@ pub async fn run(global: &Global, args: &BootstrapArgs) -> Result<ExitCode> {
             wait: false,
             timeout: None,
             adopt: false,
+            helm: create::SyncHelmArgs::default(),
             namespace: super::NamespaceArg { namespace: None },
             export: args.export,
         },

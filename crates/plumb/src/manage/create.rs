@@ -7,8 +7,9 @@ use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use plumb_agent::api::{
-    DependencyReference, DriftMode, GitRefSpec, GitSource, GitSourceSpec, KeyReference,
-    LocalObjectReference, SourceReference, Sync, SyncSpec, VerifyMode, VerifySpec,
+    DependencyReference, DriftMode, GitRefSpec, GitSource, GitSourceSpec, HelmSpec, KeyReference,
+    LocalObjectReference, SourceReference, Sync, SyncSpec, ValuesReference, VerifyMode,
+    VerifySpec,
 };
 use serde::Serialize;
 
@@ -151,10 +152,130 @@ pub struct SyncArgs {
     #[arg(long)]
     pub adopt: bool,
     #[command(flatten)]
+    pub helm: SyncHelmArgs,
+    #[command(flatten)]
     pub namespace: NamespaceArg,
     /// Print the Sync as YAML instead of applying it.
     #[arg(long)]
     pub export: bool,
+}
+
+/// `spec.helm` of `plumb create sync`: how the chart at --path renders. Values precedence,
+/// lowest first: the chart's values.yaml, --values, --values-from, --set-json.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Helm charts (--path holds Chart.yaml)")]
+pub struct SyncHelmArgs {
+    /// The chart's `.Release.Name` (default: the Sync's name).
+    #[arg(long, value_name = "NAME")]
+    pub release_name: Option<String>,
+    /// A values file in the source, relative to its root (not to --path); repeatable, a later
+    /// one wins.
+    #[arg(long = "values", value_name = "FILE")]
+    pub values: Vec<String>,
+    /// Values from a ConfigMap or Secret of the Sync's namespace, read with the Sync's
+    /// service account: KIND/NAME (key values.yaml, a map of values), KIND/NAME/KEY, or
+    /// KIND/NAME/KEY@PATH (the key's text as one string value at the dotted PATH); a trailing
+    /// `?` skips it when missing. Repeatable, in order, e.g. `Secret/db/password@db.password`.
+    #[arg(long, value_name = "KIND/NAME[/KEY][@PATH][?]", value_parser = values_reference)]
+    pub values_from: Vec<ValuesReference>,
+    /// Set one inline value as JSON at a dotted path, e.g. `--set-json 'image.tag="v2"'`
+    /// (repeatable; inline values win over everything else).
+    #[arg(long = "set-json", value_name = "PATH=JSON")]
+    pub set_json: Vec<String>,
+    /// Render the CRDs in the chart's `crds/` directories too (applied first, as every CRD).
+    #[arg(long)]
+    pub include_crds: bool,
+    /// Let the chart's `lookup` read the cluster, read-only, as the Sync's identity (through
+    /// a loopback proxy the agent runs for the render; default: lookup returns nothing).
+    #[arg(long)]
+    pub lookup: bool,
+}
+
+impl SyncHelmArgs {
+    /// `spec.helm`, or `None` when no Helm flag was given.
+    fn spec(&self) -> Result<Option<HelmSpec>> {
+        let mut values = serde_json::Value::Null;
+        for (i, set) in self.set_json.iter().enumerate() {
+            let origin = format!("--set-json #{}", i + 1);
+            let (path, json) = set
+                .split_once('=')
+                .with_context(|| format!("{origin}: expected PATH=JSON, e.g. image.tag=\"v2\""))?;
+            let value: serde_json::Value = serde_json::from_str(json)
+                .with_context(|| format!("{origin}: the value after `=` is not JSON"))?;
+            let layer = plumb_render::ValuesLayer::at_path(&origin, path, value)?;
+            merge_values(&mut values, layer.values);
+        }
+        let spec = HelmSpec {
+            release_name: self.release_name.clone(),
+            values_files: self.values.clone(),
+            values_from: self.values_from.clone(),
+            values: (!values.is_null()).then_some(values),
+            include_crds: self.include_crds,
+            lookup: self.lookup,
+            post_renderers: Vec::new(),
+        };
+        Ok((spec != HelmSpec::default()).then_some(spec))
+    }
+}
+
+/// Merges `layer` into `into` as Helm merges values: maps deeply, anything else replaced.
+fn merge_values(into: &mut serde_json::Value, layer: serde_json::Value) {
+    match (into, layer) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(layer)) => {
+            for (key, value) in layer {
+                merge_values(
+                    base.entry(key).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+        (slot, layer) => *slot = layer,
+    }
+}
+
+/// `KIND/NAME[/KEY][@PATH][?]` of `--values-from`.
+fn values_reference(text: &str) -> Result<ValuesReference, String> {
+    let (rest, optional) = match text.strip_suffix('?') {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let (rest, target_path) = match rest.split_once('@') {
+        Some((rest, path)) if !path.is_empty() => (rest, Some(path.to_owned())),
+        Some(_) => return Err(format!("{text:?}: a dotted path must follow `@`")),
+        None => (rest, None),
+    };
+    let usage = || {
+        format!(
+            "{text:?}: use KIND/NAME, KIND/NAME/KEY or KIND/NAME/KEY@PATH (KIND ConfigMap or \
+             Secret), e.g. ConfigMap/shop-values or Secret/db/password@db.password"
+        )
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (kind, name, key) = match parts[..] {
+        [kind, name] => (kind, name, None),
+        [kind, name, key] => (kind, name, Some(key)),
+        _ => return Err(usage()),
+    };
+    let kind = match kind.to_ascii_lowercase().as_str() {
+        "secret" => "Secret",
+        "configmap" => "ConfigMap",
+        _ => return Err(format!("{text:?}: kind {kind:?} must be ConfigMap or Secret")),
+    };
+    if name.is_empty() || key.is_some_and(str::is_empty) {
+        return Err(usage());
+    }
+    if target_path.is_some() && key.is_none() {
+        return Err(format!(
+            "{text:?}: @PATH sets one key's text as a value: name the key (KIND/NAME/KEY@PATH)"
+        ));
+    }
+    Ok(ValuesReference {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        values_key: key.map(str::to_owned),
+        target_path,
+        optional,
+    })
 }
 
 pub async fn run(global: &Global, command: CreateCommand) -> Result<ExitCode> {
@@ -269,7 +390,7 @@ pub fn sync(args: &SyncArgs, namespace: &str) -> Result<Sync> {
         },
         force: false,
         adopt: args.adopt,
-        helm: None,
+        helm: args.helm.spec()?,
     };
     let mut obj = Sync::new(&args.name, spec);
     obj.metadata = meta(&args.name, namespace);
@@ -400,6 +521,57 @@ mod tests {
         assert!(key_reference("Pod/a/b").is_err());
         assert!(key_reference("a").is_err());
         assert!(key_reference("ConfigMap//k").is_err());
+    }
+
+    #[test]
+    fn values_references() {
+        let r = values_reference("secret/db/password@db.password?").unwrap();
+        assert_eq!(
+            r,
+            ValuesReference {
+                kind: "Secret".into(),
+                name: "db".into(),
+                values_key: Some("password".into()),
+                target_path: Some("db.password".into()),
+                optional: true,
+            }
+        );
+        let r = values_reference("ConfigMap/shop-values").unwrap();
+        assert_eq!((r.kind.as_str(), r.values_key, r.optional), ("ConfigMap", None, false));
+        for bad in [
+            "shop-values",
+            "Pod/a",
+            "ConfigMap/a@x",
+            "ConfigMap//k",
+            "ConfigMap/a/k@",
+            "ConfigMap/a/b/c",
+        ] {
+            assert!(values_reference(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn set_json_merges_into_one_map() {
+        let args = SyncHelmArgs {
+            set_json: vec![
+                r#"image={"repository":"web","tag":"v1"}"#.into(),
+                r#"image.tag="v2""#.into(),
+                "replicas=3".into(),
+            ],
+            ..SyncHelmArgs::default()
+        };
+        let spec = args.spec().unwrap().unwrap();
+        assert_eq!(
+            spec.values,
+            Some(serde_json::json!({"image": {"repository": "web", "tag": "v2"}, "replicas": 3}))
+        );
+        assert_eq!(SyncHelmArgs::default().spec().unwrap(), None);
+        let bad = SyncHelmArgs {
+            set_json: vec!["image.tag=v2".into()],
+            ..SyncHelmArgs::default()
+        };
+        let e = bad.spec().unwrap_err();
+        assert!(format!("{e:#}").contains("--set-json #1"), "{e:#}");
     }
 
     #[test]

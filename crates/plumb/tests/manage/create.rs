@@ -103,6 +103,122 @@ fn create_export_prints_the_objects() {
 }
 
 #[test]
+fn create_sync_helm_flags_fill_spec_helm() {
+    let sync = documents(&ok(&[
+        "create",
+        "sync",
+        "shop",
+        "--source",
+        "fleet",
+        "--path",
+        "charts/shop",
+        "--release-name",
+        "shop-prod",
+        "--values",
+        "env/prod/shop.yaml",
+        "--values",
+        "env/prod/extra.yaml",
+        "--values-from",
+        "ConfigMap/shop-values",
+        "--values-from",
+        "secret/shop-db/password@db.password",
+        "--values-from",
+        "ConfigMap/extra/more.yaml?",
+        "--set-json",
+        r#"image={"repository":"shop","tag":"v1"}"#,
+        "--set-json",
+        r#"image.tag="v2""#,
+        "--set-json",
+        "replicaCount=3",
+        "--include-crds",
+        "--lookup",
+        "-n",
+        "team-a",
+        "--export",
+    ]));
+    let expected = json!({
+        "apiVersion": "plumb.dev/v1alpha1",
+        "kind": "Sync",
+        "metadata": { "name": "shop", "namespace": "team-a" },
+        "spec": {
+            "sourceRef": { "kind": "GitSource", "name": "fleet" },
+            "path": "charts/shop",
+            "drift": "correct",
+            "helm": {
+                "releaseName": "shop-prod",
+                "valuesFiles": ["env/prod/shop.yaml", "env/prod/extra.yaml"],
+                "valuesFrom": [
+                    { "kind": "ConfigMap", "name": "shop-values" },
+                    { "kind": "Secret", "name": "shop-db", "valuesKey": "password", "targetPath": "db.password" },
+                    { "kind": "ConfigMap", "name": "extra", "valuesKey": "more.yaml", "optional": true },
+                ],
+                "values": { "image": { "repository": "shop", "tag": "v2" }, "replicaCount": 3 },
+                "includeCRDs": true,
+                "lookup": true,
+            },
+        }
+    });
+    assert_eq!(sync, [expected]);
+
+    // Only --lookup: the block holds only it; no Helm flag: no block at all.
+    let sync = documents(&ok(&[
+        "create", "sync", "shop", "--source", "fleet", "--lookup", "--export",
+    ]));
+    assert_eq!(sync[0]["spec"]["helm"], json!({ "lookup": true }));
+    let sync = documents(&ok(&["create", "sync", "shop", "--source", "fleet", "--export"]));
+    assert!(sync[0]["spec"].get("helm").is_none(), "{}", sync[0]);
+
+    for (flag, value, expected) in [
+        ("--values-from", "Pod/x", "must be ConfigMap or Secret"),
+        ("--values-from", "ConfigMap/x@a.b", "name the key"),
+        ("--values-from", "shop-values", "KIND/NAME"),
+        ("--set-json", "image.tag=v2", "not JSON"),
+        ("--set-json", "a..b=1", "dotted path"),
+    ] {
+        let out = plumb(&[
+            "create", "sync", "shop", "--source", "fleet", flag, value, "--export",
+        ]);
+        assert!(!out.status.success(), "{flag} {value}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{flag} {value}: {}", text(&out));
+        assert!(stdout(&out).is_empty(), "nothing printed: {}", text(&out));
+    }
+}
+
+#[tokio::test]
+async fn create_sync_with_helm_flags_is_accepted_by_the_api_server() -> anyhow::Result<()> {
+    ensure_crds();
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "create-helm").await?;
+    ok(&[
+        "create",
+        "sync",
+        "shop",
+        "--source",
+        "fleet",
+        "--path",
+        "charts/shop",
+        "--release-name",
+        "shop",
+        "--values-from",
+        "Secret/shop-db/password@db.password",
+        "--set-json",
+        "replicaCount=2",
+        "--lookup",
+        "-n",
+        ns.name(),
+    ]);
+    let sync = Api::<Sync>::namespaced(client.clone(), ns.name())
+        .get("shop")
+        .await?;
+    let helm = sync.spec.helm.expect("spec.helm is set");
+    assert!(helm.lookup);
+    assert_eq!(helm.release_name.as_deref(), Some("shop"));
+    assert_eq!(helm.values_from[0].target_path.as_deref(), Some("db.password"));
+    assert_eq!(helm.values, Some(json!({ "replicaCount": 2 })));
+    Ok(())
+}
+
+#[test]
 fn create_rejects_bad_flags_with_a_clear_message() {
     let out = plumb(&[
         "create", "source", "web", "--url", "u", "--branch", "a", "--tag", "b", "--export",
