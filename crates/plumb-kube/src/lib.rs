@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod inventory;
+pub mod lookup;
 
 pub use cluster::{
     ApplyMode, Cluster, FIELD_MANAGER, KubeCluster, Page, Selector, WatchEvent, WatchStream,
@@ -19,6 +20,7 @@ pub use engine::{
 };
 pub use error::{Error, FailureKind, ObjectError, Result};
 pub use inventory::{ConfigMapInventory, StoredState};
+pub use lookup::{LookupLimits, LookupProxy, LookupStats};
 
 /// A client from a kubeconfig: `path` (else `KUBECONFIG` / `~/.kube/config` / in-cluster) and
 /// `context` (else the current context).

@@ -62,6 +62,60 @@ pub struct ChartOptions {
     pub capabilities: Option<Capabilities>,
     /// Kustomize runs over the chart's output, in order.
     pub post_renderers: Vec<PostRenderer>,
+    /// Let the chart's `lookup` read the cluster through this loopback proxy (Helm's
+    /// `--dry-run=server`); `None`: `lookup` returns nothing, as in plain `helm template`.
+    pub lookup: Option<LookupAccess>,
+}
+
+/// A read-only loopback proxy to the API server for a chart's `lookup` (plumb-kube's
+/// `LookupProxy` is one): Helm gets a kubeconfig naming only `<server>/<token>`, in its
+/// sandbox, removed after the render. With it, Helm takes `.Capabilities` from the cluster
+/// through the proxy (`Capabilities` are not passed) and reads every rendered object once
+/// (a server-side dry-run of an install that takes ownership; nothing is written), so every
+/// kind the chart renders must be known to the cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LookupAccess {
+    /// `http://127.0.0.1:<port>` (anything but a loopback `http` URL is refused).
+    pub server: String,
+    /// The path segment every request must start with (client-go sends no credential over
+    /// plain http, but keeps the server URL's path): never shown in `Debug` or messages.
+    pub token: String,
+}
+
+impl std::fmt::Debug for LookupAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupAccess")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl LookupAccess {
+    /// Whether `server` is `http://127.0.0.1:<port>` or `http://localhost:<port>` and the
+    /// token a plain path segment.
+    fn is_loopback(&self) -> bool {
+        let loopback = ["http://127.0.0.1:", "http://localhost:"]
+            .iter()
+            .filter_map(|p| self.server.strip_prefix(p))
+            .any(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+        loopback && !self.token.is_empty() && self.token.bytes().all(|b| b.is_ascii_alphanumeric())
+    }
+
+    /// A kubeconfig naming only the proxy, with `namespace` as the default.
+    fn kubeconfig(&self, namespace: &str) -> String {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "plumb-lookup", "cluster": {
+                "server": format!("{}/{}", self.server, self.token)}}],
+            "users": [{"name": "plumb-lookup", "user": {}}],
+            "contexts": [{"name": "plumb-lookup", "context": {
+                "cluster": "plumb-lookup", "user": "plumb-lookup", "namespace": namespace}}],
+            "current-context": "plumb-lookup",
+        })
+        .to_string()
+    }
 }
 
 /// One object of values, with where it came from (for error messages; never its content).
@@ -275,7 +329,26 @@ pub(crate) fn render(
         cmd.arg(format!("--values={}", copy.display()));
         shown_as.push((copy.display().to_string(), layer.origin.clone()));
     }
-    if let Some(caps) = &chart_opts.capabilities {
+    let kubeconfig = sb.join("config/kubeconfig");
+    if let Some(lookup) = &chart_opts.lookup {
+        if !lookup.is_loopback() {
+            return Err(RenderError::HelmValues {
+                path: chart.clone(),
+                origin: "lookup".into(),
+                message: format!(
+                    "the lookup proxy {:?} is not a loopback http URL with a token",
+                    lookup.server
+                ),
+            });
+        }
+        write_private(&kubeconfig, lookup.kubeconfig(&namespace).as_bytes()).map_err(io)?;
+        // Server mode: `lookup` reads through the kubeconfig; the install is only a dry-run
+        // (nothing written), which takes ownership instead of failing on objects that exist
+        // without Helm's labels (Plumb applied them), and skips the OpenAPI download.
+        cmd.arg("--dry-run=server")
+            .arg("--take-ownership")
+            .arg("--disable-openapi-validation");
+    } else if let Some(caps) = &chart_opts.capabilities {
         if let Some(v) = &caps.kube_version {
             cmd.arg(format!("--kube-version={v}"));
         }
@@ -303,7 +376,10 @@ pub(crate) fn render(
         )
         .env("HELM_REPOSITORY_CACHE", sb.join("cache/repository"))
         .env("HELM_REGISTRY_CONFIG", sb.join("config/registry.json"))
-        .env("KUBECONFIG", sb.join("config/kubeconfig"))
+        .env("KUBECONFIG", &kubeconfig)
+        // Helm reads each rendered object once in server mode: not at client-go's 5 per second.
+        .env("HELM_QPS", "50")
+        .env("NO_PROXY", "127.0.0.1,localhost")
         .env("HTTP_PROXY", nowhere)
         .env("HTTPS_PROXY", nowhere)
         .env("ALL_PROXY", nowhere)
@@ -320,6 +396,9 @@ pub(crate) fn render(
             stderr = stderr.replace(copy.as_str(), origin);
         }
         stderr = stderr.replace(&format!("{}/", root.display()), "");
+        if let Some(lookup) = chart_opts.lookup.as_ref().filter(|l| !l.token.is_empty()) {
+            stderr = stderr.replace(&lookup.token, "<token>");
+        }
         return Err(helm_failure(rel, &name, &status.to_string(), &stderr));
     }
     let bytes = stdout.len() as u64;
@@ -370,6 +449,18 @@ pub(crate) fn render(
         });
     }
     Ok((manifests, bytes))
+}
+
+/// Writes `bytes` to a new file only its owner may read.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The helm binary: [`RenderOptions::helm`], else `helm` next to the running executable, else

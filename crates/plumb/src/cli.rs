@@ -117,6 +117,11 @@ pub struct HelmArgs {
     /// Render the CRDs in the chart's `crds/` directories too (applied first, as every CRD).
     #[arg(long)]
     pub include_crds: bool,
+    /// Let the chart's `lookup` read the cluster (the kubeconfig's identity, read-only,
+    /// through a loopback proxy Plumb runs for the render; Helm never sees a credential).
+    /// Without it `lookup` returns nothing, as in `helm template`.
+    #[arg(long)]
+    pub lookup: bool,
 }
 
 impl HelmArgs {
@@ -126,6 +131,7 @@ impl HelmArgs {
             || !self.set_json.is_empty()
             || self.release_name.is_some()
             || self.include_crds
+            || self.lookup
     }
 }
 

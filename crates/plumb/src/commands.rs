@@ -23,7 +23,7 @@ use crate::cli::{
 /// Runs one command and maps its outcome to the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command {
-        Command::Render(args) => render(&args).map(|()| ExitCode::SUCCESS),
+        Command::Render(args) => render(&cli.global, &args).await.map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => crate::source::verify(&args),
         Command::Revert(args) => crate::source::revert(&args),
         Command::Agent(args) => crate::agent::run(&cli.global, &args).await,
@@ -181,8 +181,55 @@ async fn capabilities(engine: &Engine) -> Result<Capabilities> {
     })
 }
 
-fn render(args: &RenderArgs) -> Result<()> {
+/// A read-only proxy for a chart's `lookup`, as the client's identity, when `helm.lookup`.
+async fn lookup_proxy(
+    helm: &HelmArgs,
+    client: &kube::Client,
+) -> Result<Option<plumb_kube::LookupProxy>> {
+    if !helm.lookup {
+        return Ok(None);
+    }
+    let proxy = plumb_kube::LookupProxy::start(client.clone(), plumb_kube::LookupLimits::default())
+        .await
+        .context("starting the proxy for the chart's lookup")?;
+    Ok(Some(proxy))
+}
+
+fn lookup_access(proxy: Option<&plumb_kube::LookupProxy>) -> Option<plumb_render::LookupAccess> {
+    proxy.map(|p| plumb_render::LookupAccess {
+        server: p.url(),
+        token: p.token().to_owned(),
+    })
+}
+
+/// Runs a render: on this thread, or, while a lookup proxy serves Helm from this runtime,
+/// as blocking work that leaves the runtime's other threads to the proxy.
+fn rendering<T>(proxy: Option<&plumb_kube::LookupProxy>, f: impl FnOnce() -> T) -> T {
+    match proxy {
+        Some(_) => tokio::task::block_in_place(f),
+        None => f(),
+    }
+}
+
+async fn render(global: &Global, args: &RenderArgs) -> Result<()> {
+    if args.helm.lookup && (args.kube_version.is_some() || !args.api_versions.is_empty()) {
+        anyhow::bail!(
+            "--lookup renders against the cluster, which tells the chart its version and API \
+             versions: leave out --kube-version and --api-versions"
+        );
+    }
+    let proxy = match args.helm.lookup {
+        true => {
+            let client =
+                plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
+                    .await
+                    .context("connecting to the cluster for --lookup")?;
+            lookup_proxy(&args.helm, &client).await?
+        }
+        false => None,
+    };
     let base = ChartOptions {
+        lookup: lookup_access(proxy.as_ref()),
         namespace: args.namespace.clone(),
         capabilities: (args.kube_version.is_some() || !args.api_versions.is_empty()).then(|| {
             Capabilities {
@@ -192,7 +239,10 @@ fn render(args: &RenderArgs) -> Result<()> {
         }),
         ..ChartOptions::default()
     };
-    let manifests = render_dir(&args.dir, &args.root, &args.helm, base)?;
+    let manifests = rendering(proxy.as_ref(), || {
+        render_dir(&args.dir, &args.root, &args.helm, base)
+    })?;
+    drop(proxy);
     let mut out = std::io::stdout().lock();
     for m in &manifests {
         writeln!(out, "---")?;
@@ -238,10 +288,13 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let engine = Engine::new(client.clone());
+    // Runs until the render is done (the end of this function).
+    let proxy = lookup_proxy(&target.helm, &client).await?;
     let chart_base = |capabilities| ChartOptions {
         release_name: Some(target.name.clone()),
         namespace: Some(namespace.clone()),
         capabilities: Some(capabilities),
+        lookup: lookup_access(proxy.as_ref()),
         ..ChartOptions::default()
     };
     let sync = SyncId::new(namespace.clone(), target.name.clone());
@@ -251,7 +304,10 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         (Some(desired), _, _) => (desired, None),
         (None, Some(dir), _) => {
             let base = chart_base(capabilities(&engine).await?);
-            (render_dir(dir, &target.root, &target.helm, base)?, None)
+            let desired = rendering(proxy.as_ref(), || {
+                render_dir(dir, &target.root, &target.helm, base)
+            })?;
+            (desired, None)
         }
         (None, None, Some(url)) => {
             let fetched = crate::source::fetch(&target.git, url, state.revision.clone()).await?;
@@ -267,8 +323,10 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
                 chart,
                 ..plumb_render::RenderOptions::default()
             };
-            let desired = plumb_render::render_path(root, path, &opts)
-                .with_context(|| format!("rendering {}", fetched.describe()))?;
+            let desired = rendering(proxy.as_ref(), || {
+                plumb_render::render_path(root, path, &opts)
+            })
+            .with_context(|| format!("rendering {}", fetched.describe()))?;
             (desired, Some(fetched))
         }
         (None, None, None) => anyhow::bail!("give a directory or --git URL"),

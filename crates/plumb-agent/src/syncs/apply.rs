@@ -25,9 +25,7 @@ pub(super) async fn apply(
 ) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
-    let chart = super::helm::chart_options(sync, ctx, ns, &record.dir).await?;
-    // Held for the whole render; its digest is checked on disk first.
-    let desired = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await?;
+    let desired = super::helm::render(sync, ctx, ns, record).await?;
     let rendered = digest(&desired);
 
     // A new revision that renders exactly what was applied (a commit elsewhere in the
@@ -349,9 +347,7 @@ pub(super) async fn detect_only(
     st: &mut SyncStatus,
 ) -> Result<()> {
     let ticket = ctx.drift.ticket();
-    let chart = super::helm::chart_options(sync, ctx, ns, &record.dir).await?;
-    // Held for the whole render; its digest is checked on disk first.
-    let desired = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await?;
+    let desired = super::helm::render(sync, ctx, ns, record).await?;
     let rendered = digest(&desired);
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;

@@ -1,15 +1,71 @@
 //! A Sync's Helm settings as plumb-render's chart options: values from ConfigMaps and Secrets
 //! (read as the Sync's service account), the cluster's version and API versions for
-//! `.Capabilities`.
+//! `.Capabilities`, and for `lookup` a read-only proxy as the Sync's identity for the
+//! duration of the render.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
-use plumb_render::{Capabilities, ChartOptions, PostRenderer, ValuesLayer};
+use plumb_core::Manifest;
+use plumb_kube::{LookupLimits, LookupProxy};
+use plumb_render::{Capabilities, ChartOptions, LookupAccess, PostRenderer, ValuesLayer};
 
 use super::*;
 use crate::api::HelmSpec;
+
+/// Renders `sync`'s path of `record`: a chart with the Sync's Helm settings. With
+/// `spec.helm.lookup`, Helm reads the cluster through a [`LookupProxy`] that forwards only
+/// reads, with the client the apply uses (the Sync's impersonation), and that stops when the
+/// render ends.
+pub(super) async fn render(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    record: Arc<crate::artifacts::Artifact>,
+) -> Result<Vec<Manifest>> {
+    let mut chart = chart_options(sync, ctx, ns, &record.dir).await?;
+    let lookup = sync.spec.helm.as_ref().is_some_and(|h| h.lookup);
+    let proxy = match chart.as_mut() {
+        Some(opts) if lookup => {
+            let client = impersonated(sync, ctx, ns)?;
+            let proxy = LookupProxy::start(client, LookupLimits::default())
+                .await
+                .map_err(|e| Error::Io {
+                    context: "starting the proxy for the chart's lookup".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            opts.lookup = Some(LookupAccess {
+                server: proxy.url(),
+                token: proxy.token().to_owned(),
+            });
+            Some(proxy)
+        }
+        _ => None,
+    };
+    // Held for the whole render; its digest is checked on disk first.
+    let rendered = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await;
+    if let Some(proxy) = proxy {
+        let stats = proxy.stats();
+        tracing::debug!(
+            forwarded = stats.forwarded_total(),
+            refused = stats.refused,
+            bytes = stats.bytes,
+            "the chart's lookup proxy stopped"
+        );
+    }
+    rendered
+}
+
+/// The client the Sync applies with (its impersonation).
+fn impersonated(sync: &Sync, ctx: &Context, ns: &str) -> Result<kube::Client> {
+    ctx.client_for(ns, sync.spec.service_account_name.as_deref())
+        .map_err(|source| Error::Api {
+            context: "building an impersonating client".into(),
+            source,
+        })
+}
 
 /// The chart options to render `sync`'s path of `dir` with: `None` when the path is no chart
 /// and the Sync has no `helm` block (then nothing is read from the cluster here).
@@ -26,12 +82,7 @@ pub(super) async fn chart_options(
         return Ok(None);
     }
     let spec = spec.unwrap_or_default();
-    let client = ctx
-        .client_for(ns, sync.spec.service_account_name.as_deref())
-        .map_err(|source| Error::Api {
-            context: "building an impersonating client".into(),
-            source,
-        })?;
+    let client = impersonated(sync, ctx, ns)?;
     let mut values = Vec::new();
     for (i, reference) in spec.values_from.iter().enumerate() {
         if let Some(layer) = values_from(&client, ns, i, reference).await? {
@@ -54,8 +105,10 @@ pub(super) async fn chart_options(
         include_crds: spec.include_crds,
         capabilities: None,
         post_renderers: post_renderers(&spec),
+        lookup: None,
     };
-    if is_chart {
+    // With lookup, Helm asks the cluster itself (through the proxy).
+    if is_chart && !spec.lookup {
         opts.capabilities = Some(capabilities(ctx, client).await?);
     }
     Ok(Some(opts))

@@ -8,8 +8,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use plumb_agent::api::{
     DependencyReference, DriftMode, GitRefSpec, GitSource, GitSourceSpec, HelmSpec, KeyReference,
-    LocalObjectReference, SourceReference, Sync, SyncSpec, ValuesReference, VerifyMode,
-    VerifySpec,
+    LocalObjectReference, SourceReference, Sync, SyncSpec, ValuesReference, VerifyMode, VerifySpec,
 };
 use serde::Serialize;
 
@@ -223,10 +222,7 @@ fn merge_values(into: &mut serde_json::Value, layer: serde_json::Value) {
     match (into, layer) {
         (serde_json::Value::Object(base), serde_json::Value::Object(layer)) => {
             for (key, value) in layer {
-                merge_values(
-                    base.entry(key).or_insert(serde_json::Value::Null),
-                    value,
-                );
+                merge_values(base.entry(key).or_insert(serde_json::Value::Null), value);
             }
         }
         (slot, layer) => *slot = layer,
@@ -259,7 +255,11 @@ fn values_reference(text: &str) -> Result<ValuesReference, String> {
     let kind = match kind.to_ascii_lowercase().as_str() {
         "secret" => "Secret",
         "configmap" => "ConfigMap",
-        _ => return Err(format!("{text:?}: kind {kind:?} must be ConfigMap or Secret")),
+        _ => {
+            return Err(format!(
+                "{text:?}: kind {kind:?} must be ConfigMap or Secret"
+            ));
+        }
     };
     if name.is_empty() || key.is_some_and(str::is_empty) {
         return Err(usage());
@@ -537,7 +537,10 @@ mod tests {
             }
         );
         let r = values_reference("ConfigMap/shop-values").unwrap();
-        assert_eq!((r.kind.as_str(), r.values_key, r.optional), ("ConfigMap", None, false));
+        assert_eq!(
+            (r.kind.as_str(), r.values_key, r.optional),
+            ("ConfigMap", None, false)
+        );
         for bad in [
             "shop-values",
             "Pod/a",

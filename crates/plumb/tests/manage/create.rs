@@ -165,7 +165,9 @@ fn create_sync_helm_flags_fill_spec_helm() {
         "create", "sync", "shop", "--source", "fleet", "--lookup", "--export",
     ]));
     assert_eq!(sync[0]["spec"]["helm"], json!({ "lookup": true }));
-    let sync = documents(&ok(&["create", "sync", "shop", "--source", "fleet", "--export"]));
+    let sync = documents(&ok(&[
+        "create", "sync", "shop", "--source", "fleet", "--export",
+    ]));
     assert!(sync[0]["spec"].get("helm").is_none(), "{}", sync[0]);
 
     for (flag, value, expected) in [
@@ -179,7 +181,11 @@ fn create_sync_helm_flags_fill_spec_helm() {
             "create", "sync", "shop", "--source", "fleet", flag, value, "--export",
         ]);
         assert!(!out.status.success(), "{flag} {value}: {}", text(&out));
-        assert!(text(&out).contains(expected), "{flag} {value}: {}", text(&out));
+        assert!(
+            text(&out).contains(expected),
+            "{flag} {value}: {}",
+            text(&out)
+        );
         assert!(stdout(&out).is_empty(), "nothing printed: {}", text(&out));
     }
 }
@@ -213,7 +219,10 @@ async fn create_sync_with_helm_flags_is_accepted_by_the_api_server() -> anyhow::
     let helm = sync.spec.helm.expect("spec.helm is set");
     assert!(helm.lookup);
     assert_eq!(helm.release_name.as_deref(), Some("shop"));
-    assert_eq!(helm.values_from[0].target_path.as_deref(), Some("db.password"));
+    assert_eq!(
+        helm.values_from[0].target_path.as_deref(),
+        Some("db.password")
+    );
     assert_eq!(helm.values, Some(json!({ "replicaCount": 2 })));
     Ok(())
 }
