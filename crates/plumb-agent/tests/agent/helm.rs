@@ -255,3 +255,111 @@ async fn apply_object(w: &World, o: serde_json::Value) -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn lookup_reads_the_cluster_as_the_syncs_service_account_only_when_on() -> Result<()> {
+    let w = World::new("helmlookup").await?;
+    let ns = w.ns().to_owned();
+    // The Sync's account may read and write ConfigMaps, and not read Secrets.
+    for o in [
+        json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "tenant" } }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": { "name": "tenant" },
+            "rules": [{ "apiGroups": [""], "resources": ["configmaps"],
+                "verbs": ["get", "list", "watch", "create", "patch", "update"] }]
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "tenant" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant" },
+            "subjects": [{ "kind": "ServiceAccount", "name": "tenant", "namespace": ns }]
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "source" },
+            "data": { "greeting": "hello from the cluster" }
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "db" },
+            "stringData": { "password": "s3cr3t-in-a-secret" }
+        }),
+    ] {
+        apply_object(&w, o).await?;
+    }
+    let copy = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: copy\ndata:\n  found: {{ with lookup \"v1\" \"ConfigMap\" .Release.Namespace \"source\" }}{{ .data.greeting | quote }}{{ else }}\"none\"{{ end }}\n";
+    let first = w.commit(
+        &[
+            (
+                "look/Chart.yaml",
+                "apiVersion: v2\nname: look\nversion: 0.1.0\n",
+            ),
+            ("look/templates/copy.yaml", copy),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "look",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "look", "interval": "1h",
+            "serviceAccountName": "tenant",
+        }),
+    )
+    .await?;
+    // Off (the default): lookup finds nothing, as in `helm template`.
+    w.wait_applied("look", &first).await?;
+    w.wait_value_of("copy", "found", "none").await?;
+
+    // On: the chart reads the ConfigMap its Sync's account may read.
+    w.syncs()
+        .patch(
+            "look",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "helm": { "lookup": true } } })),
+        )
+        .await?;
+    if let Err(e) = w
+        .wait_value_of("copy", "found", "hello from the cluster")
+        .await
+    {
+        let status = ready_condition(&w.syncs(), "look").await?;
+        anyhow::bail!("{e}; the Sync says {status:?}");
+    }
+
+    // A Secret the account may not read: the render fails as Helm does without access,
+    // naming the template, the identity and the refusal; nothing is applied, nothing leaks.
+    let before = w.configmaps().get("copy").await?.resource_version();
+    let second = w.commit(
+        &[(
+            "look/templates/secret.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stolen\ndata:\n  password: {{ (lookup \"v1\" \"Secret\" .Release.Namespace \"db\").data.password | default \"\" | quote }}\n",
+        )],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    let syncs = w.syncs();
+    let message = eventually("the Sync to fail reading the Secret", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "look")
+                .await?
+                .filter(|(s, _, m)| s == "False" && m.contains("secret"))
+                .map(|(_, _, m)| m))
+        }
+    })
+    .await?;
+    assert!(
+        message.contains("look/templates/secret.yaml"),
+        "{message} ({second})"
+    );
+    assert!(message.contains("forbidden"), "{message}");
+    assert!(
+        message.contains(&format!("system:serviceaccount:{ns}:tenant")),
+        "{message}"
+    );
+    assert!(!message.contains("s3cr3t"), "{message}");
+    assert!(w.configmaps().get_opt("stolen").await?.is_none());
+    assert_eq!(w.configmaps().get("copy").await?.resource_version(), before);
+    w.stop().await;
+    Ok(())
+}

@@ -261,3 +261,61 @@ async fn sync_a_chart_from_git_with_values_files_of_the_repository() {
     assert_eq!(data["colour"], "blue");
     assert_eq!(data["size"], "small");
 }
+
+#[tokio::test]
+async fn render_and_sync_a_chart_with_lookup() {
+    let (client, ns, dir) = setup("helm-lookup").await;
+    let d = dir.path();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns.name());
+    let source: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "source"}, "data": {"greeting": "from the cluster"}
+    }))
+    .unwrap();
+    cms.create(&Default::default(), &source).await.unwrap();
+    write(
+        d,
+        "look/Chart.yaml",
+        "apiVersion: v2\nname: look\nversion: 0.1.0\n",
+    );
+    write(
+        d,
+        "look/templates/copy.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: copy\ndata:\n  found: {{ with lookup \"v1\" \"ConfigMap\" .Release.Namespace \"source\" }}{{ .data.greeting | quote }}{{ else }}\"none\"{{ end }}\n",
+    );
+    let look = d.join("look");
+    let look = look.to_str().unwrap();
+    let found = |out: &Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let doc: Value = serde_saphyr::from_str(text.trim_start_matches("---\n")).unwrap();
+        doc["data"]["found"].as_str().unwrap_or_default().to_owned()
+    };
+
+    // Off (the default): lookup finds nothing, as in `helm template`.
+    let out = plumb(&["render", look, "-n", ns.name()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(found(&out), "none");
+    // On: read through the proxy as the kubeconfig's identity.
+    let out = plumb(&["render", look, "-n", ns.name(), "--lookup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(found(&out), "from the cluster");
+    let out = plumb(&["render", look, "--lookup", "--kube-version", "v1.30.0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_has(&out, "leave out --kube-version"),
+        "{}",
+        text(&out)
+    );
+
+    // sync applies what the lookup found; again (the object now exists, applied by Plumb,
+    // without Helm's ownership labels) it is unchanged.
+    let (out, report) = sync_json(Path::new(look), "look", ns.name(), &["--lookup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(action_of(&report, "ConfigMap/copy"), "created");
+    assert_eq!(
+        cms.get("copy").await.unwrap().data.unwrap()["found"],
+        "from the cluster"
+    );
+    let (out, report) = sync_json(Path::new(look), "look", ns.name(), &["--lookup"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(action_of(&report, "ConfigMap/copy"), "unchanged");
+}
