@@ -83,6 +83,11 @@ pub struct SyncArgs {
     /// cores mid-run.
     #[arg(long, default_value_t = 0)]
     pub replicas: u32,
+    /// Apps of the Helm chart (4 objects each: default 25, a chart of 100 objects) synced by
+    /// `plumb sync` against `helm upgrade --install`, cold and no-op; 0 leaves the Helm row
+    /// out. Needs `helm` on PATH.
+    #[arg(long, default_value_t = 25)]
+    pub chart_apps: u32,
     /// Keep the generated manifests.
     #[arg(long)]
     pub keep_dir: bool,

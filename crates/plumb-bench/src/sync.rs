@@ -5,6 +5,11 @@
 //! `kubectl apply --server-side -f DIR --recursive -n bench-kubectl-N`, cold and no-op; the
 //! write requests each no-op made, from the API server's `apiserver_request_total`; plumb's
 //! peak RSS (`/usr/bin/time -v`).
+//!
+//! Then the Helm row: a chart of `--chart-apps` apps (the same four objects each, from one
+//! template ranging over `.Values.apps`), `plumb sync CHART` against `helm upgrade --install`
+//! (each into a namespace of its own; Helm with its own empty config, cache and data
+//! directories), cold and no-op, measured the same way.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -35,9 +40,29 @@ struct Row {
     plumb_rss_mib: Option<f64>,
 }
 
+/// The Helm row: one chart, plumb against `helm upgrade --install`.
+struct HelmRow {
+    objects: u32,
+    plumb_cold: Duration,
+    helm_cold: Duration,
+    plumb_noop: Duration,
+    helm_noop: Duration,
+    plumb_noop_writes: i64,
+    helm_noop_writes: i64,
+    plumb_noop_unchanged: u64,
+    plumb_rss_mib: Option<f64>,
+}
+
 /// Runs the benchmark for every `--apps` N and prints the table.
 pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     ensure_tools()?;
+    let helm = match args.chart_apps {
+        0 => None,
+        _ => Some(crate::process::which("helm").context(
+            "helm is not on PATH (scripts/testenv build builds the pinned one into \
+             ~/.cache/plumb/testenv/<version>/bin; --chart-apps 0 leaves the Helm row out)",
+        )?),
+    };
     let plumb = plumb_binary()?;
     let plane = ControlPlane::find_or_start().await?;
     let workdir = tempfile::Builder::new()
@@ -49,12 +74,21 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     sizes.dedup();
     let mut namespaces = Vec::new();
     let mut rows = Vec::new();
+    let mut helm_row = None;
     let result = tokio::select! {
         r = async {
             for &apps in &sizes {
                 namespaces.push(format!("bench-plumb-{apps}"));
                 namespaces.push(format!("bench-kubectl-{apps}"));
                 rows.push(bench_one(apps, &plumb, &plane, workdir.path(), args.replicas).await?);
+            }
+            if let Some(helm) = &helm {
+                let apps = args.chart_apps;
+                namespaces.push(format!("bench-plumb-chart-{apps}"));
+                namespaces.push(format!("bench-helm-{apps}"));
+                helm_row = Some(
+                    bench_chart(apps, &plumb, helm, &plane, workdir.path(), args.replicas).await?,
+                );
             }
             anyhow::Ok(())
         } => r,
@@ -71,7 +105,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
     }
     plane.finish().await;
     result?;
-    print!("{}", report(&rows));
+    print!("{}", report(&rows, helm_row.as_ref()));
     Ok(())
 }
 
@@ -198,8 +232,196 @@ async fn bench_one(
     })
 }
 
-/// The table, its note and the last line.
-fn report(rows: &[Row]) -> String {
+/// A chart of `apps` apps in `dir`: the four objects of [`crate::apps::app_yaml`] per app,
+/// from one template ranging over `.Values.apps`.
+fn write_chart(dir: &Path, apps: u32, replicas: u32) -> anyhow::Result<u32> {
+    let template = crate::apps::app_yaml("APP", replicas)
+        .replace("APP", "{{ $name }}")
+        .replace(
+            &format!("replicas: {replicas}"),
+            "replicas: {{ $.Values.replicas }}",
+        );
+    let template = format!(
+        "{{{{- range $i := until (int .Values.apps) }}}}\n\
+         {{{{- $name := printf \"app-%04d\" $i }}}}\n---\n{template}{{{{- end }}}}\n"
+    );
+    let files = [
+        (
+            "Chart.yaml",
+            "apiVersion: v2\nname: bench\nversion: 0.1.0\n".to_owned(),
+        ),
+        (
+            "values.yaml",
+            format!("apps: {apps}\nreplicas: {replicas}\n"),
+        ),
+        ("templates/apps.yaml", template),
+    ];
+    std::fs::create_dir_all(dir.join("templates"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(apps * 4)
+}
+
+/// The Helm row: `plumb sync CHART` against `helm upgrade --install`, cold and no-op.
+async fn bench_chart(
+    apps: u32,
+    plumb: &Path,
+    helm: &Path,
+    plane: &ControlPlane,
+    workdir: &Path,
+    replicas: u32,
+) -> anyhow::Result<HelmRow> {
+    let chart = workdir.join(format!("chart-{apps}"));
+    let objects = write_chart(&chart, apps, replicas)?;
+    let (ns_p, ns_h) = (
+        format!("bench-plumb-chart-{apps}"),
+        format!("bench-helm-{apps}"),
+    );
+    for ns in [&ns_p, &ns_h] {
+        fresh_namespace(plane.client(), ns).await?;
+    }
+    let os = |s: &str| OsString::from(s);
+    let plumb_args = vec![
+        os("sync"),
+        chart.clone().into_os_string(),
+        os("--name"),
+        os("bench-chart"),
+        os("-n"),
+        os(&ns_p),
+        os("-o"),
+        os("json"),
+    ];
+    let helm_args = vec![
+        os("upgrade"),
+        os("--install"),
+        os("bench"),
+        chart.clone().into_os_string(),
+        os("-n"),
+        os(&ns_h),
+    ];
+    // Helm with the control plane's kubeconfig and empty directories of its own.
+    let home = workdir.join("helm-home");
+    let mut helm_envs = plane.envs().to_vec();
+    for (var, dir) in [
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        let path = home.join(dir);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        helm_envs.push((var.to_owned(), path.display().to_string()));
+    }
+    let rss_cold = workdir.join(format!("rss-chart-cold-{apps}"));
+    let rss_noop = workdir.join(format!("rss-chart-noop-{apps}"));
+
+    log!("chart of {apps} apps ({objects} objects): plumb cold");
+    let (p_cold, p_cold_req) = measured(plane, plumb, &plumb_args, Some(&rss_cold)).await?;
+    log!(
+        "  {:.2}s, {:?}, requests {p_cold_req}",
+        p_cold.elapsed.as_secs_f64(),
+        plumb_actions(&p_cold.output.stdout)?
+    );
+    log!("chart: plumb no-op");
+    let (p_noop, p_noop_req) = measured(plane, plumb, &plumb_args, Some(&rss_noop)).await?;
+    let actions = plumb_actions(&p_noop.output.stdout)?;
+    let unchanged = actions.get("unchanged").copied().unwrap_or(0);
+    log!(
+        "  {:.2}s, {actions:?}, requests {p_noop_req}",
+        p_noop.elapsed.as_secs_f64()
+    );
+    if unchanged != u64::from(objects) {
+        log!("  warning: only {unchanged} of {objects} objects unchanged on the no-op sync");
+    }
+    log!("chart: helm upgrade --install cold");
+    let (h_cold, h_cold_req) = measured_with(plane, helm, &helm_args, &helm_envs).await?;
+    log!(
+        "  {:.2}s, requests {h_cold_req}",
+        h_cold.elapsed.as_secs_f64()
+    );
+    log!("chart: helm upgrade --install no-op");
+    let (h_noop, h_noop_req) = measured_with(plane, helm, &helm_args, &helm_envs).await?;
+    log!(
+        "  {:.2}s, requests {h_noop_req}",
+        h_noop.elapsed.as_secs_f64()
+    );
+    let rss = [p_cold.peak_rss_kib, p_noop.peak_rss_kib]
+        .into_iter()
+        .flatten()
+        .max();
+    Ok(HelmRow {
+        objects,
+        plumb_cold: p_cold.elapsed,
+        helm_cold: h_cold.elapsed,
+        plumb_noop: p_noop.elapsed,
+        helm_noop: h_noop.elapsed,
+        plumb_noop_writes: p_noop_req.writes,
+        helm_noop_writes: h_noop_req.writes,
+        plumb_noop_unchanged: unchanged,
+        plumb_rss_mib: rss.map(|kib| kib as f64 / 1024.0),
+    })
+}
+
+/// [`measured`] with an environment of its own and no RSS.
+async fn measured_with(
+    plane: &ControlPlane,
+    program: &Path,
+    args: &[OsString],
+    envs: &[(String, String)],
+) -> anyhow::Result<(Timed, RequestDelta)> {
+    settle(plane.client()).await?;
+    let before = request_counts(plane.client()).await?;
+    let run = timed(program, args, envs, None).await?;
+    let after = request_counts(plane.client()).await?;
+    Ok((run, before.delta(&after)))
+}
+
+/// The Helm table and its note.
+fn helm_report(r: &HelmRow) -> String {
+    let head = [
+        "chart objects",
+        "plumb cold s",
+        "helm cold s",
+        "speedup",
+        "plumb no-op s",
+        "helm no-op s",
+        "speedup",
+        "plumb no-op writes",
+        "helm no-op writes",
+        "plumb peak RSS MiB",
+    ];
+    let mut out = format!("| {} |\n", head.join(" | "));
+    let _ = writeln!(out, "|{}|", vec!["---:"; head.len()].join("|"));
+    let s = |d: Duration| d.as_secs_f64();
+    let cells = [
+        r.objects.to_string(),
+        format!("{:.2}", s(r.plumb_cold)),
+        format!("{:.2}", s(r.helm_cold)),
+        format!("{:.1}x", s(r.helm_cold) / s(r.plumb_cold)),
+        format!("{:.2}", s(r.plumb_noop)),
+        format!("{:.2}", s(r.helm_noop)),
+        format!("{:.1}x", s(r.helm_noop) / s(r.plumb_noop)),
+        r.plumb_noop_writes.to_string(),
+        r.helm_noop_writes.to_string(),
+        r.plumb_rss_mib
+            .map_or_else(|| "-".to_owned(), |m| format!("{m:.0}")),
+    ];
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+    let _ = writeln!(
+        out,
+        "\nHelm row: `plumb sync CHART` against `helm upgrade --install` of the same chart; \
+         writes counted as above (Helm's release Secret, one per run, is not among them). plumb \
+         no-op objects reported unchanged: {}/{}.\n",
+        r.plumb_noop_unchanged, r.objects
+    );
+    out
+}
+
+/// The table, its note, the Helm table and the last line.
+fn report(rows: &[Row], helm: Option<&HelmRow>) -> String {
     let head = [
         "apps",
         "objects",
@@ -247,6 +469,10 @@ fn report(rows: &[Row]) -> String {
         "dry_run=\"\"). plumb no-op objects reported unchanged: {}.",
         unchanged.join(", ")
     );
+    if let Some(helm) = helm {
+        out.push('\n');
+        out.push_str(&helm_report(helm));
+    }
     if let Some(top) = rows.last() {
         let _ = writeln!(
             out,
@@ -263,6 +489,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_chart_renders_the_apps_as_the_directory_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(write_chart(dir.path(), 3, 0).unwrap(), 12);
+        let helm = crate::process::which("helm").expect(
+            "helm must be on PATH (scripts/testenv build builds it; scripts/test puts it on PATH)",
+        );
+        let opts = plumb_render::RenderOptions {
+            helm: Some(helm),
+            ..plumb_render::RenderOptions::default()
+        };
+        let ms = plumb_render::render(dir.path(), &opts).unwrap();
+        assert_eq!(ms.len(), 12);
+        let generated = tempfile::tempdir().unwrap();
+        crate::apps::generate(generated.path(), 3, 0, 0).unwrap();
+        let plain = plumb_render::render(generated.path(), &plumb_render::RenderOptions::default())
+            .unwrap();
+        let objects = |ms: &[plumb_core::Manifest]| {
+            let mut v: Vec<serde_json::Value> = ms.iter().map(|m| m.object.clone()).collect();
+            v.sort_by_key(|o| o.to_string());
+            v
+        };
+        assert_eq!(
+            objects(&ms),
+            objects(&plain),
+            "the chart renders the generated apps"
+        );
+    }
+
+    #[test]
     fn report_ends_with_the_summary_line() {
         let row = Row {
             apps: 100,
@@ -276,7 +531,22 @@ mod tests {
             plumb_noop_unchanged: 400,
             plumb_rss_mib: Some(43.2),
         };
-        let out = report(&[row]);
+        let helm = HelmRow {
+            objects: 100,
+            plumb_cold: Duration::from_millis(1000),
+            helm_cold: Duration::from_millis(3000),
+            plumb_noop: Duration::from_millis(500),
+            helm_noop: Duration::from_millis(2500),
+            plumb_noop_writes: 0,
+            helm_noop_writes: 100,
+            plumb_noop_unchanged: 100,
+            plumb_rss_mib: None,
+        };
+        let out = report(&[row], Some(&helm));
+        assert!(
+            out.contains("| 100 | 1.00 | 3.00 | 3.0x | 0.50 | 2.50 | 5.0x | 0 | 100 | - |"),
+            "{out}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[2],
