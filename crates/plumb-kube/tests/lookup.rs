@@ -155,6 +155,7 @@ async fn a_chart_looks_up_what_its_identity_may_read_and_nothing_else() -> Resul
     let proxy = LookupProxy::start(reader.clone(), LookupLimits::default()).await?;
     assert_eq!(render_async(&own, ns.name(), Some(&proxy)).await?, "hello");
     let stats = proxy.stats();
+    eprintln!("one render with lookup through the proxy: {stats:?}");
     assert!(gets_only(&stats.forwarded), "{stats:?}");
     assert!(stats.forwarded_total() > 0, "{stats:?}");
     assert_eq!(
