@@ -494,3 +494,48 @@ async fn the_proxy_counts_and_limits_requests_and_response_sizes() -> Result<()>
     assert_eq!(small.stats().bytes, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lookup_a_kind_the_cluster_does_not_serve_yet_is_a_clear_error() -> Result<()> {
+    let admin = client().await?;
+    let ns = TestNamespace::create(&admin, "lookup-kinds").await?;
+    let t = tempfile::tempdir()?;
+    let dir = t.path();
+    std::fs::create_dir_all(dir.join("templates"))?;
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: kinds\nversion: 0.1.0\n",
+    )?;
+    std::fs::write(
+        dir.join("templates/gadget.yaml"),
+        "apiVersion: nowhere.plumb.dev/v1\nkind: Gadget\nmetadata:\n  name: g\n",
+    )?;
+    let proxy = LookupProxy::start(admin.clone(), LookupLimits::default()).await?;
+    let opts = RenderOptions {
+        helm: Some(helm()),
+        chart: ChartOptions {
+            namespace: Some(ns.name().to_owned()),
+            lookup: Some(LookupAccess {
+                server: proxy.url(),
+                token: proxy.token().to_owned(),
+            }),
+            ..ChartOptions::default()
+        },
+        ..RenderOptions::default()
+    };
+    let e = tokio::task::block_in_place(|| render_path(dir, Path::new(""), &opts))
+        .expect_err("the kind is unknown to the cluster");
+    let text = e.to_string();
+    assert!(text.contains("Gadget"), "{text}");
+    assert!(text.contains("apply the CRDs first"), "{text}");
+    // Without lookup the same chart renders (nothing asks the cluster).
+    let offline = RenderOptions {
+        chart: ChartOptions {
+            lookup: None,
+            ..opts.chart.clone()
+        },
+        ..opts.clone()
+    };
+    assert_eq!(render_path(dir, Path::new(""), &offline)?.len(), 1);
+    Ok(())
+}

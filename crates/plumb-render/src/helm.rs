@@ -399,6 +399,12 @@ pub(crate) fn render(
         if let Some(lookup) = chart_opts.lookup.as_ref().filter(|l| !l.token.is_empty()) {
             stderr = stderr.replace(&lookup.token, "<token>");
         }
+        if chart_opts.lookup.is_some() && stderr.contains("resource mapping not found") {
+            stderr.push_str(
+                "\nwith lookup, Helm resolves every kind the chart renders on the cluster: \
+                 apply the CRDs first (e.g. a Sync of their own, named in dependsOn)",
+            );
+        }
         return Err(helm_failure(rel, &name, &status.to_string(), &stderr));
     }
     let bytes = stdout.len() as u64;
