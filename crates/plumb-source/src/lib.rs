@@ -6,6 +6,7 @@
 
 #![warn(clippy::unwrap_used)]
 
+pub mod chart;
 pub mod export;
 pub mod fetch;
 pub mod keyring;
