@@ -148,7 +148,13 @@ impl Http {
 
     /// GET `url` with the request's credentials (on its origin only); a non-2xx status is an
     /// error naming `what`.
-    pub(super) async fn get(&self, url: &str, accept: &str, limit: u64, what: &str) -> Result<Vec<u8>> {
+    pub(super) async fn get(
+        &self,
+        url: &str,
+        accept: &str,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
         let parsed = parse(url)?;
         let response = self
             .send(&parsed, accept, limit, what, self.own_auth().as_deref())
@@ -189,16 +195,21 @@ impl Http {
                     value.set_sensitive(true);
                     builder = builder.header(header::AUTHORIZATION, value);
                 }
-                let request = builder
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| Error::InvalidUrl {
-                        url: redacted(&current),
-                        reason: e.to_string(),
-                    })?;
-                let response = self.client.request(request).await.map_err(|e| Error::Transport {
-                    url: redacted(&current),
-                    detail: chain(&e),
-                })?;
+                let request =
+                    builder
+                        .body(Empty::<Bytes>::new())
+                        .map_err(|e| Error::InvalidUrl {
+                            url: redacted(&current),
+                            reason: e.to_string(),
+                        })?;
+                let response =
+                    self.client
+                        .request(request)
+                        .await
+                        .map_err(|e| Error::Transport {
+                            url: redacted(&current),
+                            detail: chain(&e),
+                        })?;
                 let status = response.status();
                 if status.is_redirection()
                     && let Some(location) = response.headers().get(header::LOCATION)
@@ -394,8 +405,17 @@ mod tests {
     #[test]
     fn origins_compare_scheme_host_and_port() {
         let a = Origin::of(&parse("https://Repo.example.com/x").expect("url"));
-        assert_eq!(a, Origin::of(&parse("https://repo.example.com:443/y").expect("url")));
-        assert_ne!(a, Origin::of(&parse("https://repo.example.com:8443/x").expect("url")));
-        assert_ne!(a, Origin::of(&parse("https://other.example.com/x").expect("url")));
+        assert_eq!(
+            a,
+            Origin::of(&parse("https://repo.example.com:443/y").expect("url"))
+        );
+        assert_ne!(
+            a,
+            Origin::of(&parse("https://repo.example.com:8443/x").expect("url"))
+        );
+        assert_ne!(
+            a,
+            Origin::of(&parse("https://other.example.com/x").expect("url"))
+        );
     }
 }

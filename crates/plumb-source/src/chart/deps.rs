@@ -83,7 +83,9 @@ pub(super) async fn fetch_missing(
         let pinned = lock
             .dependencies
             .iter()
-            .find(|l| l.name == dep.name && l.repository.as_deref().map(str::trim) == Some(repository))
+            .find(|l| {
+                l.name == dep.name && l.repository.as_deref().map(str::trim) == Some(repository)
+            })
             .and_then(|l| l.version.clone());
         let same_origin = client::base_url(repository)
             .map(|u| client::Origin::of(&u) == own_origin)

@@ -49,11 +49,14 @@ pub fn pick_version<'a>(
     versions: impl IntoIterator<Item = &'a str>,
 ) -> Result<Option<&'a str>> {
     let versions: Vec<&str> = versions.into_iter().collect();
-    let parse = |v: &str| semver::Version::parse(v.trim().strip_prefix('v').unwrap_or(v.trim())).ok();
+    let parse =
+        |v: &str| semver::Version::parse(v.trim().strip_prefix('v').unwrap_or(v.trim())).ok();
     let wanted = wanted.map(str::trim).filter(|w| !w.is_empty());
     if let Some(w) = wanted {
         if let Some(exact) = parse(w) {
-            return Ok(versions.into_iter().find(|v| parse(v).as_ref() == Some(&exact)));
+            return Ok(versions
+                .into_iter()
+                .find(|v| parse(v).as_ref() == Some(&exact)));
         }
         if let Some(found) = versions.iter().find(|v| **v == w) {
             return Ok(Some(found));
@@ -81,7 +84,12 @@ pub fn pick_version<'a>(
 pub(super) fn newest(versions: &[&str]) -> String {
     let mut parsed: Vec<(Option<semver::Version>, &str)> = versions
         .iter()
-        .map(|v| (semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).ok(), *v))
+        .map(|v| {
+            (
+                semver::Version::parse(v.strip_prefix('v').unwrap_or(v)).ok(),
+                *v,
+            )
+        })
         .collect();
     parsed.sort_by(|a, b| b.0.cmp(&a.0));
     let shown: Vec<&str> = parsed.iter().take(10).map(|(_, v)| *v).collect();
@@ -123,19 +131,26 @@ pub(super) async fn resolve(http: &Http, req: &ChartRequest) -> Result<Resolved>
             reason: "a Helm repository needs a chart name".into(),
         });
     }
-    let entries = index.entries.get(&chart).ok_or_else(|| Error::NoSuchChart {
-        url: req.url.clone(),
-        chart: chart.clone(),
-    })?;
-    let versions: Vec<&str> = entries.iter().map(|e| e.version.as_str()).collect();
-    let picked = pick_version(req.version.as_deref(), versions.iter().copied())?.ok_or_else(|| {
-        Error::NoMatchingVersion {
+    let entries = index
+        .entries
+        .get(&chart)
+        .ok_or_else(|| Error::NoSuchChart {
             url: req.url.clone(),
             chart: chart.clone(),
-            version: req.version.clone().unwrap_or_else(|| "newest stable".into()),
-            available: newest(&versions),
-        }
-    })?;
+        })?;
+    let versions: Vec<&str> = entries.iter().map(|e| e.version.as_str()).collect();
+    let picked =
+        pick_version(req.version.as_deref(), versions.iter().copied())?.ok_or_else(|| {
+            Error::NoMatchingVersion {
+                url: req.url.clone(),
+                chart: chart.clone(),
+                version: req
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| "newest stable".into()),
+                available: newest(&versions),
+            }
+        })?;
     let entry = entries
         .iter()
         .find(|e| e.version == picked)
@@ -235,9 +250,6 @@ mod tests {
             base.join("app-1.0.0.tgz").expect("join").as_str(),
             "https://h.example.com/charts/app-1.0.0.tgz"
         );
-        assert_eq!(
-            newest(&["1.0.0", "3.0.0", "2.0.0"]),
-            "3.0.0, 2.0.0, 1.0.0"
-        );
+        assert_eq!(newest(&["1.0.0", "3.0.0", "2.0.0"]), "3.0.0, 2.0.0, 1.0.0");
     }
 }

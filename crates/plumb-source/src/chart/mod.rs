@@ -65,7 +65,10 @@ impl ChartRequest {
     /// `chart[@version]` from `url`, for messages.
     pub fn describe(&self) -> String {
         let version = self.version.as_deref().unwrap_or("newest");
-        format!("chart {:?} version {version:?} from {}", self.chart, self.url)
+        format!(
+            "chart {:?} version {version:?} from {}",
+            self.chart, self.url
+        )
     }
 }
 
@@ -346,10 +349,17 @@ pub async fn resolve(req: &ChartRequest) -> Result<Resolved> {
 /// archive and writes the chart (its top directory stripped) into `dest`, which must not
 /// exist or be empty. On any error nothing is left in `dest` that a caller could mistake for
 /// the chart (the caller discards the directory).
-pub async fn download(req: &ChartRequest, resolved: &Resolved, dest: &Path) -> Result<FetchedChart> {
+pub async fn download(
+    req: &ChartRequest,
+    resolved: &Resolved,
+    dest: &Path,
+) -> Result<FetchedChart> {
     let http = client::Http::new(req)?;
     let (archive, digest) = fetch_archive(&http, req, resolved).await?;
-    let label = format!("{} {} from {}", resolved.chart, resolved.version, resolved.url);
+    let label = format!(
+        "{} {} from {}",
+        resolved.chart, resolved.version, resolved.url
+    );
     let limits = req.limits;
     let tree = tokio::task::spawn_blocking({
         let label = label.clone();

@@ -10,7 +10,7 @@ use super::client::{self, Http, Response};
 use super::{ChartRequest, Error, Resolved, ResolvedKind, Result};
 
 /// Media type of a Helm chart layer.
-pub const CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar.gz";
+pub const CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
 /// Media type of a Helm chart's config.
 pub const CHART_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -56,7 +56,8 @@ impl OciReference {
         // The distribution spec's repository name grammar.
         let component_ok = |c: &str| {
             !c.is_empty()
-                && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && c.bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         };
@@ -108,7 +109,9 @@ pub enum Challenge {
 /// Parses a `WWW-Authenticate` header value; `None` for a scheme Plumb does not speak.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
-    let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+    let (scheme, rest) = header
+        .split_once(char::is_whitespace)
+        .unwrap_or((header, ""));
     let params = parse_params(rest);
     let get = |k: &str| {
         params
@@ -224,10 +227,18 @@ struct TokenResponse {
 /// credentials, `Bearer` with a token from the realm (asked with the basic credentials only
 /// when the realm is on the registry's origin). The `Authorization` that worked is kept for
 /// later requests.
-async fn registry_get(http: &Http, url: &Url, accept: &str, limit: u64, what: &str) -> Result<Response> {
+async fn registry_get(
+    http: &Http,
+    url: &Url,
+    accept: &str,
+    limit: u64,
+    what: &str,
+) -> Result<Response> {
     let session = http.session.lock().expect("session lock").clone();
     let first_auth = session.or_else(|| http.own_auth());
-    let response = http.send(url, accept, limit, what, first_auth.as_deref()).await?;
+    let response = http
+        .send(url, accept, limit, what, first_auth.as_deref())
+        .await?;
     if response.status != 401 {
         return Ok(response);
     }
@@ -315,11 +326,12 @@ async fn tags(http: &Http, reference: &OciReference) -> Result<Vec<String>> {
         )
         .await?;
         client::check_status(&response, "the tag list")?;
-        let list: TagList = serde_json::from_slice(&response.body).map_err(|e| Error::Malformed {
-            url: client::redacted(&url),
-            what: "the tag list".into(),
-            detail: e.to_string(),
-        })?;
+        let list: TagList =
+            serde_json::from_slice(&response.body).map_err(|e| Error::Malformed {
+                url: client::redacted(&url),
+                what: "the tag list".into(),
+                detail: e.to_string(),
+            })?;
         all.extend(list.tags.unwrap_or_default());
         let next = response
             .headers
@@ -361,11 +373,15 @@ pub(super) async fn resolve(http: &Http, req: &ChartRequest) -> Result<Resolved>
         None => {
             let tags = tags(http, &reference).await?;
             let versions: Vec<String> = tags.iter().map(|t| t.replace('_', "+")).collect();
-            let picked = super::pick_version(req.version.as_deref(), versions.iter().map(String::as_str))?
-                .ok_or_else(|| Error::NoMatchingVersion {
+            let picked =
+                super::pick_version(req.version.as_deref(), versions.iter().map(String::as_str))?
+                    .ok_or_else(|| Error::NoMatchingVersion {
                     url: reference.url(),
                     chart: chart.clone(),
-                    version: req.version.clone().unwrap_or_else(|| "newest stable".into()),
+                    version: req
+                        .version
+                        .clone()
+                        .unwrap_or_else(|| "newest stable".into()),
                     available: super::index::newest(
                         &versions.iter().map(String::as_str).collect::<Vec<_>>(),
                     ),
@@ -507,7 +523,9 @@ mod tests {
         );
         // Commas inside quotes, spaces around `=`, unquoted values, any case.
         assert_eq!(
-            parse_challenge(r#"bearer realm = "https://a/t", scope="repository:a:pull,push", service=reg"#),
+            parse_challenge(
+                r#"bearer realm = "https://a/t", scope="repository:a:pull,push", service=reg"#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://a/t".into(),
                 service: Some("reg".into()),

@@ -114,11 +114,15 @@ pub fn read_archive(archive: &[u8], label: &str, limits: &ChartLimits) -> Result
             .entries()
             .map_err(|e| refuse("", format!("not a gzip-compressed tar archive: {e}")))?;
         for entry in entries {
-            let mut entry =
-                entry.map_err(|e| refuse("", format!("not a valid gzip-compressed tar archive: {e}")))?;
+            let mut entry = entry
+                .map_err(|e| refuse("", format!("not a valid gzip-compressed tar archive: {e}")))?;
             let raw = entry.path_bytes().into_owned();
-            let path = String::from_utf8(raw)
-                .map_err(|e| refuse(&String::from_utf8_lossy(e.as_bytes()), "the name is not UTF-8".into()))?;
+            let path = String::from_utf8(raw).map_err(|e| {
+                refuse(
+                    &String::from_utf8_lossy(e.as_bytes()),
+                    "the name is not UTF-8".into(),
+                )
+            })?;
             let kind = entry.header().entry_type();
             use tar::EntryType as T;
             let is_dir = match kind {
@@ -126,13 +130,29 @@ pub fn read_archive(archive: &[u8], label: &str, limits: &ChartLimits) -> Result
                 T::Directory => true,
                 // Extended headers apply to the entry after them (the reader applies them).
                 T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => continue,
-                T::Symlink => return Err(refuse(&path, "is a symbolic link; charts may not hold links".into())),
-                T::Link => return Err(refuse(&path, "is a hard link; charts may not hold links".into())),
+                T::Symlink => {
+                    return Err(refuse(
+                        &path,
+                        "is a symbolic link; charts may not hold links".into(),
+                    ));
+                }
+                T::Link => {
+                    return Err(refuse(
+                        &path,
+                        "is a hard link; charts may not hold links".into(),
+                    ));
+                }
                 T::Char | T::Block | T::Fifo => {
                     return Err(refuse(&path, "is a device or FIFO".into()));
                 }
                 other => {
-                    return Err(refuse(&path, format!("has the unsupported entry type {:?}", other.as_byte() as char)));
+                    return Err(refuse(
+                        &path,
+                        format!(
+                            "has the unsupported entry type {:?}",
+                            other.as_byte() as char
+                        ),
+                    ));
                 }
             };
             if path.starts_with('/') {
@@ -164,27 +184,51 @@ pub fn read_archive(archive: &[u8], label: &str, limits: &ChartLimits) -> Result
             }
             if rest.is_empty() {
                 if !is_dir {
-                    return Err(refuse(&path, "is a file where the chart's top directory belongs".into()));
+                    return Err(refuse(
+                        &path,
+                        "is a file where the chart's top directory belongs".into(),
+                    ));
                 }
                 continue;
             }
             if rest.len() > caps.max_depth {
-                return Err(refuse(&path, format!("is nested deeper than {} directories", caps.max_depth)));
+                return Err(refuse(
+                    &path,
+                    format!("is nested deeper than {} directories", caps.max_depth),
+                ));
             }
             let node = if is_dir {
                 Node::Dir(Dir::default())
             } else {
                 files += 1;
                 if files > caps.max_files {
-                    return Err(refuse(&path, format!("is beyond the limit of {} files", caps.max_files)));
+                    return Err(refuse(
+                        &path,
+                        format!("is beyond the limit of {} files", caps.max_files),
+                    ));
                 }
-                let size = entry.header().size().map_err(|e| refuse(&path, e.to_string()))?;
+                let size = entry
+                    .header()
+                    .size()
+                    .map_err(|e| refuse(&path, e.to_string()))?;
                 if size > caps.max_file_size {
-                    return Err(refuse(&path, format!("is larger than the limit of {} bytes per file ({size})", caps.max_file_size)));
+                    return Err(refuse(
+                        &path,
+                        format!(
+                            "is larger than the limit of {} bytes per file ({size})",
+                            caps.max_file_size
+                        ),
+                    ));
                 }
                 total += size;
                 if total > caps.max_total_size {
-                    return Err(refuse(&path, format!("makes the chart larger than the limit of {} bytes", caps.max_total_size)));
+                    return Err(refuse(
+                        &path,
+                        format!(
+                            "makes the chart larger than the limit of {} bytes",
+                            caps.max_total_size
+                        ),
+                    ));
                 }
                 let mut data = Vec::with_capacity(size as usize);
                 (&mut entry)
@@ -202,7 +246,10 @@ pub fn read_archive(archive: &[u8], label: &str, limits: &ChartLimits) -> Result
         Ok(())
     })();
     if capped.exceeded {
-        return Err(refuse("", format!("decompresses to more than {stream_cap} bytes")));
+        return Err(refuse(
+            "",
+            format!("decompresses to more than {stream_cap} bytes"),
+        ));
     }
     result?;
     if top.is_none() {
@@ -246,9 +293,12 @@ pub fn check_chart_name(root: &Dir, expected: &str, label: &str) -> Result<()> {
     let text = root
         .file("Chart.yaml")
         .ok_or_else(|| refuse("is missing: this is not a Helm chart".into()))?;
-    let meta: serde_json::Value = serde_saphyr::from_slice(text)
-        .map_err(|e| refuse(format!("does not parse: {e}")))?;
-    let name = meta.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+    let meta: serde_json::Value =
+        serde_saphyr::from_slice(text).map_err(|e| refuse(format!("does not parse: {e}")))?;
+    let name = meta
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default();
     if name != expected {
         return Err(refuse(format!(
             "names the chart {name:?}, not {expected:?}"
@@ -327,11 +377,19 @@ mod tests {
         let bytes = archive(&[
             ("app/Chart.yaml", tar::EntryType::Regular, CHART, None),
             ("app/templates/", tar::EntryType::Directory, b"", None),
-            ("app/templates/cm.yaml", tar::EntryType::Regular, b"kind: ConfigMap\n", None),
+            (
+                "app/templates/cm.yaml",
+                tar::EntryType::Regular,
+                b"kind: ConfigMap\n",
+                None,
+            ),
         ]);
         let root = read_archive(&bytes, "app 1.0.0", &ChartLimits::default()).expect("reads");
         assert_eq!(root.file("Chart.yaml"), Some(CHART));
-        assert_eq!(root.file("templates/cm.yaml"), Some(&b"kind: ConfigMap\n"[..]));
+        assert_eq!(
+            root.file("templates/cm.yaml"),
+            Some(&b"kind: ConfigMap\n"[..])
+        );
         check_chart_name(&root, "app", "app 1.0.0").expect("named app");
         let err = check_chart_name(&root, "other", "app 1.0.0").expect_err("not other");
         assert!(err.to_string().contains("not \"other\""), "{err}");
@@ -349,13 +407,53 @@ mod tests {
     fn hostile_archives_are_refused_naming_the_entry() {
         use tar::EntryType as T;
         let cases: Vec<(Vec<u8>, &str, &str)> = vec![
-            (archive(&[("app/../../etc/passwd", T::Regular, b"x", None)]), "app/../../etc/passwd", "leaves the chart"),
-            (archive(&[("/etc/passwd", T::Regular, b"x", None)]), "/etc/passwd", "absolute"),
-            (archive(&[("app/Chart.yaml", T::Regular, CHART, None), ("app/link", T::Symlink, b"", Some("/etc"))]), "app/link", "symbolic link"),
-            (archive(&[("app/Chart.yaml", T::Regular, CHART, None), ("app/hard", T::Link, b"", Some("app/Chart.yaml"))]), "app/hard", "hard link"),
-            (archive(&[("app/dev", T::Char, b"", None)]), "app/dev", "device"),
-            (archive(&[("app/Chart.yaml", T::Regular, CHART, None), ("other/x", T::Regular, b"x", None)]), "other/x", "outside the archive's top directory"),
-            (archive(&[("app/a", T::Regular, b"x", None), ("app/a", T::Regular, b"y", None)]), "app/a", "appears twice"),
+            (
+                archive(&[("app/../../etc/passwd", T::Regular, b"x", None)]),
+                "app/../../etc/passwd",
+                "leaves the chart",
+            ),
+            (
+                archive(&[("/etc/passwd", T::Regular, b"x", None)]),
+                "/etc/passwd",
+                "absolute",
+            ),
+            (
+                archive(&[
+                    ("app/Chart.yaml", T::Regular, CHART, None),
+                    ("app/link", T::Symlink, b"", Some("/etc")),
+                ]),
+                "app/link",
+                "symbolic link",
+            ),
+            (
+                archive(&[
+                    ("app/Chart.yaml", T::Regular, CHART, None),
+                    ("app/hard", T::Link, b"", Some("app/Chart.yaml")),
+                ]),
+                "app/hard",
+                "hard link",
+            ),
+            (
+                archive(&[("app/dev", T::Char, b"", None)]),
+                "app/dev",
+                "device",
+            ),
+            (
+                archive(&[
+                    ("app/Chart.yaml", T::Regular, CHART, None),
+                    ("other/x", T::Regular, b"x", None),
+                ]),
+                "other/x",
+                "outside the archive's top directory",
+            ),
+            (
+                archive(&[
+                    ("app/a", T::Regular, b"x", None),
+                    ("app/a", T::Regular, b"y", None),
+                ]),
+                "app/a",
+                "appears twice",
+            ),
         ];
         for (bytes, path, reason) in cases {
             let err = read_archive(&bytes, "app 1.0.0", &ChartLimits::default())
@@ -372,20 +470,28 @@ mod tests {
         limits.unpacked.max_file_size = 1024;
         let big = vec![b'a'; 4096];
         let bytes = archive(&[("app/big", tar::EntryType::Regular, &big, None)]);
-        let err = read_archive(&bytes, "app", &limits).expect_err("too big").to_string();
+        let err = read_archive(&bytes, "app", &limits)
+            .expect_err("too big")
+            .to_string();
         assert!(err.contains("larger than the limit of 1024 bytes"), "{err}");
 
         // Many small files: the total cap.
         let mut limits = ChartLimits::default();
         limits.unpacked.max_total_size = 10_000;
-        let entries: Vec<(String, Vec<u8>)> =
-            (0..20).map(|i| (format!("app/f{i}"), vec![b'a'; 1000])).collect();
+        let entries: Vec<(String, Vec<u8>)> = (0..20)
+            .map(|i| (format!("app/f{i}"), vec![b'a'; 1000]))
+            .collect();
         let refs: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> = entries
             .iter()
             .map(|(p, d)| (p.as_str(), tar::EntryType::Regular, d.as_slice(), None))
             .collect();
-        let err = read_archive(&archive(&refs), "app", &limits).expect_err("total").to_string();
-        assert!(err.contains("larger than the limit of 10000 bytes"), "{err}");
+        let err = read_archive(&archive(&refs), "app", &limits)
+            .expect_err("total")
+            .to_string();
+        assert!(
+            err.contains("larger than the limit of 10000 bytes"),
+            "{err}"
+        );
 
         // Entries that carry no content (directories) still cost headers: a stream of them
         // that inflates far beyond the caps stops at the stream cap.
@@ -399,7 +505,9 @@ mod tests {
             .collect();
         let bomb = archive(&dirs);
         assert!(bomb.len() < 1024 * 1024);
-        let err = read_archive(&bomb, "app", &limits).expect_err("bomb").to_string();
+        let err = read_archive(&bomb, "app", &limits)
+            .expect_err("bomb")
+            .to_string();
         assert!(err.contains("decompresses to more than"), "{err}");
     }
 }
