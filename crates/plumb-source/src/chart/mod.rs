@@ -338,10 +338,32 @@ pub fn is_oci(url: &str) -> bool {
 /// (HTTPS) or the tag list and manifest (OCI).
 pub async fn resolve(req: &ChartRequest) -> Result<Resolved> {
     let http = client::Http::new(req)?;
-    if is_oci(&req.url) {
+    let resolved = if is_oci(&req.url) {
         oci::resolve(&http, req).await
     } else {
         index::resolve(&http, req).await
+    }?;
+    check_version(&resolved)?;
+    Ok(resolved)
+}
+
+/// Refuses a version that is not a plain version string: it names directories and
+/// revisions (an index could list `../x`).
+fn check_version(resolved: &Resolved) -> Result<()> {
+    let v = &resolved.version;
+    let plain = !v.is_empty()
+        && v.len() <= 128
+        && !v.starts_with('.')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Malformed {
+            url: resolved.url.clone(),
+            what: format!("chart {:?}", resolved.chart),
+            detail: format!("version {v:?} is not a plain version (letters, digits, . _ + -)"),
+        })
     }
 }
 

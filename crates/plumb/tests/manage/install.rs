@@ -6,6 +6,7 @@ use super::*;
 fn install_export_prints_crds_and_agent() {
     let docs = documents(&ok(&["install", "--export"]));
     find(&docs, "CustomResourceDefinition", "gitsources.plumb.dev");
+    find(&docs, "CustomResourceDefinition", "chartsources.plumb.dev");
     find(&docs, "CustomResourceDefinition", "syncs.plumb.dev");
     find(&docs, "Namespace", "plumb-system");
     find(&docs, "ServiceAccount", "plumb-agent");
@@ -121,7 +122,12 @@ fn agent_rbac_grants_what_the_agent_needs() {
     for verb in ["get", "list", "watch", "patch", "update"] {
         assert!(grants("plumb.dev", "syncs", verb), "syncs {verb}");
         assert!(grants("plumb.dev", "gitsources", verb), "gitsources {verb}");
+        assert!(
+            grants("plumb.dev", "chartsources", verb),
+            "chartsources {verb}"
+        );
     }
+    assert!(grants("plumb.dev", "chartsources/status", "patch"));
     assert!(grants("plumb.dev", "syncs/status", "patch"));
     // Secrets and ConfigMaps of tenants: read by name only, never listed or watched.
     assert!(grants("", "secrets", "get"));
