@@ -423,6 +423,11 @@ http {{
     }
 }
 
+/// `sha256:<hex>` of `bytes` (as an index or registry records a digest).
+pub fn digest_of(bytes: &[u8]) -> anyhow::Result<String> {
+    Ok(format!("sha256:{}", sha256_hex(bytes)?))
+}
+
 /// The hex sha256 of `bytes`, as `sha256sum` prints it.
 fn sha256_hex(bytes: &[u8]) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
