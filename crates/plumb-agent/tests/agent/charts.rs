@@ -416,3 +416,54 @@ async fn a_dependency_fetched_by_plumb_renders() -> Result<()> {
     w.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tampered_chart_source_status_is_never_applied() -> Result<()> {
+    let servers = ChartServers::start()?;
+    let w = World::new("chart-tamper").await?;
+    let v1 = app(&servers, "1.0.0", "red", false)?;
+    servers.publish("stable", &v1)?;
+    w.chart_secret(&servers, "repo-auth", servers.password()).await?;
+    w.create_chart_source(
+        "app",
+        json!({
+            "url": servers.repo_url("stable"), "chart": "app", "interval": "1h",
+            "secretRef": { "name": "repo-auth" }
+        }),
+    )
+    .await?;
+    w.create_chart_sync("web", "app").await?;
+    let d1 = sha256_of(&v1)?;
+    w.wait_applied("web", &d1).await?;
+    let before = w.configmaps().get("web-settings").await?.resource_version();
+
+    // Whoever may write the status names a version this agent never fetched.
+    let forged = format!("sha256:{}", "0".repeat(64));
+    let patch = json!({ "status": { "artifact": {
+        "revision": format!("9.9.9@{forged}"), "chart": "app", "version": "9.9.9",
+        "digest": forged, "url": "https://evil.example.com/app-9.9.9.tgz"
+    } } });
+    w.chart_sources()
+        .patch_status("app", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let syncs = w.syncs();
+    let (_, reason, message) = eventually("the Sync to refuse the forged revision", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "web")
+                .await?
+                .filter(|(s, _, m)| s == "False" && m.contains("9.9.9")))
+        }
+    })
+    .await?;
+    assert_eq!(reason, "DependencyNotReady");
+    assert!(message.contains("but this agent fetched"), "{message}");
+    let st = syncs.get("web").await?.status.unwrap_or_default();
+    assert_eq!(st.last_applied_revision, Some(format!("1.0.0@{d1}")));
+    assert_eq!(
+        w.configmaps().get("web-settings").await?.resource_version(),
+        before
+    );
+    w.stop().await;
+    Ok(())
+}
