@@ -36,6 +36,7 @@ pub struct ChartServers {
     repos_root: PathBuf,
     https_port: u16,
     registry_port: u16,
+    token_registry_port: Option<u16>,
     username: String,
     password: String,
     ca_cert: PathBuf,
@@ -48,9 +49,24 @@ impl ChartServers {
     /// ports and logs `helm` in to the registry. Fails with the servers' logs when one does
     /// not start.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`ChartServers::start`], plus a second registry that speaks the token flow: it
+    /// answers `Bearer realm="https://127.0.0.1:<nginx>/token"`, and nginx's `/token` (basic
+    /// auth, the same login) hands out a JWT (RS256, signed with a key whose certificate the
+    /// registry trusts) granting pull and push on `repositories`.
+    pub fn start_with_token_registry(repositories: &[&str]) -> anyhow::Result<Self> {
+        if repositories.is_empty() {
+            bail!("the token registry needs the repositories its token grants");
+        }
+        Self::start_with(repositories)
+    }
+
+    fn start_with(token_repositories: &[&str]) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::start_once() {
+            match Self::start_once(token_repositories) {
                 Ok(servers) => return Ok(servers),
                 // A port found free may be taken before the server binds it: try new ones.
                 Err(err) if attempt < 3 && format!("{err:#}").contains("already in use") => {
@@ -61,7 +77,7 @@ impl ChartServers {
         }
     }
 
-    fn start_once() -> anyhow::Result<Self> {
+    fn start_once(token_repositories: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("plumb-charts-")
             .tempdir()
@@ -100,6 +116,40 @@ impl ChartServers {
 
         let https_port = free_port()?;
         let registry_port = free_port()?;
+        let token_registry_port = if token_repositories.is_empty() {
+            None
+        } else {
+            Some(free_port()?)
+        };
+        let token_file = root.join("token.json");
+        let token_conf = match token_registry_port {
+            None => None,
+            Some(port) => {
+                let cert = token::issue(
+                    &root.join("token"),
+                    &username,
+                    token_repositories,
+                    &token_file,
+                )?;
+                let conf = root.join("registry-token.yml");
+                write_file(
+                    &conf,
+                    format!(
+                        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {reg}\n\
+                         http:\n  addr: 127.0.0.1:{port}\n  secret: {secret}\n  tls:\n    certificate: {cert}\n    key: {key}\n\
+                         auth:\n  token:\n    realm: https://127.0.0.1:{https_port}/token\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {bundle}\n",
+                        reg = root.join("registry-token").display(),
+                        secret = "plumb-test-token-registry-secret",
+                        cert = tls.server_cert.display(),
+                        key = tls.server_key.display(),
+                        service = token::SERVICE,
+                        issuer = token::ISSUER,
+                        bundle = cert.display(),
+                    ),
+                )?;
+                Some(conf)
+            }
+        };
         let access_log = logs.join("nginx-access.log");
         let nginx_log = logs.join("nginx-error.log");
         let nginx_conf = root.join("nginx.conf");
@@ -131,6 +181,13 @@ http {{
         # client's credentials go).
         location /public/ {{
         }}
+        # The token service of the token registry: a JWT for the right login.
+        location = /token {{
+            auth_basic "Plumb test token service";
+            auth_basic_user_file {htpasswd};
+            default_type application/json;
+            alias {token_file};
+        }}
         location / {{
             auth_basic "Plumb test charts";
             auth_basic_user_file {htpasswd};
@@ -145,6 +202,7 @@ http {{
                 key = tls.server_key.display(),
                 repos = repos_root.display(),
                 htpasswd = nginx_htpasswd.display(),
+                token_file = token_file.display(),
             ),
         )?;
         let registry_conf = root.join("registry.yml");
@@ -190,8 +248,20 @@ http {{
             &mut registry,
             logs.join("registry.log"),
         )?);
+        if let Some(conf) = &token_conf {
+            let mut registry = Command::new(REGISTRY);
+            registry.arg("serve").arg(conf);
+            processes.push(ServerProcess::spawn(
+                "docker-registry",
+                &mut registry,
+                logs.join("registry-token.log"),
+            )?);
+        }
         let deadline = Instant::now() + READY_TIMEOUT;
-        for port in [https_port, registry_port] {
+        for port in [Some(https_port), Some(registry_port), token_registry_port]
+            .into_iter()
+            .flatten()
+        {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             wait_until(&mut processes, deadline, &format!("port {port}"), || {
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -202,6 +272,7 @@ http {{
             repos_root,
             https_port,
             registry_port,
+            token_registry_port,
             username,
             password,
             ca_cert: tls.ca_cert,
@@ -219,6 +290,23 @@ http {{
             &servers.password,
         )
         .with_context(|| format!("helm registry login\n{}", servers.log_tails()))?;
+        if let Some(host) = servers.token_registry_host() {
+            run_with_stdin(
+                servers
+                    .helm()
+                    .args(["registry", "login", &host])
+                    .args(["--username", &servers.username, "--password-stdin"])
+                    .arg("--ca-file")
+                    .arg(&servers.ca_cert),
+                &servers.password,
+            )
+            .with_context(|| {
+                format!(
+                    "helm registry login (token registry)\n{}",
+                    servers.log_tails()
+                )
+            })?;
+        }
         Ok(servers)
     }
 
@@ -236,6 +324,25 @@ http {{
     /// `oci://127.0.0.1:PORT/<path>`.
     pub fn oci_url(&self, path: &str) -> String {
         format!("oci://{}/{path}", self.registry_host())
+    }
+
+    /// `127.0.0.1:PORT` of the token registry, when started with one.
+    pub fn token_registry_host(&self) -> Option<String> {
+        self.token_registry_port.map(|p| format!("127.0.0.1:{p}"))
+    }
+
+    /// `oci://127.0.0.1:PORT/<path>` of the token registry.
+    pub fn token_oci_url(&self, path: &str) -> anyhow::Result<String> {
+        let host = self
+            .token_registry_host()
+            .context("started without a token registry (start_with_token_registry)")?;
+        Ok(format!("oci://{host}/{path}"))
+    }
+
+    /// Pushes `tgz` to the token registry's `<path>`; returns the manifest digest.
+    pub fn push_token(&self, path: &str, tgz: &Path) -> anyhow::Result<String> {
+        let url = self.token_oci_url(path)?;
+        self.push_to(&url, tgz)
     }
 
     /// The user name of both servers.
@@ -380,11 +487,15 @@ http {{
     /// Pushes `tgz` to `oci://registry/<path>` with `helm push`; returns the manifest digest
     /// helm printed.
     pub fn push(&self, path: &str, tgz: &Path) -> anyhow::Result<String> {
+        self.push_to(&self.oci_url(path), tgz)
+    }
+
+    fn push_to(&self, url: &str, tgz: &Path) -> anyhow::Result<String> {
         let output: Output = run(self
             .helm()
             .arg("push")
             .arg(tgz)
-            .arg(self.oci_url(path))
+            .arg(url)
             .arg("--ca-file")
             .arg(&self.ca_cert))?;
         let text = format!(
@@ -420,6 +531,79 @@ http {{
     pub fn log_tails(&self) -> String {
         let tails: Vec<String> = self.processes.iter().map(ServerProcess::log_tail).collect();
         tails.join("\n")
+    }
+}
+
+/// The token service's JWT, made with `openssl` (RS256).
+mod token {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    pub(super) const SERVICE: &str = "plumb-test-registry";
+    pub(super) const ISSUER: &str = "plumb-test-token-issuer";
+
+    /// Generates a signing key and certificate in `dir`, writes `{"token": JWT}` granting
+    /// `subject` pull and push on `repositories` (valid for a day) to `out`; returns the
+    /// certificate (the registry's `rootcertbundle`).
+    pub(super) fn issue(
+        dir: &Path,
+        subject: &str,
+        repositories: &[&str],
+        out: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        create_dir(dir)?;
+        let key = dir.join("token.key");
+        let cert = dir.join("token.crt");
+        run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=plumb test token issuer"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert))
+        .context("generating the token signing key")?;
+        let der = run(Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert))?
+        .stdout;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let header =
+            serde_json::json!({ "alg": "RS256", "typ": "JWT", "x5c": [STANDARD.encode(der)] });
+        let access: Vec<serde_json::Value> = repositories
+            .iter()
+            .map(|r| serde_json::json!({ "type": "repository", "name": r, "actions": ["pull", "push"] }))
+            .collect();
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": subject, "aud": SERVICE,
+            "exp": now + 86_400, "nbf": now - 600, "iat": now - 600,
+            "jti": format!("plumb-{now}"), "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?)
+        );
+        let input_file = dir.join("input");
+        let signature = dir.join("signature");
+        write_file(&input_file, &input)?;
+        run(Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&signature)
+            .arg(&input_file))
+        .context("signing the token")?;
+        let jwt = format!("{input}.{}", URL_SAFE_NO_PAD.encode(fs::read(&signature)?));
+        write_file(
+            out,
+            serde_json::to_vec(&serde_json::json!({ "token": jwt, "access_token": jwt }))?,
+        )?;
+        Ok(cert)
     }
 }
 

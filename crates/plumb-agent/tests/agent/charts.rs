@@ -423,7 +423,8 @@ async fn a_tampered_chart_source_status_is_never_applied() -> Result<()> {
     let w = World::new("chart-tamper").await?;
     let v1 = app(&servers, "1.0.0", "red", false)?;
     servers.publish("stable", &v1)?;
-    w.chart_secret(&servers, "repo-auth", servers.password()).await?;
+    w.chart_secret(&servers, "repo-auth", servers.password())
+        .await?;
     w.create_chart_source(
         "app",
         json!({

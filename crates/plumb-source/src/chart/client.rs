@@ -122,6 +122,13 @@ impl Http {
         Origin::of(url) == self.origin
     }
 
+    /// Whether `url` is https on the repository's host (any port): where a registry's token
+    /// service may get the login.
+    pub(super) fn same_host(&self, url: &Url) -> bool {
+        let other = Origin::of(url);
+        other.scheme == "https" && other.host == self.origin.host
+    }
+
     /// The `Authorization` value the request's own credentials give (Helm repositories,
     /// registries answering `Basic`, a bearer token).
     pub(super) fn own_auth(&self) -> Option<Arc<str>> {
@@ -173,6 +180,21 @@ impl Http {
         what: &str,
         auth: Option<&str>,
     ) -> Result<Response> {
+        let origin = self.origin.clone();
+        self.send_with(url, accept, limit, what, auth, &origin)
+            .await
+    }
+
+    /// [`Http::send`], sending `auth` only while on `auth_origin`.
+    pub(super) async fn send_with(
+        &self,
+        url: &Url,
+        accept: &str,
+        limit: u64,
+        what: &str,
+        auth: Option<&str>,
+        auth_origin: &Origin,
+    ) -> Result<Response> {
         let timeout = self.limits.request_timeout;
         let run = async {
             let mut current = url.clone();
@@ -185,7 +207,7 @@ impl Http {
                 }
                 let mut builder = Request::get(current.as_str()).header(header::ACCEPT, accept);
                 if let Some(auth) = auth
-                    && self.same_origin(&current)
+                    && Origin::of(&current) == *auth_origin
                 {
                     let mut value = HeaderValue::from_str(auth).map_err(|_| Error::InvalidUrl {
                         url: redacted(url),

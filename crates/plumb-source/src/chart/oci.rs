@@ -283,15 +283,18 @@ async fn token(
             query.append_pair("scope", s);
         }
     }
-    // The login goes to the token service only when it is the registry's own origin.
-    let login = http.basic_auth().filter(|_| http.same_origin(&url));
+    // The login goes to the token service only on the registry's own host (any port, https),
+    // and only to that service's origin (not after a redirect elsewhere); elsewhere the token
+    // is asked for anonymously (enough for public repositories).
+    let login = http.basic_auth().filter(|_| http.same_host(&url));
     let response = http
-        .send(
+        .send_with(
             &url,
             "application/json",
             http.limits.max_manifest_size,
             "a registry token",
             login.as_deref(),
+            &client::Origin::of(&url),
         )
         .await?;
     client::check_status(&response, "a registry token")?;

@@ -173,6 +173,39 @@ async fn a_chart_from_an_oci_registry_records_the_manifest_digest() -> TestResul
 }
 
 #[tokio::test]
+async fn a_registry_with_token_auth_gives_a_token_for_the_login() -> TestResult {
+    let servers = ChartServers::start_with_token_registry(&["charts/app"])?;
+    let digest = servers.push_token("charts", &app(&servers, "1.0.0")?)?;
+    let url = servers.token_oci_url("charts")?;
+    // What helm asked the token service for is not ours.
+    let before = servers.requests("/token").len();
+    // The registry answers `Bearer realm=...`: the token service (same host, another port)
+    // gets the login, the registry the token.
+    let req = request(&servers, &url, "app", Some("^1"))?;
+    let resolved = chart::resolve(&req).await?;
+    assert_eq!(resolved.digest.as_deref(), Some(digest.as_str()));
+    let dir = tempfile::tempdir()?;
+    let fetched = chart::download(&req, &resolved, &dir.path().join("chart")).await?;
+    assert_eq!(fetched.digest, digest);
+    let tokens = servers.requests("/token").split_off(before);
+    assert!(
+        !tokens.is_empty() && tokens.iter().all(|l| l.ends_with("200 user=plumb")),
+        "{tokens:?}"
+    );
+    // The token service refuses a wrong password: a clear error without it.
+    let mut req = request(&servers, &url, "app", Some("^1"))?;
+    req.credentials = ChartCredentials::Basic {
+        username: "plumb".into(),
+        password: "wrong-Pa55word".to_owned().into(),
+    };
+    let err = chart::resolve(&req).await.expect_err("refused");
+    assert!(matches!(err, ChartError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("/token"), "{err}");
+    assert!(!format!("{err} {err:?}").contains("wrong-Pa55word"));
+    Ok(())
+}
+
+#[tokio::test]
 async fn dependencies_are_fetched_by_plumb_with_credentials_only_on_their_origin() -> TestResult {
     let servers = ChartServers::start()?;
     // `base` in the same repository host (credentials go along), `db` in the registry (another

@@ -53,6 +53,7 @@ fn install_export_prints_crds_and_agent() {
     // The CRDs come first: they must be established before anything uses them.
     assert_eq!(docs[0]["kind"], "CustomResourceDefinition");
     assert_eq!(docs[1]["kind"], "CustomResourceDefinition");
+    assert_eq!(docs[2]["kind"], "CustomResourceDefinition");
 
     let moved = documents(&ok(&["install", "--export", "--namespace", "gitops"]));
     find(&moved, "Namespace", "gitops");
@@ -64,7 +65,7 @@ fn install_export_prints_crds_and_agent() {
     );
 
     let crds = documents(&ok(&["install", "--export", "--crds-only"]));
-    assert_eq!(crds.len(), 2, "{crds:#?}");
+    assert_eq!(crds.len(), 3, "{crds:#?}");
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
 }
 
@@ -188,7 +189,11 @@ async fn install_crds_only_establishes_them_and_is_idempotent() -> anyhow::Resul
         );
     }
     let crds = Api::<CustomResourceDefinition>::all(client);
-    for name in ["gitsources.plumb.dev", "syncs.plumb.dev"] {
+    for name in [
+        "gitsources.plumb.dev",
+        "chartsources.plumb.dev",
+        "syncs.plumb.dev",
+    ] {
         let crd = crds.get(name).await?;
         let established = crd
             .status
