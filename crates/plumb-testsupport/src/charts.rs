@@ -181,6 +181,10 @@ http {{
         # client's credentials go).
         location /public/ {{
         }}
+        # Redirects to the same path under host name localhost (another origin).
+        location /to-localhost/ {{
+            rewrite ^/to-localhost/(.*)$ https://localhost:{https_port}/$1 redirect;
+        }}
         # The token service of the token registry: a JWT for the right login.
         location = /token {{
             auth_basic "Plumb test token service";
@@ -464,24 +468,50 @@ http {{
         version: &str,
         archive: &[u8],
     ) -> anyhow::Result<()> {
+        let file = format!("{name}-{version}.tgz");
+        self.replace_file(repo, &file, archive)?;
+        self.write_index(repo, name, version, &file, &digest_of(archive)?)
+    }
+
+    /// Writes `index.yaml` of repository `repo` with one entry: chart `name` `version` at
+    /// `url` (relative or absolute) with `digest` (`sha256:<hex>`).
+    pub fn write_index(
+        &self,
+        repo: &str,
+        name: &str,
+        version: &str,
+        url: &str,
+        digest: &str,
+    ) -> anyhow::Result<()> {
         let dir = self.repos_root.join(repo);
         fs::create_dir_all(&dir)?;
-        let file = format!("{name}-{version}.tgz");
-        write_file(&dir.join(&file), archive)?;
-        let digest = sha256_hex(archive)?;
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         write_file(
             &dir.join("index.yaml"),
             format!(
-                "apiVersion: v1\nentries:\n  {name}:\n  - apiVersion: v2\n    name: {name}\n    version: {version}\n    urls:\n    - {file}\n    digest: {digest}\ngenerated: \"2026-01-01T00:00:00Z\"\n"
+                "apiVersion: v1\nentries:\n  {name}:\n  - apiVersion: v2\n    name: {name}\n    version: {version}\n    urls:\n    - {url}\n    digest: {hex}\ngenerated: \"2026-01-01T00:00:00Z\"\n"
             ),
-        )?;
-        Ok(())
+        )
     }
 
-    /// Overwrites `file` in repository `repo` with `bytes`, leaving its index as it is (an
+    /// `https://localhost:PORT/<path>`: the repository server under another host name (the
+    /// certificate is valid for it), another origin as far as credentials go.
+    pub fn other_host_url(&self, path: &str) -> String {
+        format!("https://localhost:{}/{path}", self.https_port)
+    }
+
+    /// `https://127.0.0.1:PORT/to-localhost/<path>`: answered with a redirect to
+    /// [`ChartServers::other_host_url`] of `path`.
+    pub fn redirect_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/to-localhost/{path}", self.https_port)
+    }
+
+    /// Writes `file` in repository `repo` with `bytes`, leaving its index as it is (e.g. an
     /// archive swapped behind the index's back).
     pub fn replace_file(&self, repo: &str, file: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        write_file(&self.repos_root.join(repo).join(file), bytes)
+        let dir = self.repos_root.join(repo);
+        fs::create_dir_all(&dir)?;
+        write_file(&dir.join(file), bytes)
     }
 
     /// Pushes `tgz` to `oci://registry/<path>` with `helm push`; returns the manifest digest

@@ -4,6 +4,7 @@
 //! hostile archive refused with nothing applied; a dependency fetched by Plumb rendered.
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use plumb_agent::api::ChartSource;
 use plumb_testsupport::charts::{ChartServers, RawEntry, digest_of, raw_archive};
 

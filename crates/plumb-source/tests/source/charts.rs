@@ -302,6 +302,54 @@ async fn dependencies_are_fetched_by_plumb_with_credentials_only_on_their_origin
 }
 
 #[tokio::test]
+async fn credentials_never_leave_the_repository_origin() -> TestResult {
+    let servers = ChartServers::start()?;
+    let archive = std::fs::read(app(&servers, "1.0.0")?)?;
+    let digest = plumb_testsupport::charts::digest_of(&archive)?;
+    // An index entry on another host (a CDN): downloaded, without the login.
+    servers.replace_file("public/cdn", "app-1.0.0.tgz", &archive)?;
+    let cdn = servers.other_host_url("public/cdn/app-1.0.0.tgz");
+    servers.write_index("stable", "app", "1.0.0", &cdn, &digest)?;
+    let req = request(&servers, &servers.repo_url("stable"), "app", None)?;
+    let resolved = chart::resolve(&req).await?;
+    assert_eq!(resolved.url, cdn);
+    let dir = tempfile::tempdir()?;
+    let fetched = chart::download(&req, &resolved, &dir.path().join("a")).await?;
+    assert_eq!(fetched.digest, digest);
+    assert_eq!(
+        servers.requests("/stable/index.yaml"),
+        ["GET /stable/index.yaml 200 user=plumb"]
+    );
+    assert_eq!(
+        servers.requests("/public/cdn/app-1.0.0.tgz"),
+        ["GET /public/cdn/app-1.0.0.tgz 200 user=-"]
+    );
+    // A redirect to another host: followed without the login, which that path needs.
+    let req = request(&servers, &servers.redirect_url("stable"), "app", None)?;
+    let err = chart::resolve(&req)
+        .await
+        .expect_err("no login after the redirect");
+    assert!(matches!(err, ChartError::Unauthorized { .. }), "{err:?}");
+    let index: Vec<String> = servers
+        .requests("/stable/index.yaml")
+        .into_iter()
+        .filter(|l| l.starts_with("GET /stable/"))
+        .collect();
+    assert_eq!(
+        index,
+        [
+            "GET /stable/index.yaml 200 user=plumb",
+            "GET /stable/index.yaml 401 user=-"
+        ]
+    );
+    assert_eq!(
+        servers.requests("/to-localhost/stable/index.yaml"),
+        ["GET /to-localhost/stable/index.yaml 302 user=plumb"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn hostile_archives_are_refused_and_nothing_is_written() -> TestResult {
     let servers = ChartServers::start()?;
     let chart = b"apiVersion: v2\nname: app\nversion: 1.0.0\n";
