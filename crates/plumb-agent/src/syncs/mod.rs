@@ -356,6 +356,26 @@ mod tests {
     }
 
     #[test]
+    fn chart_sources_are_tracked_apart_from_git_sources_of_the_same_name() {
+        use crate::api::SourceReference;
+        let git = SourceReference {
+            kind: None,
+            name: "app".into(),
+            namespace: None,
+        };
+        let chart = SourceReference {
+            kind: Some("ChartSource".into()),
+            name: "app".into(),
+            namespace: Some("other".into()),
+        };
+        assert_eq!(source_key(&git, "ns"), ("ns".into(), "app".into()));
+        assert_eq!(
+            source_key(&chart, "ns"),
+            ("other".into(), "chartsource_app".into())
+        );
+    }
+
+    #[test]
     fn the_next_step_of_a_sync() {
         // Applied, watched and clean: nothing, in either mode.
         assert_eq!(next_step(&seen(true, false, true, true)), Step::Nothing);
