@@ -116,9 +116,11 @@ pub async fn reconcile(cs: Arc<ChartSource>, ctx: Arc<Context>) -> Result<Action
 /// already (same digest, intact on disk).
 async fn fetch(cs: &ChartSource, ctx: &Context, ns: &str, name: &str) -> Result<ChartArtifact> {
     let req = request_for(cs, ctx, ns).await?;
-    let resolved = chart::resolve(&req)
-        .await
-        .map_err(|e| Error::Source(e.into()))?;
+    let failed = |source| Error::Chart {
+        what: req.describe(),
+        source,
+    };
+    let resolved = chart::resolve(&req).await.map_err(failed)?;
     let key = store_name(name);
     let previous = cs.status.as_ref().and_then(|s| s.artifact.clone());
     if let (Some(current), Some(digest)) = (ctx.artifacts.get(ns, &key), &resolved.digest)
@@ -154,7 +156,7 @@ async fn fetch(cs: &ChartSource, ctx: &Context, ns: &str, name: &str) -> Result<
     let staging = ctx.artifacts.staging(ns, &key)?;
     let fetched = chart::download(&req, &resolved, &staging.path())
         .await
-        .map_err(|e| Error::Source(e.into()))?;
+        .map_err(failed)?;
     {
         let (ns, key, digest, tree) = (
             ns.to_owned(),

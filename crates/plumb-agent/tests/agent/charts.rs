@@ -249,7 +249,10 @@ async fn a_wrong_password_is_a_clear_condition_without_the_password() -> Result<
     assert_eq!(reason, "FetchFailed");
     assert!(
         message.contains("authentication failed (HTTP 401)")
-            && message.contains(&servers.repo_url("stable")),
+            && message.contains(&format!(
+                "chart \"app\" the newest version from {}",
+                servers.repo_url("stable")
+            )),
         "{message}"
     );
     let cs = serde_json::to_string(&w.chart_sources().get("app").await?)?;

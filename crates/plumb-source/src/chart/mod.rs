@@ -64,11 +64,15 @@ impl ChartRequest {
 
     /// `chart[@version]` from `url`, for messages.
     pub fn describe(&self) -> String {
-        let version = self.version.as_deref().unwrap_or("newest");
-        format!(
-            "chart {:?} version {version:?} from {}",
-            self.chart, self.url
-        )
+        let version = match &self.version {
+            Some(v) => format!("version {v:?}"),
+            None => "the newest version".to_owned(),
+        };
+        if self.chart.is_empty() {
+            format!("{version} of {}", self.url)
+        } else {
+            format!("chart {:?} {version} from {}", self.chart, self.url)
+        }
     }
 }
 
