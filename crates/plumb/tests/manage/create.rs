@@ -278,6 +278,19 @@ async fn get_charts_lists_chart_sources_with_their_version_and_digest() -> anyho
     }
     let yaml = documents(&ok(&["get", "chartsources", "-n", ns.name(), "-o", "yaml"]));
     assert_eq!(yaml[0]["status"]["artifact"]["digest"], digest);
+
+    // Suspended and resumed like the other kinds.
+    ok(&["suspend", "chart", "podinfo", "-n", ns.name()]);
+    assert!(charts.get("podinfo").await?.spec.suspend);
+    let out = plumb(&["reconcile", "chart", "podinfo", "-n", ns.name()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("plumb resume chart podinfo"),
+        "{}",
+        text(&out)
+    );
+    ok(&["resume", "chart", "podinfo", "-n", ns.name(), "--no-wait"]);
+    assert!(!charts.get("podinfo").await?.spec.suspend);
     Ok(())
 }
 
