@@ -455,3 +455,46 @@ async fn fetch_archive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved(version: &str) -> Resolved {
+        Resolved {
+            chart: "app".into(),
+            version: version.into(),
+            digest: None,
+            url: "https://h/app.tgz".into(),
+            kind: ResolvedKind::Repository,
+        }
+    }
+
+    #[test]
+    fn only_plain_versions_name_directories() {
+        for ok in ["1.2.3", "v1.2.3", "1.0.0-rc.1+build_7", "2024.01"] {
+            check_version(&resolved(ok)).expect(ok);
+        }
+        // An index may list anything as a version: none of it reaches a path.
+        for bad in ["../../etc", "1.0/../x", ".hidden", "", "1.0.0 ", "a\0b"] {
+            let err = check_version(&resolved(bad)).expect_err(bad).to_string();
+            assert!(err.contains("not a plain version"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn requests_describe_themselves_without_credentials() {
+        let mut req = ChartRequest::new("https://h/stable", "app", Some("^1".into()));
+        req.credentials = ChartCredentials::Basic {
+            username: "u".into(),
+            password: "s3cret".to_owned().into(),
+        };
+        assert_eq!(
+            req.describe(),
+            "chart \"app\" version \"^1\" from https://h/stable"
+        );
+        assert!(!format!("{req:?}").contains("s3cret"));
+        let req = ChartRequest::new("oci://r/charts/app", "", None);
+        assert_eq!(req.describe(), "the newest version of oci://r/charts/app");
+    }
+}
