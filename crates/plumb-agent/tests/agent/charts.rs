@@ -59,6 +59,32 @@ impl World {
         Ok(())
     }
 
+    /// Secret `name` with the servers' login only (for host 127.0.0.1), and Secret
+    /// `<name>-ca` with their CA as `ca.crt` (no annotation: a CA is no credential).
+    async fn chart_secret_and_ca(&self, servers: &ChartServers, name: &str) -> Result<()> {
+        for (secret, annotations, data) in [
+            (
+                name.to_owned(),
+                json!({ "plumb.dev/credential-hosts": "127.0.0.1" }),
+                json!({ "username": servers.username(), "password": servers.password() }),
+            ),
+            (
+                format!("{name}-ca"),
+                json!({}),
+                json!({ "ca.crt": servers.ca_pem()? }),
+            ),
+        ] {
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": { "name": secret, "annotations": annotations },
+                "stringData": data,
+            }))?;
+            self.api::<Secret>()
+                .create(&PostParams::default(), &secret)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn create_chart_source(&self, name: &str, spec: serde_json::Value) -> Result<()> {
         self.create(json!({
             "apiVersion": "plumb.dev/v1alpha1", "kind": "ChartSource",
@@ -283,13 +309,14 @@ async fn a_chart_from_oci_is_applied_with_its_digest_and_swapped_for_another() -
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-other\ndata:\n  a: b\n",
     )])?;
     let d_other = servers.push("charts", &other)?;
-    w.chart_secret(&servers, "registry-auth", servers.password())
-        .await?;
+    // The login from secretRef, the CA from a Secret of its own (certSecretRef).
+    w.chart_secret_and_ca(&servers, "registry-auth").await?;
     w.create_chart_source(
         "app",
         json!({
             "url": servers.oci_url("charts"), "chart": "app", "interval": "1h",
-            "secretRef": { "name": "registry-auth" }
+            "secretRef": { "name": "registry-auth" },
+            "certSecretRef": { "name": "registry-auth-ca" }
         }),
     )
     .await?;
