@@ -1,4 +1,5 @@
-//! The Kubernetes API of Plumb: `GitSource` and `Sync` in group `plumb.dev`, version `v1alpha1`.
+//! The Kubernetes API of Plumb: `GitSource`, `ChartSource` and `Sync` in group `plumb.dev`,
+//! version `v1alpha1`.
 //!
 //! The CRD YAML under `deploy/crds.yaml` is generated from these types (`plumb install --export
 //! --crds-only`); a test fails when the committed file is stale.
@@ -25,6 +26,10 @@ pub const COMMIT_PATTERN: &str = r"^[0-9a-f]{40}([0-9a-f]{24})?$";
 /// A DNS subdomain (RFC 1123), as object names are: at most 253 characters.
 pub const DNS_SUBDOMAIN_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A chart source URL: a Helm repository over https or an OCI registry, no whitespace.
+pub const CHART_URL_PATTERN: &str = r"^(https|oci)://[^\s]+$";
+/// A chart name as Helm allows it.
+pub const CHART_NAME_PATTERN: &str = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$";
 /// A DNS label (RFC 1123), as namespace names are: at most 63 characters.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
@@ -200,6 +205,107 @@ pub struct SourceArtifact {
     pub signer: Option<String>,
 }
 
+/// A Helm chart from a Helm repository over HTTPS (`index.yaml`) or an OCI registry, at an
+/// exact version or the newest in a semver range. Syncs reference it like a GitSource and
+/// render the chart at the artifact's root.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "plumb.dev",
+    version = "v1alpha1",
+    kind = "ChartSource",
+    namespaced,
+    status = "ChartSourceStatus",
+    shortname = "cs",
+    category = "plumb",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Chart","type":"string","jsonPath":".status.artifact.chart"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.artifact.version"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":0,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartSourceSpec {
+    /// `https://host/path` (a Helm repository: `index.yaml` below it) or
+    /// `oci://host[:port]/path` (a registry; the chart is `path` when its last part is the
+    /// chart's name, else `path/chart`).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = CHART_URL_PATTERN))]
+    pub url: String,
+    /// The chart's name (required for a Helm repository; for OCI default: the URL's last
+    /// path part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = CHART_NAME_PATTERN))]
+    pub chart: Option<String>,
+    /// An exact version (`1.2.3`) or a semver range (`>=1.2.0 <2.0.0`, `^1.2`, `~1.2`, `1.x`):
+    /// the newest matching version wins. Default: the newest version without a pre-release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub version: Option<String>,
+    /// How often to look for a new version, e.g. `1m`, `5m`, `1h` (default `5m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Secret with credentials in the source's namespace: `username` + `password` (basic
+    /// auth; for a registry also the login of its token service), or `bearerToken`;
+    /// optionally `caFile` (or `ca.crt`). As for a GitSource, the Secret must carry the
+    /// annotation `plumb.dev/credential-hosts` naming the URL's host: credentials are sent to
+    /// no other host (not after a redirect, not to a dependency or index entry elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// A Secret in the source's namespace whose `ca.crt` (or `caFile`) holds PEM
+    /// certificates trusted besides the system's roots (no credentials needed for that).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<LocalObjectReference>,
+    /// Stop looking for new versions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
+}
+
+/// What a ChartSource fetched last.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartSourceStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The chart version fetched last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ChartArtifact>,
+    /// When the last check finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch_time: Option<String>,
+    /// The last reconcile request (annotation value) handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// A fetched chart version.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChartArtifact {
+    /// `<version>@sha256:<digest>`: what Syncs record as the revision.
+    pub revision: String,
+    /// The chart's name.
+    pub chart: String,
+    /// The chart version.
+    pub version: String,
+    /// `sha256:...`: the archive's digest (Helm repository) or the manifest's (OCI).
+    pub digest: String,
+    /// Where the archive (HTTPS) or manifest (OCI, `oci://...:tag`) was fetched from.
+    pub url: String,
+    /// Digest of the unpacked chart (`sha256:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_digest: Option<String>,
+    /// Dependencies Plumb fetched into `charts/` (`name version digest`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
+    /// When this version was fetched (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<String>,
+}
+
 /// Applies a path of a GitSource's artifact to the cluster and keeps it there.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, JsonSchema)]
 #[kube(
@@ -217,7 +323,7 @@ pub struct SourceArtifact {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
-    /// The GitSource to apply from.
+    /// The GitSource or ChartSource to apply from.
     pub source_ref: SourceReference,
     /// Directory inside the source (default: its root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,13 +528,14 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// Reference to a GitSource.
+/// Reference to a GitSource or ChartSource.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceReference {
-    /// `GitSource` (the default and only kind today).
+    /// `GitSource` (the default) or `ChartSource` (the Sync renders the chart at the
+    /// artifact's root; `path` defaults to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = ["GitSource"]))]
+    #[schemars(extend("enum" = ["GitSource", "ChartSource"]))]
     pub kind: Option<String>,
     /// Its name.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
@@ -547,7 +654,7 @@ pub struct DriftedObject {
 pub fn crds_yaml() -> String {
     use kube::CustomResourceExt;
     let mut out = String::from("# Generated from crates/plumb-agent/src/api.rs; do not edit.\n");
-    for crd in [GitSource::crd(), Sync::crd()] {
+    for crd in [GitSource::crd(), ChartSource::crd(), Sync::crd()] {
         let value = serde_json::to_value(&crd).expect("a CRD serialises");
         out.push_str("---\n");
         out.push_str(&plumb_core::to_yaml(&value));

@@ -7,6 +7,15 @@ pub enum Error {
     /// Fetching or verifying the Git source failed.
     #[error(transparent)]
     Source(#[from] plumb_source::Error),
+    /// Fetching a ChartSource's chart failed.
+    #[error("{what}: {source}")]
+    Chart {
+        /// `chart "x" version "y" from URL`.
+        what: String,
+        /// Why.
+        #[source]
+        source: plumb_source::chart::Error,
+    },
     /// Rendering the manifests failed.
     #[error(transparent)]
     Render(#[from] plumb_render::RenderError),
@@ -50,6 +59,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Source(e) => e.is_retryable(),
+            Error::Chart { source, .. } => source.is_retryable(),
             Error::Render(e) => e.is_retryable(),
             Error::Kube(e) => e.is_retryable(),
             Error::Spec(_) => false,
@@ -75,7 +85,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Source(plumb_source::Error::Verify(_)) => "VerificationFailed",
-            Error::Source(_) => "FetchFailed",
+            Error::Source(_) | Error::Chart { .. } => "FetchFailed",
             Error::Render(_) => "RenderFailed",
             Error::Kube(plumb_kube::Error::DryRun { .. }) => "ValidationFailed",
             Error::Kube(plumb_kube::Error::Plan(_)) => "PlanFailed",
@@ -92,6 +102,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Source(e) => e.metric_label(),
+            Error::Chart { source, .. } => source.metric_label(),
             Error::Render(e) => e.metric_label(),
             Error::Kube(e) => e.metric_label(),
             Error::Spec(_) => "spec",

@@ -31,7 +31,7 @@ use kube::{Api, Resource, ResourceExt};
 use plumb_kube::NoProgress;
 use serde_json::json;
 
-use crate::api::{GitSource, Sync};
+use crate::api::{ChartSource, GitSource, Sync};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::gitsource::ledger_remove;
@@ -239,6 +239,40 @@ async fn source_deleted(gs: &GitSource, ctx: &Context) -> Result<Action> {
     remove_finalizer(ctx, gs).await?;
     tracing::info!(source = %format!("{ns}/{name}"), "GitSource deleted; its artifacts are removed");
     Ok(Action::await_change())
+}
+
+/// Reconciles one ChartSource: its deletion here (its artifacts are removed), everything
+/// else in [`crate::chartsource::reconcile`].
+#[tracing::instrument(name = "reconcile", skip_all, fields(kind = "ChartSource", object = %crate::context::backoff_key(cs.as_ref())))]
+pub async fn reconcile_chart_source(cs: Arc<ChartSource>, ctx: Arc<Context>) -> Result<Action> {
+    if cs.metadata.deletion_timestamp.is_some() {
+        if !has_finalizer(cs.as_ref()) {
+            return Ok(Action::await_change());
+        }
+        let ns = cs.namespace().unwrap_or_default();
+        let key = crate::chartsource::store_name(&cs.name_any());
+        // Syncs rendering it right now fail (and so prune nothing): the directory goes.
+        ctx.artifacts.remove(&ns, &key);
+        let dir = ctx.artifacts.source_dir(&ns, &key);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("{}: {e}", dir.display()))
+            }
+            _ => Ok(()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = removed {
+            // Collected when the agent next stores an artifact of that name; not worth
+            // holding the deletion for.
+            tracing::warn!(error = %e, "ChartSource deleted; its artifacts could not be removed");
+        }
+        ctx.supersede.forget_source(&(ns, key));
+        remove_finalizer(&ctx, cs.as_ref()).await?;
+        return Ok(Action::await_change());
+    }
+    ensure_finalizer(&ctx, cs.as_ref()).await?;
+    crate::chartsource::reconcile(cs, ctx).await
 }
 
 /// A Sync is being deleted: stop healing its objects, delete or leave them (`prune`), then let

@@ -462,7 +462,12 @@ fn check_local(gs: &GitSource, ctx: &Context, ns: &str) -> Result<()> {
 /// Refuses to send the credentials of Secret `ns/name` to a host its
 /// [`policy::CREDENTIAL_HOSTS_ANNOTATION`] does not name (a tenant could otherwise name any
 /// Secret of its namespace and send it to a server of its choosing).
-fn check_credential_hosts(url: &str, secret: &Secret, ns: &str, name: &str) -> Result<()> {
+pub(crate) fn check_credential_hosts(
+    url: &str,
+    secret: &Secret,
+    ns: &str,
+    name: &str,
+) -> Result<()> {
     let annotation = policy::CREDENTIAL_HOSTS_ANNOTATION;
     let Some(target) = policy::url_host(url) else {
         return Err(Error::Spec(format!(

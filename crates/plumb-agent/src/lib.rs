@@ -1,10 +1,11 @@
-//! Plumb's in-cluster agent: the `GitSource` and `Sync` API and their reconcilers, leader
+//! Plumb's in-cluster agent: the `GitSource`, `ChartSource` and `Sync` API and their reconcilers, leader
 //! election, the webhook receiver, metrics and health endpoints.
 
 #![warn(clippy::unwrap_used)]
 
 pub mod api;
 pub mod artifacts;
+pub mod chartsource;
 pub mod context;
 pub mod drift;
 pub mod error;

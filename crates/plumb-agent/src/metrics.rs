@@ -19,15 +19,18 @@ use prometheus_client::registry::{Registry, Unit};
 pub enum ReconcileKind {
     /// A `GitSource` reconcile (fetch and verify).
     GitSource,
+    /// A `ChartSource` reconcile (resolve, download, unpack).
+    ChartSource,
     /// A `Sync` reconcile (render, plan, apply).
     Sync,
 }
 
 impl ReconcileKind {
-    /// The label value: `GitSource` or `Sync`.
+    /// The label value: `GitSource`, `ChartSource` or `Sync`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::GitSource => "GitSource",
+            Self::ChartSource => "ChartSource",
             Self::Sync => "Sync",
         }
     }

@@ -1,4 +1,4 @@
-//! Runs the agent: HTTP endpoints, leader election, the GitSource and Sync controllers, the
+//! Runs the agent: HTTP endpoints, leader election, the GitSource, ChartSource and Sync controllers, the
 //! drift watch; stops gracefully on a signal.
 
 use std::collections::hash_map::DefaultHasher;
@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::api::{GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
+use crate::api::{ChartSource, GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
 use crate::context::{AgentConfig, Context};
 use crate::error::Error;
 use crate::http::{HttpState, Readiness};
@@ -184,13 +184,14 @@ pub async fn run(
         }
     });
     let sources = source_controller(&client, &ctx, stop_controllers.clone());
+    let charts = chart_source_controller(&client, &ctx, stop_controllers.clone());
     let syncs = sync_controller(&client, &ctx, stop_controllers.clone());
     let grace = async {
         stop_controllers.clone().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        _ = async { tokio::join!(sources, syncs) } => {}
+        _ = async { tokio::join!(sources, charts, syncs) } => {}
         () = grace => {
             tracing::warn!(
                 "reconciles still running {}s after the stop; abandoning them",
@@ -269,6 +270,58 @@ async fn source_controller(
         .await;
 }
 
+async fn chart_source_controller(
+    client: &Client,
+    ctx: &Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + std::marker::Sync + 'static,
+) {
+    let api: Api<ChartSource> = scoped(client, ctx.config.namespace.as_deref());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_request, Default::default());
+    Controller::for_stream(stream, reader)
+        .with_config(controller_config(ctx))
+        .graceful_shutdown_on(stop)
+        .run(
+            crate::finalize::reconcile_chart_source,
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "ChartSource controller");
+            }
+        })
+        .await;
+}
+
+/// The Syncs of `store` whose source is the `kind` `ns/name`.
+fn syncs_of(
+    store: &reflector::Store<Sync>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Vec<ObjectRef<Sync>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|s| {
+            let src = &s.spec.source_ref;
+            src.kind.as_deref().unwrap_or("GitSource") == kind
+                && src.name == name
+                && src
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(&s.namespace().unwrap_or_default())
+                    == ns
+        })
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
 async fn sync_controller(
     client: &Client,
     ctx: &Arc<Context>,
@@ -296,6 +349,9 @@ async fn sync_controller(
     let store = controller.store();
     let dependents = controller.store();
     let sources: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    let charts: Api<ChartSource> = scoped(client, ctx.config.namespace.as_deref());
+    let chart_store = controller.store();
+    let seen_charts = ctx.clone();
     let seen = ctx.clone();
     controller
         .with_config(controller_config(ctx))
@@ -304,22 +360,18 @@ async fn sync_controller(
         .watches(sources, watcher::Config::default(), move |gs: GitSource| {
             seen.supersede.saw_source(&gs);
             let ns = gs.namespace().unwrap_or_default();
-            let name = gs.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|s| {
-                    s.spec.source_ref.name == name
-                        && s.spec
-                            .source_ref
-                            .namespace
-                            .as_deref()
-                            .unwrap_or(&s.namespace().unwrap_or_default())
-                            == ns
-                })
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
+            syncs_of(&store, "GitSource", &ns, &gs.name_any())
         })
+        // Likewise a new chart version.
+        .watches(
+            charts,
+            watcher::Config::default(),
+            move |cs: ChartSource| {
+                seen_charts.supersede.saw_chart_source(&cs);
+                let ns = cs.namespace().unwrap_or_default();
+                syncs_of(&chart_store, crate::chartsource::KIND, &ns, &cs.name_any())
+            },
+        )
         // A Sync becoming Ready reconciles the Syncs that depend on it.
         .watches(api, watcher::Config::default(), move |changed: Sync| {
             let ns = changed.namespace().unwrap_or_default();

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use kube::ResourceExt;
 use tokio::sync::watch;
 
-use crate::api::{GitSource, Sync};
+use crate::api::{ChartSource, GitSource, Sync};
 use crate::drift::SyncKey;
 use crate::gitsource::requested_at;
 
@@ -227,6 +227,35 @@ impl Supersede {
                 Some(t) => t.push(commit),
                 None => {
                     seen.sources.insert(key, Timeline::of(commit));
+                    true
+                }
+            }
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// The ChartSource watch saw `cs` (keyed like its artifacts, apart from GitSources).
+    pub fn saw_chart_source(&self, cs: &ChartSource) {
+        let Some(revision) = cs
+            .status
+            .as_ref()
+            .and_then(|s| s.artifact.as_ref())
+            .map(|a| a.revision.clone())
+        else {
+            return;
+        };
+        let key = (
+            cs.namespace().unwrap_or_default(),
+            crate::chartsource::store_name(&cs.name_any()),
+        );
+        let changed = {
+            let mut seen = self.lock();
+            match seen.sources.get_mut(&key) {
+                Some(t) => t.push(revision),
+                None => {
+                    seen.sources.insert(key, Timeline::of(revision));
                     true
                 }
             }

@@ -1,4 +1,4 @@
-//! Git sources for Plumb: fetch, refs, signature verification.
+//! Sources for Plumb: Git (fetch, refs, signature verification) and Helm charts ([`chart`]).
 //!
 //! [`Fetcher::fetch`] brings a remote into a local cache of bare repositories (the hardened
 //! `git` CLI), resolves a [`GitRef`], verifies signatures in-process ([`verify`]) and exports
@@ -6,6 +6,7 @@
 
 #![warn(clippy::unwrap_used)]
 
+pub mod chart;
 pub mod export;
 pub mod fetch;
 pub mod keyring;
@@ -41,6 +42,9 @@ pub enum Error {
     /// The ref is invalid.
     #[error(transparent)]
     Ref(#[from] refs::Error),
+    /// Fetching a chart (Helm repository or OCI registry) failed.
+    #[error(transparent)]
+    Chart(#[from] chart::Error),
 }
 
 /// Result with [`enum@Error`] as default error.
@@ -54,6 +58,7 @@ impl Error {
             Error::Verify(e) => e.is_retryable(),
             Error::Export(e) => e.is_retryable(),
             Error::Ref(e) => e.is_retryable(),
+            Error::Chart(e) => e.is_retryable(),
         }
     }
 
@@ -64,6 +69,7 @@ impl Error {
             Error::Verify(e) => e.metric_label(),
             Error::Export(e) => e.metric_label(),
             Error::Ref(e) => e.metric_label(),
+            Error::Chart(e) => e.metric_label(),
         }
     }
 }

@@ -12,9 +12,9 @@
 //! Everything runs real programs (`git`, `nginx`, `fcgiwrap`, `sshd`, `ssh-keygen`, `openssl`,
 //! `gpg`) found at their Debian paths or on `PATH`; nothing is mocked.
 
-mod cmd;
+pub(crate) mod cmd;
 mod repo;
-mod server;
+pub(crate) mod server;
 mod signing;
 
 pub use repo::{Identity, Repo, WorkTree};

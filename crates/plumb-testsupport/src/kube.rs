@@ -104,12 +104,12 @@ impl Drop for TestNamespace {
     }
 }
 
-/// Removes the finalizers of Plumb's objects (Syncs, GitSources) in `namespace`: a test's agent
-/// has stopped by the time its namespace goes, and nothing else would let them go. Kinds that
-/// are not installed are skipped.
+/// Removes the finalizers of Plumb's objects (Syncs, GitSources, ChartSources) in `namespace`:
+/// a test's agent has stopped by the time its namespace goes, and nothing else would let them
+/// go. Kinds that are not installed are skipped.
 pub async fn release_plumb_finalizers(client: &Client, namespace: &str) -> Result<()> {
     use kube::api::{ApiResource, GroupVersionKind};
-    for kind in ["Sync", "GitSource"] {
+    for kind in ["Sync", "GitSource", "ChartSource"] {
         let gvk = GroupVersionKind::gvk("plumb.dev", "v1alpha1", kind);
         release_finalizers(&Api::namespaced_with(
             client.clone(),

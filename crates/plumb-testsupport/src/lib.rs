@@ -4,6 +4,7 @@
 //! Dev-only: every other crate uses this under `[dev-dependencies]`.
 
 pub mod bench;
+pub mod charts;
 pub mod git;
 pub mod http;
 pub mod kube;

@@ -86,11 +86,7 @@ pub(super) async fn apply(
     }
     // A revision with waves or hooks waits inside the engine: what supersedes a health wait
     // (below) stops those waits too, and the engine reports what it did up to then.
-    let src = &sync.spec.source_ref;
-    let source_key = (
-        src.namespace.clone().unwrap_or_else(|| ns.to_owned()),
-        src.name.clone(),
-    );
+    let source_key = super::source_key(&sync.spec.source_ref, ns);
     let applying = Applying::of(sync, source_key, &artifact.commit);
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     opts.cancel = Some(cancelled);

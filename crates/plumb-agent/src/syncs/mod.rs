@@ -257,20 +257,23 @@ pub(crate) async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prep
         }
     }
     let src = &sync.spec.source_ref;
-    if src.kind.as_deref().is_some_and(|k| k != "GitSource") {
+    let kind = src.kind.as_deref().unwrap_or("GitSource");
+    if kind != "GitSource" && kind != crate::chartsource::KIND {
         return Err(Error::Spec(format!(
-            "sourceRef.kind {:?} is not supported (only GitSource)",
-            src.kind
+            "sourceRef.kind {kind:?} is not supported (GitSource or ChartSource)"
         )));
     }
     let src_ns = src.namespace.as_deref().unwrap_or(ns);
     if src_ns != ns && !ctx.config.cross_namespace_refs {
         return Err(Error::Spec(format!(
-            "sourceRef names GitSource {src_ns}/{}, in another namespace than {ns}; this agent \
+            "sourceRef names {kind} {src_ns}/{}, in another namespace than {ns}; this agent \
              refuses cross-namespace references (--no-cross-namespace-refs): create the \
-             GitSource in namespace {ns}",
+             {kind} in namespace {ns}",
             src.name
         )));
+    }
+    if kind == crate::chartsource::KIND {
+        return prepare_chart(ctx, src_ns, &src.name).await;
     }
     let source = Api::<GitSource>::namespaced(ctx.client.clone(), src_ns)
         .get_opt(&src.name)
@@ -298,6 +301,38 @@ pub(crate) async fn prepare(sync: &Sync, ctx: &Context, ns: &str) -> Result<Prep
     Ok(Prepared { record, artifact })
 }
 
+/// The artifact of ChartSource `ns/name`, as [`prepare`] gives it.
+async fn prepare_chart(ctx: &Context, ns: &str, name: &str) -> Result<Prepared> {
+    let source = Api::<crate::api::ChartSource>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("reading ChartSource {ns}/{name}"),
+            source,
+        })?
+        .ok_or_else(|| Error::NotReady(format!("ChartSource {ns}/{name} does not exist")))?;
+    let artifact = source
+        .status
+        .as_ref()
+        .and_then(|s| s.artifact.clone())
+        .ok_or_else(|| Error::NotReady(format!("ChartSource {ns}/{name} has no artifact yet")))?;
+    // Only what this agent fetched itself is applied (the status may have been written by
+    // anyone allowed to patch it).
+    let (record, artifact) = crate::chartsource::own_artifact(ctx, &source, &artifact)?;
+    Ok(Prepared { record, artifact })
+}
+
+/// The key under which the supersede tracker follows the Sync's source: (namespace, name),
+/// the name of a ChartSource being [`crate::chartsource::store_name`].
+pub(crate) fn source_key(src: &crate::api::SourceReference, sync_ns: &str) -> (String, String) {
+    let ns = src.namespace.clone().unwrap_or_else(|| sync_ns.to_owned());
+    if src.kind.as_deref() == Some(crate::chartsource::KIND) {
+        (ns, crate::chartsource::store_name(&src.name))
+    } else {
+        (ns, src.name.clone())
+    }
+}
+
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
     match text {
         Some(t) => {
@@ -318,6 +353,26 @@ mod tests {
             registered,
             clean,
         }
+    }
+
+    #[test]
+    fn chart_sources_are_tracked_apart_from_git_sources_of_the_same_name() {
+        use crate::api::SourceReference;
+        let git = SourceReference {
+            kind: None,
+            name: "app".into(),
+            namespace: None,
+        };
+        let chart = SourceReference {
+            kind: Some("ChartSource".into()),
+            name: "app".into(),
+            namespace: Some("other".into()),
+        };
+        assert_eq!(source_key(&git, "ns"), ("ns".into(), "app".into()));
+        assert_eq!(
+            source_key(&chart, "ns"),
+            ("other".into(), "chartsource_app".into())
+        );
     }
 
     #[test]

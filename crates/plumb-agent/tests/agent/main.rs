@@ -8,6 +8,7 @@
 //! the topics are modules.
 
 mod apply;
+mod charts;
 mod deletion;
 mod endpoints;
 mod health_waits;

@@ -83,6 +83,7 @@ fn cmdlines_containing(needle: &str) -> Vec<String> {
     found
 }
 
+mod charts;
 mod export;
 mod signatures;
 mod transport;

@@ -19,8 +19,8 @@ use super::cmd::{
 };
 use super::repo::check_repo_name;
 
-mod config;
-mod process;
+pub(crate) mod config;
+pub(crate) mod process;
 
 use config::*;
 use process::*;

@@ -1,4 +1,4 @@
-//! `plumb get sources|syncs`.
+//! `plumb get sources|charts|syncs`.
 
 use std::process::ExitCode;
 
@@ -8,7 +8,7 @@ use comfy_table::{Table, presets::NOTHING};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::ListParams;
 use kube::{Api, Resource, ResourceExt};
-use plumb_agent::api::{GitSource, Sync};
+use plumb_agent::api::{ChartSource, GitSource, Sync};
 use serde::Serialize;
 
 use super::{Format, age, connect, print_objects, ready, ready_status, short_revision};
@@ -20,6 +20,10 @@ pub enum GetCommand {
     /// GitSources: READY, REVISION (the fetched commit), SUSPENDED, AGE, MESSAGE.
     #[command(visible_alias = "source", alias = "gitsources", alias = "gitsource")]
     Sources(GetArgs),
+    /// ChartSources: READY, REVISION (`<version>@sha256:<digest>` fetched), SUSPENDED, AGE,
+    /// MESSAGE.
+    #[command(alias = "chart", alias = "chartsources", alias = "chartsource")]
+    Charts(GetArgs),
     /// Syncs: READY, REVISION (last applied), SUSPENDED, AGE, MESSAGE.
     #[command(visible_alias = "sync")]
     Syncs(GetArgs),
@@ -82,6 +86,18 @@ pub async fn run(global: &Global, command: GetCommand) -> Result<ExitCode> {
     match command {
         GetCommand::Sources(args) => {
             let items: Vec<GitSource> = list(global, &args).await?;
+            let rows = items
+                .iter()
+                .map(|s| {
+                    let status = s.status.clone().unwrap_or_default();
+                    let revision = status.artifact.as_ref().map(|a| a.revision.as_str());
+                    Row::new(s, &status.conditions, revision, s.spec.suspend)
+                })
+                .collect();
+            show(&args, items, rows)
+        }
+        GetCommand::Charts(args) => {
+            let items: Vec<ChartSource> = list(global, &args).await?;
             let rows = items
                 .iter()
                 .map(|s| {

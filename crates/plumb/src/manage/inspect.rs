@@ -317,12 +317,26 @@ pub async fn events(global: &Global, args: &EventsArgs) -> Result<ExitCode> {
         .namespace
         .clone()
         .unwrap_or_else(|| ns.clone());
+    let source_kind = sync
+        .spec
+        .source_ref
+        .kind
+        .clone()
+        .unwrap_or_else(|| "GitSource".to_owned());
     let mut events = involving(&client, &ns, "Sync", &args.name).await?;
-    events.extend(involving(&client, &source_ns, "GitSource", &sync.spec.source_ref.name).await?);
+    events.extend(
+        involving(
+            &client,
+            &source_ns,
+            &source_kind,
+            &sync.spec.source_ref.name,
+        )
+        .await?,
+    );
     events.sort_by_key(|e| event_time(e).map(|t| t.as_nanosecond()));
     if events.is_empty() {
         eprintln!(
-            "no events for Sync {ns}/{} or GitSource {source_ns}/{} (events expire after an hour by default)",
+            "no events for Sync {ns}/{} or {source_kind} {source_ns}/{} (events expire after an hour by default)",
             args.name, sync.spec.source_ref.name
         );
         return Ok(ExitCode::SUCCESS);

@@ -96,7 +96,7 @@ pub struct NamespaceArg {
     pub namespace: Option<String>,
 }
 
-/// Which of the two kinds a command addresses.
+/// Which kind a command addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
     /// A Sync.
@@ -104,6 +104,9 @@ pub enum Kind {
     /// A GitSource.
     #[value(alias = "gitsource")]
     Source,
+    /// A ChartSource.
+    #[value(alias = "chartsource")]
+    Chart,
 }
 
 impl Kind {
@@ -111,6 +114,7 @@ impl Kind {
         match self {
             Kind::Sync => "Sync",
             Kind::Source => "GitSource",
+            Kind::Chart => "ChartSource",
         }
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
-use plumb_agent::api::{GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
+use plumb_agent::api::{ChartSource, GitSource, RECONCILE_REQUEST_ANNOTATION, Sync};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -36,6 +36,9 @@ pub enum ReconcileCommand {
     /// A GitSource: fetch now.
     #[command(alias = "gitsource")]
     Source(ReconcileSourceArgs),
+    /// A ChartSource: look for a new version now.
+    #[command(alias = "chartsource")]
+    Chart(ReconcileSourceArgs),
 }
 
 /// Arguments of `plumb reconcile sync`.
@@ -43,7 +46,8 @@ pub enum ReconcileCommand {
 pub struct ReconcileSyncArgs {
     /// Name of the Sync.
     pub name: String,
-    /// Fetch the Sync's GitSource first (and wait for it), so that the newest commit is applied.
+    /// Fetch the Sync's source (GitSource or ChartSource) first and wait for it, so that the
+    /// newest revision is applied.
     #[arg(long)]
     pub with_source: bool,
     #[command(flatten)]
@@ -168,6 +172,36 @@ impl Reconciled for GitSource {
     }
 }
 
+impl Reconciled for ChartSource {
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+    fn last_handled(&self) -> Option<&str> {
+        self.status.as_ref()?.last_handled_reconcile_at.as_deref()
+    }
+    fn revision(&self) -> Option<&str> {
+        Some(self.status.as_ref()?.artifact.as_ref()?.revision.as_str())
+    }
+    fn suspended(&self) -> bool {
+        self.spec.suspend
+    }
+}
+
+/// Asks source `ns/name` of `kind` to fetch and waits; whether it ended Ready.
+async fn reconcile_source<K: Reconciled>(
+    client: &Client,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    deadline: Deadline,
+) -> Result<bool> {
+    let sources = Api::<K>::namespaced(client.clone(), ns);
+    let source = get(&sources, ns, name).await?;
+    refuse_suspended(&source, kind, ns)?;
+    let source = request_and_wait(client, &source, deadline).await?;
+    Ok(report(&source))
+}
+
 pub async fn run(global: &Global, command: ReconcileCommand) -> Result<ExitCode> {
     match command {
         ReconcileCommand::Sync(args) => {
@@ -178,11 +212,21 @@ pub async fn run(global: &Global, command: ReconcileCommand) -> Result<ExitCode>
             refuse_suspended(&sync, Kind::Sync, &ns)?;
             if args.with_source {
                 let source_ns = sync.spec.source_ref.namespace.clone().unwrap_or(ns.clone());
-                let sources = Api::<GitSource>::namespaced(client.clone(), &source_ns);
-                let source = get(&sources, &source_ns, &sync.spec.source_ref.name).await?;
-                refuse_suspended(&source, Kind::Source, &source_ns)?;
-                let source = request_and_wait(&client, &source, deadline).await?;
-                if !report(&source) {
+                let name = &sync.spec.source_ref.name;
+                let ready = if sync.spec.source_ref.kind.as_deref() == Some("ChartSource") {
+                    reconcile_source::<ChartSource>(
+                        &client,
+                        Kind::Chart,
+                        &source_ns,
+                        name,
+                        deadline,
+                    )
+                    .await?
+                } else {
+                    reconcile_source::<GitSource>(&client, Kind::Source, &source_ns, name, deadline)
+                        .await?
+                };
+                if !ready {
                     return Ok(ExitCode::FAILURE);
                 }
             }
@@ -192,11 +236,18 @@ pub async fn run(global: &Global, command: ReconcileCommand) -> Result<ExitCode>
         ReconcileCommand::Source(args) => {
             let (client, ns) = connect(global, args.namespace.namespace.as_deref()).await?;
             let deadline = Deadline::after(args.timeout.timeout);
-            let sources = Api::<GitSource>::namespaced(client.clone(), &ns);
-            let source = get(&sources, &ns, &args.name).await?;
-            refuse_suspended(&source, Kind::Source, &ns)?;
-            let source = request_and_wait(&client, &source, deadline).await?;
-            Ok(exit(report(&source)))
+            let ready =
+                reconcile_source::<GitSource>(&client, Kind::Source, &ns, &args.name, deadline)
+                    .await?;
+            Ok(exit(ready))
+        }
+        ReconcileCommand::Chart(args) => {
+            let (client, ns) = connect(global, args.namespace.namespace.as_deref()).await?;
+            let deadline = Deadline::after(args.timeout.timeout);
+            let ready =
+                reconcile_source::<ChartSource>(&client, Kind::Chart, &ns, &args.name, deadline)
+                    .await?;
+            Ok(exit(ready))
         }
     }
 }
@@ -207,6 +258,7 @@ pub async fn suspend(global: &Global, args: &SuspendArgs) -> Result<ExitCode> {
     match args.kind {
         Kind::Sync => drop(patch_spec::<Sync>(&client, &ns, &args.name, &patch).await?),
         Kind::Source => drop(patch_spec::<GitSource>(&client, &ns, &args.name, &patch).await?),
+        Kind::Chart => drop(patch_spec::<ChartSource>(&client, &ns, &args.name, &patch).await?),
     }
     println!("✔ {} {ns}/{} suspended", args.kind.name(), args.name);
     Ok(ExitCode::SUCCESS)
@@ -237,6 +289,13 @@ pub async fn resume(global: &Global, args: &ResumeArgs) -> Result<ExitCode> {
             }
             report(&wait_handled::<GitSource>(&client, &ns, &args.name, &token, deadline).await?)
         }
+        Kind::Chart => {
+            patch_spec::<ChartSource>(&client, &ns, &args.name, &patch).await?;
+            if args.no_wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            report(&wait_handled::<ChartSource>(&client, &ns, &args.name, &token, deadline).await?)
+        }
     };
     Ok(exit(ready))
 }
@@ -266,6 +325,7 @@ fn refuse_suspended<K: Reconciled>(obj: &K, kind: Kind, ns: &str) -> Result<()> 
             match kind {
                 Kind::Sync => "sync",
                 Kind::Source => "source",
+                Kind::Chart => "chart",
             }
         );
     }

@@ -1,4 +1,4 @@
-//! `plumb uninstall`: every Sync and GitSource (deleted through the running agent, which
+//! `plumb uninstall`: every Sync, GitSource and ChartSource (deleted through the running agent, which
 //! prunes or orphans what they applied), then the agent's own objects, then the CRDs.
 
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client, Resource, ResourceExt};
-use plumb_agent::api::{GitSource, Sync};
+use plumb_agent::api::{ChartSource, GitSource, Sync};
 use plumb_kube::Cluster as _;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -56,6 +56,16 @@ pub async fn run(global: &Global, args: &UninstallArgs) -> Result<ExitCode> {
         };
         delete_all::<Sync>(&client, Some(&spec), args.timeout).await?;
         delete_all::<GitSource>(&client, None, args.timeout).await?;
+        // ChartSources carry the agent's finalizer too (it removes their artifacts). A
+        // cluster whose CRDs predate them has none to delete.
+        let charts_served = Api::<CustomResourceDefinition>::all(client.clone())
+            .get_opt("chartsources.plumb.dev")
+            .await
+            .context("reading the ChartSource CRD")?
+            .is_some();
+        if charts_served {
+            delete_all::<ChartSource>(&client, None, args.timeout).await?;
+        }
     }
 
     let engine = plumb_kube::Engine::new(client.clone());

@@ -366,6 +366,60 @@ async fn create_applies_and_get_lists() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn get_charts_lists_chart_sources_with_their_version_and_digest() -> anyhow::Result<()> {
+    ensure_crds();
+    let client = client().await?;
+    let ns = TestNamespace::create(&client, "getcharts").await?;
+    let charts = Api::<ChartSource>::namespaced(client.clone(), ns.name());
+    let source: ChartSource = serde_json::from_value(json!({
+        "apiVersion": "plumb.dev/v1alpha1", "kind": "ChartSource",
+        "metadata": { "name": "podinfo" },
+        "spec": { "url": "oci://ghcr.io/stefanprodan/charts", "chart": "podinfo", "version": "6.x" }
+    }))?;
+    charts.create(&PostParams::default(), &source).await?;
+    let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    // The agent would write this; `get charts` shows it.
+    charts
+        .patch_status(
+            "podinfo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": {
+                "artifact": {
+                    "revision": format!("6.7.1@{digest}"), "chart": "podinfo",
+                    "version": "6.7.1", "digest": digest,
+                    "url": "oci://ghcr.io/stefanprodan/charts/podinfo:6.7.1"
+                },
+                "conditions": [ready_condition("True", "Succeeded", "stored chart podinfo version 6.7.1")],
+            }})),
+        )
+        .await?;
+    let table = ok(&["get", "charts", "-n", ns.name()]);
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("podinfo"))
+        .unwrap_or_else(|| panic!("no row for podinfo:\n{table}"));
+    for cell in ["True", "6.7.1@sha256:0123456789ab", "stored chart podinfo"] {
+        assert!(row.contains(cell), "{cell:?} not in {row:?}");
+    }
+    let yaml = documents(&ok(&["get", "chartsources", "-n", ns.name(), "-o", "yaml"]));
+    assert_eq!(yaml[0]["status"]["artifact"]["digest"], digest);
+
+    // Suspended and resumed like the other kinds.
+    ok(&["suspend", "chart", "podinfo", "-n", ns.name()]);
+    assert!(charts.get("podinfo").await?.spec.suspend);
+    let out = plumb(&["reconcile", "chart", "podinfo", "-n", ns.name()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("plumb resume chart podinfo"),
+        "{}",
+        text(&out)
+    );
+    ok(&["resume", "chart", "podinfo", "-n", ns.name(), "--no-wait"]);
+    assert!(!charts.get("podinfo").await?.spec.suspend);
+    Ok(())
+}
+
+#[tokio::test]
 async fn suspend_and_resume_flip_spec_suspend() -> anyhow::Result<()> {
     ensure_crds();
     let client = client().await?;

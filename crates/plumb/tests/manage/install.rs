@@ -6,6 +6,7 @@ use super::*;
 fn install_export_prints_crds_and_agent() {
     let docs = documents(&ok(&["install", "--export"]));
     find(&docs, "CustomResourceDefinition", "gitsources.plumb.dev");
+    find(&docs, "CustomResourceDefinition", "chartsources.plumb.dev");
     find(&docs, "CustomResourceDefinition", "syncs.plumb.dev");
     find(&docs, "Namespace", "plumb-system");
     find(&docs, "ServiceAccount", "plumb-agent");
@@ -52,6 +53,7 @@ fn install_export_prints_crds_and_agent() {
     // The CRDs come first: they must be established before anything uses them.
     assert_eq!(docs[0]["kind"], "CustomResourceDefinition");
     assert_eq!(docs[1]["kind"], "CustomResourceDefinition");
+    assert_eq!(docs[2]["kind"], "CustomResourceDefinition");
 
     let moved = documents(&ok(&["install", "--export", "--namespace", "gitops"]));
     find(&moved, "Namespace", "gitops");
@@ -63,7 +65,7 @@ fn install_export_prints_crds_and_agent() {
     );
 
     let crds = documents(&ok(&["install", "--export", "--crds-only"]));
-    assert_eq!(crds.len(), 2, "{crds:#?}");
+    assert_eq!(crds.len(), 3, "{crds:#?}");
     assert!(crds.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
 }
 
@@ -121,7 +123,12 @@ fn agent_rbac_grants_what_the_agent_needs() {
     for verb in ["get", "list", "watch", "patch", "update"] {
         assert!(grants("plumb.dev", "syncs", verb), "syncs {verb}");
         assert!(grants("plumb.dev", "gitsources", verb), "gitsources {verb}");
+        assert!(
+            grants("plumb.dev", "chartsources", verb),
+            "chartsources {verb}"
+        );
     }
+    assert!(grants("plumb.dev", "chartsources/status", "patch"));
     assert!(grants("plumb.dev", "syncs/status", "patch"));
     // Secrets and ConfigMaps of tenants: read by name only, never listed or watched.
     assert!(grants("", "secrets", "get"));
@@ -182,7 +189,11 @@ async fn install_crds_only_establishes_them_and_is_idempotent() -> anyhow::Resul
         );
     }
     let crds = Api::<CustomResourceDefinition>::all(client);
-    for name in ["gitsources.plumb.dev", "syncs.plumb.dev"] {
+    for name in [
+        "gitsources.plumb.dev",
+        "chartsources.plumb.dev",
+        "syncs.plumb.dev",
+    ] {
         let crd = crds.get(name).await?;
         let established = crd
             .status

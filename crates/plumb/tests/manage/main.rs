@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use plumb_agent::api::{DriftMode, GitSource, RECONCILE_REQUEST_ANNOTATION, Sync, VerifyMode};
+use plumb_agent::api::{
+    ChartSource, DriftMode, GitSource, RECONCILE_REQUEST_ANNOTATION, Sync, VerifyMode,
+};
 use plumb_testsupport::kube::{TestNamespace, client};
 use serde_json::{Value, json};
 

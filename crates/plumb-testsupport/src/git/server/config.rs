@@ -2,15 +2,15 @@
 
 use super::*;
 
-pub(super) struct Tls {
-    pub(super) ca_cert: PathBuf,
-    pub(super) server_cert: PathBuf,
-    pub(super) server_key: PathBuf,
+pub(crate) struct Tls {
+    pub(crate) ca_cert: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
 }
 
 /// A self-signed CA (P-256) and a server certificate it issued for 127.0.0.1, localhost and
 /// `extra_ip` (an address that reaches the servers through a DNAT, e.g. a real node's).
-pub(super) fn generate_tls(dir: &Path, extra_ip: Option<std::net::IpAddr>) -> anyhow::Result<Tls> {
+pub(crate) fn generate_tls(dir: &Path, extra_ip: Option<std::net::IpAddr>) -> anyhow::Result<Tls> {
     create_dir(dir)?;
     let ca_key = dir.join("ca.key");
     let ca_cert = dir.join("ca.crt");

@@ -63,18 +63,18 @@ impl Launch {
 
 /// A server child process: killed and reaped on drop.
 #[derive(Debug)]
-pub(super) struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub(super) name: &'static str,
     pub(super) child: Child,
     pub(super) log: PathBuf,
-    pub(super) extra_log: Option<PathBuf>,
+    pub(crate) extra_log: Option<PathBuf>,
     pub(super) pid_file: Option<PathBuf>,
 }
 
 impl ServerProcess {
     /// Starts `cmd` with stdout and stderr appended to `log` and records its pid in
     /// `$PLUMB_TEST_PIDS_DIR` when set.
-    pub(super) fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         cmd: &mut Command,
         log: PathBuf,
@@ -124,7 +124,7 @@ impl ServerProcess {
         }
     }
 
-    pub(super) fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let mut text = format!(
             "--- {} (last lines) ---\n{}",
             self.log.display(),
@@ -154,7 +154,7 @@ impl Drop for ServerProcess {
 
 /// Polls `ready` until it holds, failing if a process dies or `deadline` passes; both errors
 /// quote the logs.
-pub(super) fn wait_until(
+pub(crate) fn wait_until(
     processes: &mut [ServerProcess],
     deadline: Instant,
     what: &str,
@@ -172,7 +172,7 @@ pub(super) fn wait_until(
         if Instant::now() >= deadline {
             let logs: Vec<String> = processes.iter().map(ServerProcess::log_tail).collect();
             bail!(
-                "Git servers not ready: {what} not up after {READY_TIMEOUT:?}\n{}",
+                "servers not ready: {what} not up after {READY_TIMEOUT:?}\n{}",
                 logs.join("\n")
             );
         }
@@ -217,7 +217,7 @@ pub(super) fn written_bytes(pid: u32) -> Option<u64> {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-pub(super) fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("cannot bind 127.0.0.1:0 to find a free port")?;
     Ok(listener.local_addr().context("no local address")?.port())

@@ -1,0 +1,191 @@
+//! A chart's dependencies (`Chart.yaml` `dependencies`) that its archive does not vendor in
+//! `charts/`: fetched here from their `https://` or `oci://` repository (the version from
+//! `Chart.lock` when it pins one, else the range in `Chart.yaml`), never by Helm at render
+//! time. The request's credentials and CA go along only to a dependency on the same origin
+//! as the chart's own repository. A dependency's own dependencies must be vendored in its
+//! archive (as `helm dependency build` does it). Other repositories (`file://`, `@alias`)
+//! are left to the renderer, which names a dependency that is still missing.
+
+use serde::Deserialize;
+
+use super::client::{self, Http};
+use super::unpack::{self, Dir, Node};
+use super::{ChartCredentials, ChartRequest, Error, Result};
+
+#[derive(Debug, Default, Deserialize)]
+struct Meta {
+    #[serde(default)]
+    dependencies: Vec<Dependency>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Dependency {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    repository: Option<String>,
+}
+
+/// The dependencies `root` lists that `charts/` lacks, fetched into `charts/<name>/`;
+/// returns `name version digest` of each.
+pub(super) async fn fetch_missing(
+    http: &Http,
+    req: &ChartRequest,
+    chart: &str,
+    root: &mut Dir,
+) -> Result<Vec<String>> {
+    let parse = |file: &str, text: &[u8]| -> Result<Meta> {
+        serde_saphyr::from_slice(text).map_err(|e| Error::Malformed {
+            url: req.url.clone(),
+            what: format!("{file} of chart {chart:?}"),
+            detail: e.to_string(),
+        })
+    };
+    let Some(text) = root.file("Chart.yaml") else {
+        return Ok(Vec::new());
+    };
+    let meta = parse("Chart.yaml", text)?;
+    if meta.dependencies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lock = match root.file("Chart.lock") {
+        Some(text) => parse("Chart.lock", text)?,
+        None => Meta::default(),
+    };
+    let own_origin = client::base_url(&req.url).map(|u| client::Origin::of(&u))?;
+    let mut fetched = Vec::new();
+    for dep in &meta.dependencies {
+        let Some(repository) = dep.repository.as_deref().map(str::trim) else {
+            continue;
+        };
+        if !(repository.starts_with("https://") || repository.starts_with("oci://")) {
+            continue;
+        }
+        if vendored(root, &dep.name) {
+            continue;
+        }
+        if fetched.len() >= req.limits.max_dependencies {
+            return Err(Error::Dependency {
+                chart: chart.to_owned(),
+                dependency: dep.name.clone(),
+                source: Box::new(Error::Malformed {
+                    url: req.url.clone(),
+                    what: "Chart.yaml".into(),
+                    detail: format!(
+                        "more than {} dependencies to fetch",
+                        req.limits.max_dependencies
+                    ),
+                }),
+            });
+        }
+        let pinned = lock
+            .dependencies
+            .iter()
+            .find(|l| {
+                l.name == dep.name && l.repository.as_deref().map(str::trim) == Some(repository)
+            })
+            .and_then(|l| l.version.clone());
+        let same_origin = client::base_url(repository)
+            .map(|u| client::Origin::of(&u) == own_origin)
+            .unwrap_or(false);
+        let dep_req = ChartRequest {
+            url: repository.to_owned(),
+            chart: dep.name.clone(),
+            version: pinned.or_else(|| dep.version.clone()),
+            credentials: if same_origin {
+                req.credentials.clone()
+            } else {
+                ChartCredentials::None
+            },
+            ca_pem: req.ca_pem.clone(),
+            limits: req.limits,
+        };
+        let wrap = |source: Error| Error::Dependency {
+            chart: chart.to_owned(),
+            dependency: dep.name.clone(),
+            source: Box::new(source),
+        };
+        // A client of its own: bound to the dependency's origin (and credentials).
+        let dep_http;
+        let use_http = if same_origin {
+            http
+        } else {
+            dep_http = Http::new(&dep_req).map_err(wrap)?;
+            &dep_http
+        };
+        let resolved = if super::is_oci(repository) {
+            super::oci::resolve(use_http, &dep_req).await
+        } else {
+            super::index::resolve(use_http, &dep_req).await
+        }
+        .map_err(wrap)?;
+        let (archive, digest) = super::fetch_archive(use_http, &dep_req, &resolved)
+            .await
+            .map_err(wrap)?;
+        let label = format!(
+            "{} {} (dependency of {chart}) from {}",
+            resolved.chart, resolved.version, resolved.url
+        );
+        let limits = req.limits;
+        let tree = tokio::task::spawn_blocking({
+            let label = label.clone();
+            move || unpack::read_archive(&archive, &label, &limits)
+        })
+        .await
+        .map_err(|e| {
+            wrap(Error::Transport {
+                url: resolved.url.clone(),
+                detail: format!("unpacking stopped: {e}"),
+            })
+        })?
+        .map_err(wrap)?;
+        unpack::check_chart_name(&tree, &dep.name, &label).map_err(wrap)?;
+        let charts = match root
+            .entries
+            .entry("charts".to_owned())
+            .or_insert_with(|| Node::Dir(Dir::default()))
+        {
+            Node::Dir(d) => d,
+            Node::File { .. } => {
+                return Err(wrap(Error::Archive {
+                    archive: chart.to_owned(),
+                    path: "charts".into(),
+                    reason: "is a file, not the directory of dependencies".into(),
+                }));
+            }
+        };
+        if charts.entries.contains_key(&dep.name) {
+            return Err(wrap(Error::Archive {
+                archive: chart.to_owned(),
+                path: format!("charts/{}", dep.name),
+                reason: "exists but is not the dependency's chart".into(),
+            }));
+        }
+        charts.entries.insert(dep.name.clone(), Node::Dir(tree));
+        fetched.push(format!("{} {} {digest}", dep.name, resolved.version));
+    }
+    Ok(fetched)
+}
+
+/// Whether `charts/` holds `name`: a directory whose Chart.yaml names it, or an archive
+/// `<name>-<version>.tgz`.
+fn vendored(root: &Dir, name: &str) -> bool {
+    let Some(charts) = root.dir("charts") else {
+        return false;
+    };
+    charts.entries.iter().any(|(file, node)| match node {
+        Node::Dir(d) => d.file("Chart.yaml").is_some_and(|text| {
+            serde_saphyr::from_slice::<serde_json::Value>(text)
+                .ok()
+                .and_then(|m| m.get("name").and_then(|n| n.as_str()).map(|n| n == name))
+                .unwrap_or(false)
+        }),
+        Node::File { .. } => file
+            .strip_suffix(".tgz")
+            .and_then(|stem| stem.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit() || c == 'v')),
+    })
+}
