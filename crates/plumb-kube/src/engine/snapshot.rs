@@ -8,6 +8,7 @@ use plumb_core::ObjectKey;
 use serde_json::Value;
 
 use super::Engine;
+use super::prepare::summary;
 use crate::cluster::Cluster;
 use crate::discovery::Resolved;
 use crate::error::{Error, Result};
@@ -19,12 +20,22 @@ const PAGE: u32 = 500;
 
 impl<C: Cluster> Engine<C> {
     /// Reads the live copy of `wanted` (a large sync costs a handful of requests, not one per
-    /// object).
+    /// object): the [`summary`] of each, and the whole object as compact JSON of those
+    /// `keep_full` names. Each page is reduced as it arrives: no tree of every live object
+    /// is held at once.
     pub(super) async fn snapshot(
         &self,
         wanted: Vec<(ObjectKey, Resolved)>,
         concurrency: usize,
-    ) -> Result<BTreeMap<ObjectKey, Value>> {
+        keep_full: impl Fn(&ObjectKey) -> bool + Sync,
+    ) -> Result<(BTreeMap<ObjectKey, Value>, BTreeMap<ObjectKey, String>)> {
+        let mut full = BTreeMap::new();
+        let mut keep = |key: &ObjectKey, obj: Value| {
+            if keep_full(key) {
+                full.insert(key.clone(), obj.to_string());
+            }
+            summary(obj)
+        };
         type Group = (String, String, String, Option<String>);
         let mut groups: BTreeMap<Group, Vec<(ObjectKey, Resolved)>> = BTreeMap::new();
         for (key, r) in wanted {
@@ -64,8 +75,14 @@ impl<C: Cluster> Engine<C> {
             })
             .buffer_unordered(concurrency.max(1) * 2)
             .try_filter_map(|x| async move { Ok(x) })
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .map(|(key, obj)| {
+                let summary = keep(&key, obj);
+                (key, summary)
+            })
+            .collect();
         for members in lists {
             let (first_key, r) = &members[0];
             let namespace = first_key.namespace.as_deref().filter(|_| r.namespaced);
@@ -86,7 +103,8 @@ impl<C: Cluster> Engine<C> {
                         .as_str()
                         .and_then(|n| by_name.get(n))
                     {
-                        live.insert((*key).clone(), obj);
+                        let summary = keep(key, obj);
+                        live.insert((*key).clone(), summary);
                     }
                 }
                 match page.continue_token {
@@ -95,6 +113,6 @@ impl<C: Cluster> Engine<C> {
                 }
             }
         }
-        Ok(live)
+        Ok((live, full))
     }
 }
