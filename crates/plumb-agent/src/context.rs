@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub export_limits: plumb_source::export::ExportLimits,
     /// The agent's identity in events and leases.
     pub identity: String,
+    /// A label selector (`--shard`): only the GitSources and Syncs it selects are reconciled,
+    /// so that several agents, each with its own selector (and Lease), share the work.
+    /// `None` reconciles every one (in [`AgentConfig::namespace`]).
+    pub shard: Option<String>,
 }
 
 /// The key of `obj`'s failure count: kind, namespace and name, so that a GitSource and a Sync

@@ -48,8 +48,10 @@ impl<C: Cluster> Engine<C> {
         failures: &mut Vec<ObjectError>,
     ) -> ChangeSet {
         let prep_ref = &*prep;
-        let mut results: Vec<(usize, ObjectKey, Written)> = stream::iter(manifests.iter().enumerate())
-            .map(|(i, m)| async move {
+        // Indices, not references, in the stream: its future must be Send for any caller.
+        let mut results: Vec<(usize, ObjectKey, Written)> = stream::iter(0..manifests.len())
+            .map(|i| async move {
+                let m = &manifests[i];
                 let key = m.key();
                 let written = self.write(prep_ref, m, &key, opts).await;
                 progress.done(&key, written.action);

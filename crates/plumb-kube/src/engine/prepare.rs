@@ -252,9 +252,13 @@ impl<C: Cluster> Engine<C> {
             .collect();
         // Each checked object takes its whole live copy along, and drops it (and its dry-run
         // result) once compared: memory holds as many as run at once, not the whole sync.
-        let checkable: Vec<(&Manifest, ObjectKey, Option<String>)> = plan
-            .manifests()
-            .filter_map(|m| {
+        let planned: Vec<&Manifest> = plan.manifests().collect();
+        // Indices and owned keys, not references, in the stream: its future must be Send for
+        // any caller.
+        let checkable: Vec<(usize, ObjectKey, Option<String>)> = planned
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
                 let key = m.key();
                 let checkable = kinds[&key].served
                     && !vouched.contains(&key)
@@ -267,16 +271,16 @@ impl<C: Cluster> Engine<C> {
                 } else {
                     live_full.remove(&key)
                 };
-                Some((m, key, full))
+                Some((i, key, full))
             })
             .collect();
-        let (kinds_ref, live_ref) = (&kinds, &live);
+        let (planned_ref, kinds_ref, live_ref) = (&planned, &kinds, &live);
         let results: Vec<(ObjectKey, std::result::Result<Checked, ObjectError>)> =
             stream::iter(checkable)
-                .map(|(manifest, key, full)| async move {
+                .map(|(i, key, full)| async move {
                     let _permit = self.budget.acquire().await;
                     let target = Target {
-                        manifest,
+                        manifest: planned_ref[i],
                         resolved: &kinds_ref[&key],
                         live: live_ref.get(&key),
                     };
@@ -302,6 +306,7 @@ impl<C: Cluster> Engine<C> {
                 .buffer_unordered(opts.concurrency.max(1))
                 .collect()
                 .await;
+        drop(planned);
         let mut changes = BTreeMap::new();
         let mut dry_run = BTreeMap::new();
         // Hook objects are validated too (a create dry-run), where the server can yet.
