@@ -13,8 +13,8 @@ use crate::error::ObjectError;
 /// The outcome of writing one object.
 struct Written {
     action: Action,
-    /// The [`summary`] of the object as the write returned it.
-    live: Option<Value>,
+    /// The [`summary`] of the object as the write returned it, as JSON.
+    live: Option<String>,
     failure: Option<ObjectError>,
 }
 
@@ -86,7 +86,12 @@ impl<C: Cluster> Engine<C> {
             return Written::unchanged();
         }
         let _permit = self.budget.acquire().await;
-        let target = prep.target(manifest, key);
+        let live = prep.live_summary(key);
+        let target = Target {
+            manifest,
+            resolved: &prep.kinds[key],
+            live: live.as_ref(),
+        };
         let changes = match prep.changes.get(key) {
             Some(changes) => *changes,
             // Not validated up front (its Namespace or CRD came with this sync): validate now.
@@ -112,7 +117,7 @@ impl<C: Cluster> Engine<C> {
                 } else {
                     Action::Created
                 },
-                live: Some(summary(v)),
+                live: Some(summary(v).to_string()),
                 failure: None,
             },
             Err(f) => Written::failed(f),

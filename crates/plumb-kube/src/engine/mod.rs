@@ -419,12 +419,11 @@ impl<C: Cluster> Engine<C> {
             .await?;
         let inventory_out = plumb_core::inventory_after(inventory, &prep.plan, &changes, failed);
 
-        let mut live = prep.live;
         let live_meta = prep
             .kinds
             .keys()
             .filter_map(|key| {
-                let meta = live.remove(key)?.get_mut("metadata")?.take();
+                let meta = prep.live_summary(key)?.get_mut("metadata")?.take();
                 Some((key.clone(), meta))
             })
             .collect();

@@ -33,9 +33,10 @@ pub(super) struct Prepared {
     pub plan: plumb_core::Plan,
     /// The kind of each planned object.
     pub kinds: BTreeMap<ObjectKey, Resolved>,
-    /// The [`summary`] of each live object read (planned, or stale in the inventory); written
-    /// objects get the summary of what their write returned.
-    pub live: BTreeMap<ObjectKey, Value>,
+    /// The [`summary`] of each live object read (planned, or stale in the inventory), as
+    /// compact JSON (a `Value` tree of a few small maps costs several KiB; its text a few
+    /// hundred bytes); written objects get the summary of what their write returned.
+    pub live: BTreeMap<ObjectKey, String>,
     /// Whole live objects (compact JSON) not compared with a dry-run result yet: those that
     /// could not be validated up front, or all of them when the caller keeps values.
     pub live_full: BTreeMap<ObjectKey, String>,
@@ -67,13 +68,9 @@ impl Prepared {
         serde_json::from_str(self.live_full.get(key)?).ok()
     }
 
-    /// The target of a planned object.
-    pub fn target<'a>(&'a self, manifest: &'a Manifest, key: &ObjectKey) -> Target<'a> {
-        Target {
-            manifest,
-            resolved: &self.kinds[key],
-            live: self.live.get(key),
-        }
+    /// The [`summary`] of a live object, if it was read.
+    pub fn live_summary(&self, key: &ObjectKey) -> Option<Value> {
+        serde_json::from_str(self.live.get(key)?).ok()
     }
 }
 
@@ -94,6 +91,20 @@ pub(super) fn summary(mut object: Value) -> Value {
             if let Some(entry) = entry.as_object_mut() {
                 entry.remove("fieldsV1");
             }
+        }
+    }
+    serde_json::json!({ "metadata": metadata })
+}
+
+/// What the plan reads of a live object ([`summary`] as JSON): its labels (ownership) and
+/// annotations (waves), nothing else, so that the plan's view of thousands of live objects
+/// stays small while it exists.
+fn plan_view(summary: &str) -> Value {
+    let mut summary: Value = serde_json::from_str(summary).unwrap_or(Value::Null);
+    let mut metadata = serde_json::Map::new();
+    for field in ["labels", "annotations"] {
+        if let Some(v) = summary["metadata"].get_mut(field).map(Value::take) {
+            metadata.insert(field.to_owned(), v);
         }
     }
     serde_json::json!({ "metadata": metadata })
@@ -196,9 +207,13 @@ impl<C: Cluster> Engine<C> {
             })
             .await?;
 
+        let view: BTreeMap<ObjectKey, Value> = live
+            .iter()
+            .map(|(key, summary)| (key.clone(), plan_view(summary)))
+            .collect();
         let plan = plumb_core::plan(
             desired,
-            &live,
+            &view,
             inventory,
             &PlanOptions {
                 sync: opts.sync.clone(),
@@ -209,6 +224,7 @@ impl<C: Cluster> Engine<C> {
                 upgrade: opts.upgrade.unwrap_or(!inventory.is_empty()),
             },
         )?;
+        drop(view);
 
         // Each planned manifest's kind (hooks and skipped objects are not planned objects).
         let kinds: BTreeMap<ObjectKey, Resolved> = plan
@@ -279,10 +295,13 @@ impl<C: Cluster> Engine<C> {
             stream::iter(checkable)
                 .map(|(i, key, full)| async move {
                     let _permit = self.budget.acquire().await;
+                    let summary = live_ref
+                        .get(&key)
+                        .and_then(|s| serde_json::from_str::<Value>(s).ok());
                     let target = Target {
                         manifest: planned_ref[i],
                         resolved: &kinds_ref[&key],
-                        live: live_ref.get(&key),
+                        live: summary.as_ref(),
                     };
                     let result = self.apply_one(target, opts, true).await;
                     let checked = match result {
@@ -364,7 +383,7 @@ impl<C: Cluster> Engine<C> {
                     })?;
                 if let Some(live) = live {
                     prep.live_full.insert(key.clone(), live.to_string());
-                    prep.live.insert(key.clone(), summary(live));
+                    prep.live.insert(key.clone(), summary(live).to_string());
                 }
             }
             prep.kinds.insert(key, resolved);
@@ -388,4 +407,47 @@ fn without_managed_fields(mut v: Value) -> Value {
         meta.remove("managedFields");
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_summary_keeps_the_metadata_later_steps_read_and_drops_the_rest() {
+        let live = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "web", "namespace": "a", "uid": "u-1", "resourceVersion": "7",
+                "generation": 3,
+                "labels": { "plumb.dev/sync-name": "s" },
+                "annotations": { "argocd.argoproj.io/sync-wave": "2" },
+                "managedFields": [
+                    { "manager": "plumb", "operation": "Apply", "apiVersion": "apps/v1",
+                      "time": "2026-12-07T00:00:00Z", "fieldsType": "FieldsV1",
+                      "fieldsV1": { "f:spec": { "f:replicas": {} } } },
+                    { "manager": "kubectl", "operation": "Update", "subresource": "scale",
+                      "fieldsV1": { "f:spec": { "f:replicas": {} } } }
+                ]
+            },
+            "spec": { "replicas": 2 },
+            "status": { "readyReplicas": 2 }
+        });
+        let s = summary(live.clone());
+        assert_eq!(s.as_object().map(|o| o.len()), Some(1), "only metadata: {s}");
+        let mut expected = live["metadata"].clone();
+        for entry in expected["managedFields"].as_array_mut().unwrap() {
+            entry.as_object_mut().unwrap().remove("fieldsV1");
+        }
+        assert_eq!(s["metadata"], expected);
+        // What the rules read of it still answers as of the whole object.
+        assert!(plumb_core::applied_by(&s, "plumb"));
+        assert!(plumb_core::only_imperative_managers(
+            "conflict with \"kubectl\" using apps/v1: .spec.replicas",
+            Some(&s)
+        ));
+        assert_eq!(plumb_core::phases::wave_of_object(&s), 2);
+    }
 }

@@ -26,9 +26,9 @@ impl<C: Cluster> Engine<C> {
                 format!("kind {} is no longer served", entry.key.kind),
             ));
         };
-        let uid = prep
-            .live
-            .get(&entry.key)
+        let summary = prep.live_summary(&entry.key);
+        let uid = summary
+            .as_ref()
             .and_then(|v| v["metadata"]["uid"].as_str());
         match self
             .cluster

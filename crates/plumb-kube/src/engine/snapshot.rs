@@ -15,12 +15,14 @@ use crate::error::{Error, Result};
 
 /// From this many objects of one kind in one namespace on, a LIST is cheaper.
 const LIST_FROM: usize = 5;
-/// Objects per LIST page.
-const PAGE: u32 = 500;
+/// Objects per LIST page: a page is held whole (and briefly twice, typed then as JSON) while
+/// it is reduced to summaries, so it bounds the snapshot's peak; 100 objects of a kind still
+/// take one LIST in a Sync of a few hundred objects.
+const PAGE: u32 = 100;
 
 impl<C: Cluster> Engine<C> {
     /// Reads the live copy of `wanted` (a large sync costs a handful of requests, not one per
-    /// object): the [`summary`] of each, and the whole object as compact JSON of those
+    /// object): the [`summary`] of each (as compact JSON), and the whole object as compact JSON of those
     /// `keep_full` names. Each page is reduced as it arrives: no tree of every live object
     /// is held at once.
     pub(super) async fn snapshot(
@@ -28,13 +30,13 @@ impl<C: Cluster> Engine<C> {
         wanted: Vec<(ObjectKey, Resolved)>,
         concurrency: usize,
         keep_full: impl Fn(&ObjectKey) -> bool + Sync,
-    ) -> Result<(BTreeMap<ObjectKey, Value>, BTreeMap<ObjectKey, String>)> {
+    ) -> Result<(BTreeMap<ObjectKey, String>, BTreeMap<ObjectKey, String>)> {
         let mut full = BTreeMap::new();
         let mut keep = |key: &ObjectKey, obj: Value| {
             if keep_full(key) {
                 full.insert(key.clone(), obj.to_string());
             }
-            summary(obj)
+            summary(obj).to_string()
         };
         type Group = (String, String, String, Option<String>);
         let mut groups: BTreeMap<Group, Vec<(ObjectKey, Resolved)>> = BTreeMap::new();
@@ -61,7 +63,7 @@ impl<C: Cluster> Engine<C> {
                 singles.extend(members);
             }
         }
-        let mut live: BTreeMap<ObjectKey, Value> = stream::iter(singles)
+        let mut live: BTreeMap<ObjectKey, String> = stream::iter(singles)
             .map(|(key, r)| async move {
                 let obj = self
                     .cluster
