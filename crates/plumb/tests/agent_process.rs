@@ -294,10 +294,14 @@ async fn two_shards_each_reconcile_only_their_own_syncs() -> Result<()> {
         Ok((!managed_syncs(&m).is_empty()).then_some(m))
     })
     .await?;
-    let metrics_rest = eventually("the other shard's metrics to show its Syncs", WAIT, || async {
-        let m = http::get(b.metrics_addr(), "/metrics").await?.body;
-        Ok((managed_syncs(&m).len() >= 2).then_some(m))
-    })
+    let metrics_rest = eventually(
+        "the other shard's metrics to show its Syncs",
+        WAIT,
+        || async {
+            let m = http::get(b.metrics_addr(), "/metrics").await?.body;
+            Ok((managed_syncs(&m).len() >= 2).then_some(m))
+        },
+    )
     .await?;
     assert_eq!(managed_syncs(&metrics_a), expect_a, "shard a:\n{metrics_a}");
     assert_eq!(

@@ -194,7 +194,11 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
         args.apps,
         args.syncs,
         args.shards,
-        if args.shards > 1 { " (one shard each)" } else { "" },
+        if args.shards > 1 {
+            " (one shard each)"
+        } else {
+            ""
+        },
         args.concurrency
     );
     out.push('\n');

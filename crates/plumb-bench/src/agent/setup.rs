@@ -362,10 +362,7 @@ impl<'a> AgentBench<'a> {
     async fn wait_ready(&mut self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ready = self
-                .http
-                .get(port, "/readyz", Duration::from_secs(1))
-                .await;
+            let ready = self.http.get(port, "/readyz", Duration::from_secs(1)).await;
             if ready.is_ok() {
                 return Ok(());
             }

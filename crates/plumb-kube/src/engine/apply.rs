@@ -149,10 +149,7 @@ impl<C: Cluster> Engine<C> {
             Err(kube::Error::Api(status))
                 if status.code == 409
                     && !opts.force_conflicts
-                    && plumb_core::only_imperative_managers(
-                        &status.message,
-                        target.live,
-                    ) =>
+                    && plumb_core::only_imperative_managers(&status.message, target.live) =>
             {
                 apply(ApplyMode {
                     force: true,

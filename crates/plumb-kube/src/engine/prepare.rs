@@ -436,7 +436,11 @@ mod tests {
             "status": { "readyReplicas": 2 }
         });
         let s = summary(live.clone());
-        assert_eq!(s.as_object().map(|o| o.len()), Some(1), "only metadata: {s}");
+        assert_eq!(
+            s.as_object().map(|o| o.len()),
+            Some(1),
+            "only metadata: {s}"
+        );
         let mut expected = live["metadata"].clone();
         for entry in expected["managedFields"].as_array_mut().unwrap() {
             entry.as_object_mut().unwrap().remove("fieldsV1");

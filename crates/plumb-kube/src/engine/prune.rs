@@ -27,9 +27,7 @@ impl<C: Cluster> Engine<C> {
             ));
         };
         let summary = prep.live_summary(&entry.key);
-        let uid = summary
-            .as_ref()
-            .and_then(|v| v["metadata"]["uid"].as_str());
+        let uid = summary.as_ref().and_then(|v| v["metadata"]["uid"].as_str());
         match self
             .cluster
             .delete(&r, entry.key.namespace.as_deref(), &entry.key.name, uid)

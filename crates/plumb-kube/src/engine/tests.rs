@@ -745,7 +745,10 @@ async fn a_shared_budget_bounds_the_objects_in_flight_across_syncs() {
         );
         let (ra, rb) = (ra.expect("sync a"), rb.expect("sync b"));
         assert!(ra.failures.is_empty() && rb.failures.is_empty());
-        assert_eq!(ra.changes.counts().created + rb.changes.counts().created, 24);
+        assert_eq!(
+            ra.changes.counts().created + rb.changes.counts().created,
+            24
+        );
         engine.cluster().peak_applies()
     }
 
@@ -757,6 +760,9 @@ async fn a_shared_budget_bounds_the_objects_in_flight_across_syncs() {
     let bounded = engine().budgeted(super::ObjectBudget::new(3));
     bounded.cluster().slow_applies();
     let peak = two_syncs(&bounded).await;
-    assert!(peak <= 3, "at most 3 objects at once across both syncs: {peak}");
+    assert!(
+        peak <= 3,
+        "at most 3 objects at once across both syncs: {peak}"
+    );
     assert!(peak > 1, "the budget still lets objects overlap: {peak}");
 }
