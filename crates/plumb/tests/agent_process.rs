@@ -338,6 +338,36 @@ async fn two_shards_each_reconcile_only_their_own_syncs() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_invalid_shard_selector_stops_the_agent_at_start() -> Result<()> {
+    let w = World::new("badshard").await?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "agent",
+            "--watch-namespace",
+            w.ns(),
+            "--agent-namespace",
+            w.ns(),
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0", "--shard", "key in (a"])
+        .arg("--cache-dir")
+        .arg(w.dir().join("cache"))
+        .env("KUBECONFIG", w.kubeconfig())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .context("the agent did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it ran: {stderr}");
+    assert!(
+        stderr.contains("--shard label selector \"key in (a\""),
+        "the error does not name the selector: {stderr}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn sigterm_during_a_long_health_wait_exits_at_once_and_releases_the_lease() -> Result<()> {
     let w = World::new("sigterm").await?;
     let lease = format!("plumb-agent-{}", w.suffix());
