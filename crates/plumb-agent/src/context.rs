@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub export_limits: plumb_source::export::ExportLimits,
     /// The agent's identity in events and leases.
     pub identity: String,
+    /// A label selector (`--shard`): only the GitSources and Syncs it selects are reconciled,
+    /// so that several agents, each with its own selector (and Lease), share the work.
+    /// `None` reconciles every one (in [`AgentConfig::namespace`]).
+    pub shard: Option<String>,
 }
 
 /// The key of `obj`'s failure count: kind, namespace and name, so that a GitSource and a Sync
@@ -79,11 +83,19 @@ pub struct Context {
     pub metrics: Metrics,
     /// One discovery for every Sync's engine (see [`plumb_kube::DiscoveryCache`]).
     pub discovery: plumb_kube::DiscoveryCache,
+    /// One bound for every Sync's engine on the objects being dry-run or written at once
+    /// (see [`plumb_kube::ObjectBudget`]): what concurrent applies hold at their peak.
+    pub budget: plumb_kube::ObjectBudget,
     /// The retry delays of each failing object (exponential), by [`backoff_key`].
     failures: Mutex<HashMap<String, backon::ExponentialBackoff>>,
     /// Clients impersonating ServiceAccounts, by `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
 }
+
+/// Objects dry-run or written at once across all Syncs: enough to keep the API server busy
+/// (a few requests per core of a small control plane), few enough that the dry-run results
+/// and live objects held at once stay a few MiB however many Syncs apply together.
+const OBJECT_BUDGET: usize = 32;
 
 impl Context {
     /// A context for the agent.
@@ -114,6 +126,7 @@ impl Context {
             recorder,
             metrics,
             discovery: plumb_kube::DiscoveryCache::default(),
+            budget: plumb_kube::ObjectBudget::new(OBJECT_BUDGET),
             failures: Mutex::default(),
             impersonated: Mutex::default(),
         }

@@ -112,6 +112,11 @@ pub async fn run(
         )));
     }
 
+    if let Some(shard) = &options.config.shard {
+        check_shard(&client, options.config.namespace.as_deref(), shard).await?;
+        tracing::info!(%shard, "reconciling the GitSources and Syncs of this shard only");
+    }
+
     // Standby replicas serve health and webhooks but do not reconcile.
     let election = match &options.leader {
         None => None,
@@ -240,6 +245,37 @@ where
     }
 }
 
+/// A stable name for the shard of label selector `shard` (for its Lease): `shard-` and a
+/// digest of the selector. The same selector always gives the same name, and different
+/// selectors (a selector and its complement too) different ones.
+pub fn shard_name(shard: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(shard.trim().as_bytes());
+    let hex: String = digest[..5].iter().map(|b| format!("{b:02x}")).collect();
+    format!("shard-{hex}")
+}
+
+/// Fails unless the API server accepts `shard` as a label selector (one LIST of at most one
+/// Sync): an invalid one would otherwise only show as watches failing over and over.
+async fn check_shard(client: &Client, namespace: Option<&str>, shard: &str) -> Result<(), Error> {
+    let api: Api<Sync> = scoped(client, namespace);
+    api.list_metadata(&kube::api::ListParams::default().labels(shard).limit(1))
+        .await
+        .map_err(|source| Error::Api {
+            context: format!("checking the --shard label selector {shard:?}"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The watch of this agent's GitSources or Syncs: those its shard selects, if it has one.
+fn shard_watch(ctx: &Context) -> watcher::Config {
+    match &ctx.config.shard {
+        Some(shard) => watcher::Config::default().labels(shard),
+        None => watcher::Config::default(),
+    }
+}
+
 fn controller_config(ctx: &Context) -> ControllerConfig {
     ControllerConfig::default()
         .concurrency(ctx.config.concurrency)
@@ -253,7 +289,7 @@ async fn source_controller(
 ) {
     let api: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, shard_watch(ctx))
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -277,7 +313,7 @@ async fn chart_source_controller(
 ) {
     let api: Api<ChartSource> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, shard_watch(ctx))
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -330,9 +366,19 @@ async fn sync_controller(
     let api: Api<Sync> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
     let seen = ctx.clone();
-    let stream = watcher(api.clone(), watcher::Config::default())
+    let left = ctx.clone();
+    let stream = watcher(api.clone(), shard_watch(ctx))
         .default_backoff()
         .reflect(writer)
+        // A Sync that left this agent's shard (its label changed) is no longer healed here:
+        // the shard that selects it now applies and heals it. (A deleted Sync leaves the
+        // watch only once its finalizer is done, and is unregistered by then.)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(s) = event {
+                let key = (s.namespace().unwrap_or_default(), s.name_any());
+                left.drift.unregister(&key);
+            }
+        })
         .applied_objects()
         // A running health wait of this Sync learns of a spec change, request or deletion.
         .inspect_ok(move |s| seen.supersede.saw_sync(s))
@@ -357,7 +403,7 @@ async fn sync_controller(
         .with_config(controller_config(ctx))
         // A new artifact (any GitSource change) reconciles the Syncs that use it, and cancels
         // their running health waits.
-        .watches(sources, watcher::Config::default(), move |gs: GitSource| {
+        .watches(sources, shard_watch(ctx), move |gs: GitSource| {
             seen.supersede.saw_source(&gs);
             let ns = gs.namespace().unwrap_or_default();
             syncs_of(&store, "GitSource", &ns, &gs.name_any())
@@ -365,14 +411,15 @@ async fn sync_controller(
         // Likewise a new chart version.
         .watches(
             charts,
-            watcher::Config::default(),
+            shard_watch(ctx),
             move |cs: ChartSource| {
                 seen_charts.supersede.saw_chart_source(&cs);
                 let ns = cs.namespace().unwrap_or_default();
                 syncs_of(&chart_store, crate::chartsource::KIND, &ns, &cs.name_any())
             },
         )
-        // A Sync becoming Ready reconciles the Syncs that depend on it.
+        // A Sync becoming Ready reconciles the Syncs that depend on it (of any shard: a
+        // dependency may be reconciled by another agent).
         .watches(api, watcher::Config::default(), move |changed: Sync| {
             let ns = changed.namespace().unwrap_or_default();
             let name = changed.name_any();

@@ -120,6 +120,13 @@ pub struct AgentArgs {
     /// Namespace of the Syncs, the GitSource and the managed objects.
     #[arg(long, default_value = "bench-agent")]
     pub namespace: String,
+    /// Agents, each a shard (`plumb agent --shard`): Sync `i` and a GitSource of its own go
+    /// to shard `i mod N`. 1: one unsharded agent and one GitSource.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub shards: u32,
+    /// Syncs each agent reconciles at once (`plumb agent --concurrency`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Keep the repository and logs.
     #[arg(long)]
     pub keep_dir: bool,

@@ -15,8 +15,8 @@ pub use cluster::{
     await_crds_established,
 };
 pub use engine::{
-    DiscoveryCache, Engine, HookRun, NoProgress, ObjectCheck, ObjectDiff, ObjectState, Progress,
-    SyncOptions, SyncReport,
+    DiscoveryCache, Engine, HookRun, NoProgress, ObjectBudget, ObjectCheck, ObjectDiff,
+    ObjectState, Progress, SyncOptions, SyncReport,
 };
 pub use error::{Error, FailureKind, ObjectError, Result};
 pub use inventory::{ConfigMapInventory, StoredState};

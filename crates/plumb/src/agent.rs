@@ -32,9 +32,10 @@ pub struct AgentArgs {
     /// Run for leadership on a Lease; only the leader reconciles.
     #[arg(long)]
     pub leader_elect: bool,
-    /// Name of the leader Lease.
-    #[arg(long, default_value = "plumb-agent")]
-    pub lease_name: String,
+    /// Name of the leader Lease (default: plumb-agent; with --shard, plumb-agent-<shard name>,
+    /// so that each shard elects its own leader).
+    #[arg(long)]
+    pub lease_name: Option<String>,
     /// Lease duration: how soon a standby takes over when the leader dies.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -61,8 +62,61 @@ pub struct AgentArgs {
     /// single-tenant setups such as a laptop or the quickstart.
     #[arg(long)]
     pub allow_local_sources: bool,
+    /// Reconcile only the GitSources, ChartSources and Syncs this label selector selects, e.g.
+    /// `sharding.plumb.dev/key=shard1`, so that several agents share the work (as Flux's
+    /// `--watch-label-selector`). Objects no agent's selector selects are reconciled by none:
+    /// run one more agent with the complement, e.g. `!sharding.plumb.dev/key` or
+    /// `sharding.plumb.dev/key notin (shard1,shard2)`. A Sync and its GitSource must be in the
+    /// same shard (a Sync renders what its own agent fetched).
+    #[arg(long, value_name = "SELECTOR")]
+    pub shard: Option<String>,
+    /// This shard's name, in its Lease (plumb-agent-<name>); default: derived from the
+    /// --shard selector (`shard-` and a digest of it).
+    #[arg(long, value_name = "NAME", requires = "shard", value_parser = parse_shard_name)]
+    pub shard_name: Option<String>,
     #[command(flatten)]
     pub limits: crate::source::LimitArgs,
+}
+
+impl AgentArgs {
+    /// The shard's name: `--shard-name`, else derived from the selector (the same selector
+    /// always gives the same name; different selectors, complementary ones too, differ).
+    pub fn shard_name(&self) -> Option<String> {
+        let shard = self.shard.as_deref()?;
+        Some(
+            self.shard_name
+                .clone()
+                .unwrap_or_else(|| plumb_agent::runner::shard_name(shard)),
+        )
+    }
+
+    /// The leader Lease: `--lease-name`, else plumb-agent, or plumb-agent-<shard name>.
+    pub fn lease_name(&self) -> String {
+        match (&self.lease_name, self.shard_name()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(shard)) => format!("plumb-agent-{shard}"),
+            (None, None) => "plumb-agent".to_owned(),
+        }
+    }
+}
+
+/// A shard name goes into a Lease name: lower-case letters, digits and `-`, at most 40.
+fn parse_shard_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 40
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "invalid shard name {text:?}: use at most 40 lower-case letters, digits and '-' \
+             (not first or last)"
+        ))
+    }
 }
 
 /// `:8080` is `0.0.0.0:8080`, as Go programs write it.
@@ -114,18 +168,23 @@ pub async fn run(global: &Global, args: &AgentArgs) -> Result<ExitCode> {
             agent_namespace: Some(args.agent_namespace.clone()),
             export_limits: args.limits.export_limits(),
             identity,
+            shard: args.shard.clone().filter(|s| !s.trim().is_empty()),
         },
         metrics_addr: Some(args.metrics_addr),
         webhook_addr: args.webhook_addr,
         webhook_namespace: args.agent_namespace.clone(),
         leader: args.leader_elect.then(|| LeaderOptions {
             namespace: args.agent_namespace.clone(),
-            lease_name: args.lease_name.clone(),
+            lease_name: args.lease_name(),
             lease_duration: args.lease_duration,
         }),
         metrics: Some(metrics),
     };
-    tracing::info!(identity = %options.config.identity, "plumb agent starting");
+    tracing::info!(
+        identity = %options.config.identity,
+        shard = args.shard_name().as_deref().unwrap_or("(all)"),
+        "plumb agent starting"
+    );
     plumb_agent::runner::run(client, kube_config, options, shutdown_signal()).await?;
     tracing::info!("plumb agent stopped");
     Ok(ExitCode::SUCCESS)
@@ -151,5 +210,44 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn args(flags: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("agent").chain(flags.iter().copied()))
+            .expect("valid flags")
+            .agent
+    }
+
+    #[test]
+    fn each_shard_elects_on_a_lease_of_its_own() {
+        assert_eq!(args(&[]).lease_name(), "plumb-agent");
+        assert_eq!(args(&["--lease-name", "x"]).lease_name(), "x");
+        let named = args(&["--shard", "k=a", "--shard-name", "one"]);
+        assert_eq!(named.lease_name(), "plumb-agent-one");
+        // Derived: stable for a selector, different for its complement (which runs beside it).
+        let a = args(&["--shard", "k=a"]).lease_name();
+        assert_eq!(a, args(&["--shard", "k=a"]).lease_name());
+        assert_ne!(a, args(&["--shard", "k!=a"]).lease_name());
+        assert!(a.starts_with("plumb-agent-shard-"), "{a}");
+        assert!(
+            Cli::try_parse_from(["agent", "--shard-name", "one"]).is_err(),
+            "--shard-name needs --shard"
+        );
+        assert!(
+            Cli::try_parse_from(["agent", "--shard", "k=a", "--shard-name", "Not/Valid"]).is_err()
+        );
     }
 }

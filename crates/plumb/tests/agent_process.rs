@@ -219,6 +219,154 @@ async fn two_agent_processes_fail_over() -> Result<()> {
     Ok(())
 }
 
+/// `value` with the label `key: value` added to its metadata.
+fn labelled(mut object: serde_json::Value, key: &str, value: &str) -> serde_json::Value {
+    object["metadata"]["labels"] = json!({ key: value });
+    object
+}
+
+/// The Syncs an agent's `/metrics` says it manages (`plumb_managed_objects{sync=...}`), sorted.
+fn managed_syncs(metrics: &str) -> Vec<String> {
+    let mut syncs: Vec<String> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("plumb_managed_objects{sync=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    syncs.sort();
+    syncs
+}
+
+#[tokio::test]
+async fn two_shards_each_reconcile_only_their_own_syncs() -> Result<()> {
+    const KEY: &str = "sharding.plumb.dev/key";
+    let w = World::new("shards").await?;
+    // Shard `a`, and its complement: everything else, unlabelled objects included. Each
+    // shard elects its own leader.
+    let shard_a = AgentSpec::new("shard-a")
+        .shard(&format!("{KEY}=a"))
+        .lease(&format!("plumb-agent-a-{}", w.suffix()));
+    let rest = AgentSpec::new("shard-rest")
+        .shard(&format!("{KEY} notin (a)"))
+        .lease(&format!("plumb-agent-rest-{}", w.suffix()));
+    let a = w.spawn(&process(), shard_a).await?;
+    let b = w.spawn(&process(), rest).await?;
+
+    let commit = w.commit(
+        &[
+            ("a/cm.yaml", &configmap("in-a", "1")),
+            ("b/cm.yaml", &configmap("in-b", "1")),
+            ("c/cm.yaml", &configmap("in-c", "1")),
+        ],
+        w.signing(),
+    )?;
+    // A Sync and its GitSource are in the same shard: a Sync renders what its agent fetched.
+    for (name, shard) in [("a", Some("a")), ("b", Some("b")), ("c", None)] {
+        let source = w.git_source(&format!("repo-{name}")).verify("range").json();
+        let sync = w
+            .sync(&format!("app-{name}"))
+            .spec(json!({ "sourceRef": { "name": format!("repo-{name}") }, "path": name }))
+            .json();
+        match shard {
+            Some(shard) => {
+                w.create(labelled(source, KEY, shard)).await?;
+                w.create(labelled(sync, KEY, shard)).await?;
+            }
+            None => {
+                w.create(source).await?;
+                w.create(sync).await?;
+            }
+        }
+    }
+    for name in ["app-a", "app-b", "app-c"] {
+        w.wait_applied::<Sync>(name, &commit, WAIT).await?;
+    }
+    for cm in ["in-a", "in-b", "in-c"] {
+        w.wait_value(cm, "1").await?;
+    }
+
+    // Each agent manages the Syncs of its shard, and only those.
+    let ns = w.ns();
+    let expect_a = vec![format!("{ns}/app-a")];
+    let expect_rest = vec![format!("{ns}/app-b"), format!("{ns}/app-c")];
+    let metrics_a = eventually("shard a's metrics to show its Sync", WAIT, || async {
+        let m = http::get(a.metrics_addr(), "/metrics").await?.body;
+        Ok((!managed_syncs(&m).is_empty()).then_some(m))
+    })
+    .await?;
+    let metrics_rest = eventually(
+        "the other shard's metrics to show its Syncs",
+        WAIT,
+        || async {
+            let m = http::get(b.metrics_addr(), "/metrics").await?.body;
+            Ok((managed_syncs(&m).len() >= 2).then_some(m))
+        },
+    )
+    .await?;
+    assert_eq!(managed_syncs(&metrics_a), expect_a, "shard a:\n{metrics_a}");
+    assert_eq!(
+        managed_syncs(&metrics_rest),
+        expect_rest,
+        "the other shard:\n{metrics_rest}"
+    );
+
+    // Both lead at once, each on its shard's Lease.
+    let leases: Api<Lease> = Api::namespaced(w.client().clone(), w.ns());
+    for (lease, identity) in [("a", "shard-a"), ("rest", "shard-rest")] {
+        let name = format!("plumb-agent-{lease}-{}", w.suffix());
+        let holder = leases
+            .get(&name)
+            .await?
+            .spec
+            .and_then(|s| s.holder_identity);
+        assert_eq!(holder.as_deref(), Some(identity), "Lease {name}");
+    }
+
+    // A manual change is healed by the shard that owns the Sync.
+    w.edit_by_hand("in-c", "edited").await?;
+    w.wait_value("in-c", "1").await?;
+    let corrected = format!("plumb_drift_corrected_total{{sync=\"{ns}/app-c\"}} 1");
+    eventually("the other shard to count its correction", WAIT, || async {
+        let m = http::get(b.metrics_addr(), "/metrics").await?.body;
+        Ok(m.contains(&corrected).then_some(()))
+    })
+    .await?;
+
+    a.finish();
+    b.finish();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_shard_selector_stops_the_agent_at_start() -> Result<()> {
+    let w = World::new("badshard").await?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "agent",
+            "--watch-namespace",
+            w.ns(),
+            "--agent-namespace",
+            w.ns(),
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0", "--shard", "key in (a"])
+        .arg("--cache-dir")
+        .arg(w.dir().join("cache"))
+        .env("KUBECONFIG", w.kubeconfig())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .context("the agent did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it ran: {stderr}");
+    assert!(
+        stderr.contains("--shard label selector \"key in (a\""),
+        "the error does not name the selector: {stderr}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn sigterm_during_a_long_health_wait_exits_at_once_and_releases_the_lease() -> Result<()> {
     let w = World::new("sigterm").await?;

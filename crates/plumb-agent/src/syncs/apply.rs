@@ -233,7 +233,9 @@ pub(crate) fn engine_for(
             context: "building an impersonating client".into(),
             source,
         })?;
-    let engine = Engine::new(client).sharing(ctx.discovery.clone());
+    let engine = Engine::new(client)
+        .sharing(ctx.discovery.clone())
+        .budgeted(ctx.budget.clone());
     let (inventory, bad) = status::inventory_from_items(&st.inventory);
     if !bad.is_empty() {
         tracing::warn!(?bad, "ignoring unreadable inventory entries");

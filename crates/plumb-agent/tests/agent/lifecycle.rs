@@ -28,6 +28,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() -
                     export_limits: Default::default(),
                     agent_namespace: None,
                     identity: identity.to_owned(),
+                    shard: None,
                 },
                 metrics_addr: None,
                 webhook_addr: None,

@@ -111,6 +111,7 @@ impl Launcher for InProcess<'_> {
                 export_limits: Default::default(),
                 agent_namespace: None,
                 identity: spec.identity.clone(),
+                shard: spec.shard.clone(),
             };
             (self.configure)(&mut config);
             let kube_config = kube::Config::infer().await?;

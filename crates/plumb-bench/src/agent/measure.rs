@@ -48,12 +48,22 @@ impl AgentBench<'_> {
         )
     }
 
+    /// The agents' request counters, summed over the shards.
     async fn agent_metrics(&self) -> anyhow::Result<RequestRates> {
-        let text = self
-            .http
-            .get(self.metrics_port, "/metrics", Duration::from_secs(5))
-            .await?;
-        Ok(agent_requests(&text))
+        let mut sum: RequestRates = Vec::new();
+        for port in &self.metrics_ports {
+            let text = self
+                .http
+                .get(*port, "/metrics", Duration::from_secs(5))
+                .await?;
+            for (key, value) in agent_requests(&text) {
+                match sum.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, total)) => *total += value,
+                    None => sum.push((key, value)),
+                }
+            }
+        }
+        Ok(sum)
     }
 
     /// Agent API requests per minute during `seconds` with no change in Git or the cluster.

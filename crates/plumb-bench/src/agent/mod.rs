@@ -23,13 +23,15 @@ use self::setup::AgentBench;
 use crate::cli::AgentArgs;
 use crate::cluster::{delete_namespaces, settle_for};
 use crate::metrics::BENCH_RESOURCES;
-use crate::process::{ensure_tools, plumb_binary, rss_mib};
+use crate::process::{clock_ticks, cpu_seconds, ensure_tools, plumb_binary, rss_mib};
 use crate::stats::{max, percentile};
 use crate::testenv::ControlPlane;
 
 /// Everything the report shows.
 struct Results {
     initial: f64,
+    /// CPU seconds of the agents during the initial apply.
+    initial_cpu: f64,
     rss_initial: (f64, f64),
     steady: RequestRates,
     drift: DriftLatencies,
@@ -90,10 +92,20 @@ async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Resu
     bench.make_repo()?;
     bench.setup_cluster().await?;
     bench.start_agent().await?;
-    log!("initial apply through the agent");
+    log!(
+        "initial apply through {} agent(s), concurrency {}",
+        args.shards,
+        args.concurrency
+    );
+    let ticks = clock_ticks().await;
+    let cpu_before = cpu_sum(&bench.agent_pids()?, ticks)?;
     let initial = bench.initial().await?;
-    log!("  all {} Syncs Ready in {initial:.1}s", args.syncs);
-    let rss_initial = rss_mib(bench.agent_pid()?)?;
+    let initial_cpu = cpu_sum(&bench.agent_pids()?, ticks)? - cpu_before;
+    log!(
+        "  all {} Syncs Ready in {initial:.1}s, {initial_cpu:.1} CPU seconds",
+        args.syncs
+    );
+    let rss_initial = rss_sum(&bench.agent_pids()?)?;
     settle_for(
         bench.client(),
         Duration::from_secs(3),
@@ -127,9 +139,10 @@ async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Resu
     bench.set_source_interval("1h").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let webhook = bench.commit_to_applied(args.commits, true).await?;
-    let (rss_now, rss_peak) = rss_mib(bench.agent_pid()?)?;
+    let (rss_now, rss_peak) = rss_sum(&bench.agent_pids()?)?;
     Ok(Results {
         initial,
+        initial_cpu,
         rss_initial,
         steady,
         drift,
@@ -138,6 +151,23 @@ async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Resu
         rss_now,
         rss_peak,
     })
+}
+
+/// Current and peak RSS (MiB), summed over the agents.
+fn rss_sum(pids: &[u32]) -> anyhow::Result<(f64, f64)> {
+    let mut sum = (0.0, 0.0);
+    for pid in pids {
+        let (now, peak) = rss_mib(*pid)?;
+        sum.0 += now;
+        sum.1 += peak;
+    }
+    Ok(sum)
+}
+
+/// CPU seconds so far, summed over the agents.
+fn cpu_sum(pids: &[u32], ticks: f64) -> anyhow::Result<f64> {
+    pids.iter()
+        .try_fold(0.0, |sum, pid| Ok(sum + cpu_seconds(*pid, ticks)?))
 }
 
 fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
@@ -160,8 +190,16 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
     let _ = writeln!(
         out,
         "Agent: {} apps ({objects} objects) in {} Syncs, one SSH-signed repository (range \
-         verification), drift: correct",
-        args.apps, args.syncs
+         verification), drift: correct; {} agent(s){}, concurrency {}",
+        args.apps,
+        args.syncs,
+        args.shards,
+        if args.shards > 1 {
+            " (one shard each)"
+        } else {
+            ""
+        },
+        args.concurrency
     );
     out.push('\n');
     out.push_str("| measurement | result |\n|---|---:|\n");
@@ -169,6 +207,11 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
         out,
         "| initial apply through the agent (all Syncs Ready) | {:.1} s |",
         r.initial
+    );
+    let _ = writeln!(
+        out,
+        "| CPU seconds of the initial apply (all agents) | {:.1} |",
+        r.initial_cpu
     );
     let _ = writeln!(
         out,
@@ -213,7 +256,8 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
     );
     let _ = writeln!(
         out,
-        "| agent RSS after the initial apply / at the end / peak | {:.0} / {:.0} / {:.0} MiB |",
+        "| agent RSS after the initial apply / at the end / peak (sum of the agents) | {:.0} / \
+         {:.0} / {:.0} MiB |",
         r.rss_initial.0, r.rss_now, r.rss_peak
     );
     out.push('\n');
@@ -255,10 +299,13 @@ mod tests {
             interval: "30s".into(),
             steady: 60,
             namespace: "bench-agent".into(),
+            shards: 1,
+            concurrency: 4,
             keep_dir: false,
         };
         let results = Results {
             initial: 2.0,
+            initial_cpu: 1.0,
             rss_initial: (28.0, 29.0),
             steady: vec![(("get".into(), "gitsources".into(), "false".into()), 20.0)],
             drift: vec![

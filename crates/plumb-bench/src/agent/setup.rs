@@ -31,16 +31,22 @@ pub struct AgentBench<'a> {
     pub per_sync: u32,
     pub workdir: PathBuf,
     pub token: String,
-    pub metrics_port: u16,
+    /// The metrics port of each agent (one per shard).
+    pub metrics_ports: Vec<u16>,
+    /// The webhook port of the first agent (the only one serving the receiver: a push
+    /// annotates every GitSource of the receiver, whichever shard reconciles it).
     pub webhook_port: u16,
     pub http: Loopback,
     plumb: PathBuf,
     repo: Option<Repo>,
     work: Option<WorkTree>,
     signing: Signing,
-    agent: Option<Child>,
+    agents: Vec<Child>,
     revision: u64,
 }
+
+/// The label that assigns GitSources and Syncs to shards.
+const SHARD_LABEL: &str = "bench.plumb.dev/shard";
 
 /// A free port on 127.0.0.1 (the OS picks; it is released for the agent to bind).
 fn free_port() -> anyhow::Result<u16> {
@@ -73,14 +79,16 @@ impl<'a> AgentBench<'a> {
             per_sync: args.apps / args.syncs,
             workdir: workdir.to_owned(),
             token,
-            metrics_port: free_port()?,
+            metrics_ports: (0..args.shards)
+                .map(|_| free_port())
+                .collect::<anyhow::Result<_>>()?,
             webhook_port: free_port()?,
             http: Loopback::new(),
             plumb,
             repo: None,
             work: None,
             signing: Signing::None,
-            agent: None,
+            agents: Vec::new(),
             revision: 0,
         })
     }
@@ -201,42 +209,66 @@ impl<'a> AgentBench<'a> {
         Ok(())
     }
 
-    /// Applies the GitSource `bench` (polling every `interval`) and the Syncs.
+    /// The GitSources: `bench` unsharded, else `bench-<k>` for shard `k`, each labelled.
+    pub fn sources(&self) -> Vec<(String, Option<u32>)> {
+        if self.args.shards == 1 {
+            return vec![("bench".to_owned(), None)];
+        }
+        (0..self.args.shards)
+            .map(|k| (format!("bench-{k}"), Some(k)))
+            .collect()
+    }
+
+    /// Applies the GitSources (polling every `interval`) and the Syncs, each Sync in the shard
+    /// of its number modulo the shards, with the GitSource of that shard.
     pub async fn apply_source_and_syncs(&self, interval: &str) -> anyhow::Result<()> {
         let url = self.repo_url()?;
-        self.apply(
-            "GitSource",
-            json!({
-                "apiVersion": "plumb.dev/v1alpha1",
-                "kind": "GitSource",
-                "metadata": {
-                    "name": "bench",
-                    "namespace": self.ns,
-                    "annotations": { "plumb.dev/receiver": "bench" },
-                },
-                "spec": {
-                    "url": url,
-                    "ref": { "branch": "main" },
-                    "interval": interval,
-                    "verify": {
-                        "mode": "range",
-                        "allowedSignersRef": {
-                            "kind": "Secret", "name": "bench-signers", "key": "allowed_signers",
+        let labels = |shard: Option<u32>| match shard {
+            Some(k) => json!({ SHARD_LABEL: k.to_string() }),
+            None => json!({}),
+        };
+        for (name, shard) in self.sources() {
+            self.apply(
+                "GitSource",
+                json!({
+                    "apiVersion": "plumb.dev/v1alpha1",
+                    "kind": "GitSource",
+                    "metadata": {
+                        "name": name,
+                        "namespace": self.ns,
+                        "labels": labels(shard),
+                        "annotations": { "plumb.dev/receiver": "bench" },
+                    },
+                    "spec": {
+                        "url": url,
+                        "ref": { "branch": "main" },
+                        "interval": interval,
+                        "verify": {
+                            "mode": "range",
+                            "allowedSignersRef": {
+                                "kind": "Secret", "name": "bench-signers", "key": "allowed_signers",
+                            },
                         },
                     },
-                },
-            }),
-        )
-        .await?;
+                }),
+            )
+            .await?;
+        }
+        let sources = self.sources();
         for s in 0..self.args.syncs {
+            let (source, shard) = &sources[(s % self.args.shards) as usize];
             self.apply(
                 "Sync",
                 json!({
                     "apiVersion": "plumb.dev/v1alpha1",
                     "kind": "Sync",
-                    "metadata": { "name": format!("bench-{s:02}"), "namespace": self.ns },
+                    "metadata": {
+                        "name": format!("bench-{s:02}"),
+                        "namespace": self.ns,
+                        "labels": labels(*shard),
+                    },
                     "spec": {
-                        "sourceRef": { "name": "bench" },
+                        "sourceRef": { "name": source },
                         "path": format!("apps/sync-{s:02}"),
                         "prune": true,
                         "interval": self.args.interval,
@@ -249,13 +281,15 @@ impl<'a> AgentBench<'a> {
         Ok(())
     }
 
-    /// Sets the GitSource's polling interval (a merge patch, as `kubectl patch` would).
+    /// Sets every GitSource's polling interval (a merge patch, as `kubectl patch` would).
     pub async fn set_source_interval(&self, interval: &str) -> anyhow::Result<()> {
         let patch = Patch::Merge(json!({ "spec": { "interval": interval } }));
-        plumb_api(self.client(), &self.ns, "GitSource")
-            .patch("bench", &PatchParams::default(), &patch)
-            .await
-            .context("patching the GitSource's interval")?;
+        for (name, _) in self.sources() {
+            plumb_api(self.client(), &self.ns, "GitSource")
+                .patch(&name, &PatchParams::default(), &patch)
+                .await
+                .context("patching the GitSource's interval")?;
+        }
         Ok(())
     }
 
@@ -285,33 +319,50 @@ impl<'a> AgentBench<'a> {
 
     // -- the agent process --
 
-    /// Starts `plumb agent` (its output in `<workdir>/agent.log`) and waits for `/readyz`.
+    /// Starts `plumb agent`, one per shard (output in `<workdir>/agent-<k>.log`), and waits
+    /// for each one's `/readyz`.
     pub async fn start_agent(&mut self) -> anyhow::Result<()> {
-        let log_path = self.workdir.join("agent.log");
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut cmd = self.plane.command(&self.plumb);
-        cmd.args(["agent", "-v", "--allow-local-sources", "--watch-namespace"])
-            .arg(&self.ns)
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{}", self.metrics_port))
-            .arg("--webhook-addr")
-            .arg(format!("127.0.0.1:{}", self.webhook_port))
-            .arg("--agent-namespace")
-            .arg(&self.ns)
-            .arg("--cache-dir")
-            .arg(self.workdir.join("cache"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        self.agent = Some(cmd.spawn().context("cannot start plumb agent")?);
+        for k in 0..self.args.shards {
+            let log_path = self.workdir.join(format!("agent-{k}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("cannot create {}", log_path.display()))?;
+            let port = self.metrics_ports[k as usize];
+            let mut cmd = self.plane.command(&self.plumb);
+            cmd.args(["agent", "-v", "--allow-local-sources", "--watch-namespace"])
+                .arg(&self.ns)
+                .arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--agent-namespace")
+                .arg(&self.ns)
+                .arg("--concurrency")
+                .arg(self.args.concurrency.to_string())
+                .arg("--cache-dir")
+                .arg(self.workdir.join(format!("cache-{k}")));
+            if k == 0 {
+                cmd.arg("--webhook-addr")
+                    .arg(format!("127.0.0.1:{}", self.webhook_port));
+            }
+            if self.args.shards > 1 {
+                cmd.arg("--shard")
+                    .arg(format!("{SHARD_LABEL}={k}"))
+                    .arg("--shard-name")
+                    .arg(format!("bench-{k}"));
+            }
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true);
+            self.agents
+                .push(cmd.spawn().context("cannot start plumb agent")?);
+            self.wait_ready(port).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, port: u16) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let ready = self
-                .http
-                .get(self.metrics_port, "/readyz", Duration::from_secs(1))
-                .await;
+            let ready = self.http.get(port, "/readyz", Duration::from_secs(1)).await;
             if ready.is_ok() {
                 return Ok(());
             }
@@ -326,42 +377,52 @@ impl<'a> AgentBench<'a> {
 
     /// Fails (with its log) if the agent has exited.
     pub fn check_agent(&mut self) -> anyhow::Result<()> {
-        if let Some(agent) = &mut self.agent
-            && let Some(status) = agent.try_wait()?
-        {
-            bail!(
-                "the agent exited ({status}); its log:\n{}",
-                self.agent_log_tail()
-            );
+        for agent in &mut self.agents {
+            if let Some(status) = agent.try_wait()? {
+                bail!(
+                    "an agent exited ({status}); the logs:\n{}",
+                    self.agent_log_tail()
+                );
+            }
         }
         Ok(())
     }
 
-    /// Whether the agent was started.
+    /// Whether the agents were started.
     pub fn agent_started(&self) -> bool {
-        self.agent.is_some()
+        !self.agents.is_empty()
     }
 
-    /// The agent's pid while it runs.
-    pub fn agent_pid(&self) -> anyhow::Result<u32> {
-        self.agent
-            .as_ref()
-            .and_then(Child::id)
-            .context("the agent is not running")
+    /// The agents' pids while they run.
+    pub fn agent_pids(&self) -> anyhow::Result<Vec<u32>> {
+        self.agents
+            .iter()
+            .map(|a| a.id().context("an agent is not running"))
+            .collect()
     }
 
-    /// The last 30 lines of the agent's log.
+    /// The last 30 lines of each agent's log.
     pub fn agent_log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.workdir.join("agent.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let mut out = String::new();
+        for k in 0..self.args.shards {
+            let path = self.workdir.join(format!("agent-{k}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("== {} ==\n", path.display()));
+            out.push_str(&lines[lines.len().saturating_sub(30)..].join("\n"));
+            out.push('\n');
+        }
+        out
     }
 
-    /// Stops the agent: SIGTERM, SIGKILL after 20 s.
+    /// Stops the agents: SIGTERM, SIGKILL after 20 s.
     pub async fn stop_agent(&mut self) {
-        let Some(mut agent) = self.agent.take() else {
-            return;
-        };
+        for agent in std::mem::take(&mut self.agents) {
+            Self::stop_one(agent).await;
+        }
+    }
+
+    async fn stop_one(mut agent: Child) {
         if let Ok(None) = agent.try_wait()
             && let Some(pid) = agent.id()
         {

@@ -1,22 +1,20 @@
 //! Writing one stage: each object whose dry-run shows a change is applied (server-side),
 //! concurrently; an apply conflict with imperative edits only is taken back as drift.
 
-use std::collections::BTreeMap;
-
 use futures::{StreamExt, stream};
 use plumb_core::{Action, ChangeSet, Manifest, ObjectKey};
 use serde_json::Value;
 
-use super::prepare::{Prepared, Target};
+use super::prepare::{Prepared, Target, summary, unchanged_on};
 use super::{Engine, Progress, SyncOptions};
-use crate::cluster::{ApplyMode, Cluster, FIELD_MANAGER};
+use crate::cluster::{ApplyMode, Cluster};
 use crate::error::ObjectError;
 
 /// The outcome of writing one object.
 struct Written {
     action: Action,
-    /// The object as the write returned it.
-    live: Option<Value>,
+    /// The [`summary`] of the object as the write returned it, as JSON.
+    live: Option<String>,
     failure: Option<ObjectError>,
 }
 
@@ -50,28 +48,24 @@ impl<C: Cluster> Engine<C> {
         failures: &mut Vec<ObjectError>,
     ) -> ChangeSet {
         let prep_ref = &*prep;
-        let mut results: Vec<(ObjectKey, Written)> =
-            stream::iter(manifests.iter().map(Manifest::key).collect::<Vec<_>>())
-                .map(|key| async move {
-                    let target = &prep_ref.targets[&key];
-                    let written = self.write(prep_ref, target, opts).await;
-                    progress.done(&key, written.action);
-                    (key, written)
-                })
-                .buffer_unordered(opts.concurrency.max(1))
-                .collect()
-                .await;
+        // Indices, not references, in the stream: its future must be Send for any caller.
+        let mut results: Vec<(usize, ObjectKey, Written)> = stream::iter(0..manifests.len())
+            .map(|i| async move {
+                let m = &manifests[i];
+                let key = m.key();
+                let written = self.write(prep_ref, m, &key, opts).await;
+                progress.done(&key, written.action);
+                (i, key, written)
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
         // Report in apply order, whatever order the writes finished in.
-        let order: BTreeMap<ObjectKey, usize> = manifests
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.key(), i))
-            .collect();
-        results.sort_by_key(|(k, ..)| order[k]);
+        results.sort_by_key(|(i, ..)| *i);
         let mut changes = ChangeSet::new();
-        for (key, written) in results {
-            if let (Some(v), Some(t)) = (written.live, prep.targets.get_mut(&key)) {
-                t.live = Some(v);
+        for (_, key, written) in results {
+            if let Some(v) = written.live {
+                prep.live.insert(key.clone(), v);
             }
             let message = written.failure.as_ref().map(|f| f.message.clone());
             failures.extend(written.failure);
@@ -81,40 +75,40 @@ impl<C: Cluster> Engine<C> {
     }
 
     /// Writes one object unless its dry-run result shows no change.
-    async fn write(&self, prep: &Prepared, target: &Target, opts: &SyncOptions) -> Written {
-        let key = target.manifest.key();
-        if prep.vouched.contains(&key) {
+    async fn write(
+        &self,
+        prep: &Prepared,
+        manifest: &Manifest,
+        key: &ObjectKey,
+        opts: &SyncOptions,
+    ) -> Written {
+        if prep.vouched.contains(key) {
             return Written::unchanged();
         }
-        let predicted = match prep.dry_run.get(&key) {
-            Some(v) => v.clone(),
+        let _permit = self.budget.acquire().await;
+        let live = prep.live_summary(key);
+        let target = Target {
+            manifest,
+            resolved: &prep.kinds[key],
+            live: live.as_ref(),
+        };
+        let changes = match prep.changes.get(key) {
+            Some(changes) => *changes,
             // Not validated up front (its Namespace or CRD came with this sync): validate now.
             None => match self.apply_one(target, opts, true).await {
-                Ok(v) => v,
+                Ok(predicted) => match prep
+                    .live_full
+                    .get(key)
+                    .and_then(|f| serde_json::from_str::<Value>(f).ok())
+                {
+                    Some(live) => !unchanged_on(&self.cluster, target, &predicted, &live).await,
+                    None => true,
+                },
                 Err(f) => return Written::failed(f),
             },
         };
-        if let Some(live) = &target.live {
-            if plumb_core::unchanged(&predicted, live, FIELD_MANAGER) {
-                return Written::unchanged();
-            }
-            // A controller may have written the object between the snapshot and the dry-run
-            // (e.g. a Deployment's revision annotation): then the dry-run carries a newer
-            // resourceVersion. Compare with a fresh read before calling it changed.
-            let rv = |v: &Value| v["metadata"]["resourceVersion"].as_str().map(str::to_owned);
-            if rv(&predicted) != rv(live)
-                && let Ok(Some(fresh)) = self
-                    .cluster
-                    .get(
-                        &target.resolved,
-                        target.manifest.namespace(),
-                        target.manifest.name(),
-                    )
-                    .await
-                && plumb_core::unchanged(&predicted, &fresh, FIELD_MANAGER)
-            {
-                return Written::unchanged();
-            }
+        if !changes {
+            return Written::unchanged();
         }
         match self.apply_one(target, opts, false).await {
             Ok(v) => Written {
@@ -123,7 +117,7 @@ impl<C: Cluster> Engine<C> {
                 } else {
                     Action::Created
                 },
-                live: Some(v),
+                live: Some(summary(v).to_string()),
                 failure: None,
             },
             Err(f) => Written::failed(f),
@@ -138,27 +132,24 @@ impl<C: Cluster> Engine<C> {
     /// unless `force_conflicts` ([`plumb_core::only_imperative_managers`]).
     pub(super) async fn apply_one(
         &self,
-        target: &Target,
+        target: Target<'_>,
         opts: &SyncOptions,
         dry_run: bool,
     ) -> Result<Value, ObjectError> {
-        let m = &target.manifest;
+        let m = target.manifest;
         let mode = ApplyMode {
             force: opts.force_conflicts,
             dry_run,
         };
         let apply = |mode| {
             self.cluster
-                .apply(&target.resolved, m.namespace(), m.name(), &m.object, mode)
+                .apply(target.resolved, m.namespace(), m.name(), &m.object, mode)
         };
         let result = match apply(mode).await {
             Err(kube::Error::Api(status))
                 if status.code == 409
                     && !opts.force_conflicts
-                    && plumb_core::only_imperative_managers(
-                        &status.message,
-                        target.live.as_ref(),
-                    ) =>
+                    && plumb_core::only_imperative_managers(&status.message, target.live) =>
             {
                 apply(ApplyMode {
                     force: true,

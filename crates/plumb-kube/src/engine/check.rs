@@ -62,9 +62,9 @@ impl<C: Cluster> Engine<C> {
             });
         }
         let target = Target {
-            manifest: manifest.clone(),
-            resolved: resolved.clone(),
-            live: live.clone(),
+            manifest,
+            resolved,
+            live: live.as_ref(),
         };
         let mut opts = SyncOptions::new(SyncId::new("", ""));
         opts.force_conflicts = force_conflicts;
@@ -72,7 +72,7 @@ impl<C: Cluster> Engine<C> {
             None => ObjectState::Missing,
             Some(live) => {
                 let predicted = self
-                    .apply_one(&target, &opts, true)
+                    .apply_one(target, &opts, true)
                     .await
                     .map_err(|f| Error::DryRun { failures: vec![f] })?;
                 if same_state(&predicted, live) {
@@ -90,7 +90,7 @@ impl<C: Cluster> Engine<C> {
                 corrected: false,
             });
         }
-        self.apply_one(&target, &opts, false)
+        self.apply_one(target, &opts, false)
             .await
             .map_err(|f| Error::Apply {
                 failures: vec![f],

@@ -67,6 +67,12 @@ struct State {
     failing_hooks: Vec<String>,
     /// Hook objects that run until read this many more times, then complete.
     slow_hooks: BTreeMap<String, usize>,
+    /// Applies (dry-run or not) take a few turns of the executor: requests overlap as they do
+    /// against a real API server, and [`Memory::peak_applies`] tells how many did at once.
+    slow_applies: bool,
+    /// Applies under way, and the most at once.
+    applies_running: usize,
+    applies_peak: usize,
 }
 
 /// One change, as watches see it: (plural, namespace, event).
@@ -147,6 +153,17 @@ impl Memory {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("memory cluster lock")
+    }
+
+    /// Makes every apply take a few turns of the executor (see [`Memory::peak_applies`]).
+    pub fn slow_applies(&self) {
+        self.lock().slow_applies = true;
+    }
+
+    /// The most applies that were under way at once (with [`Memory::slow_applies`]), and
+    /// starts counting afresh.
+    pub fn peak_applies(&self) -> usize {
+        std::mem::take(&mut self.lock().applies_peak)
     }
 
     /// Stores `object` as if someone had created it; returns it with its uid.
@@ -285,66 +302,20 @@ impl Cluster for Memory {
         body: &Value,
         mode: ApplyMode,
     ) -> Result<Value, kube::Error> {
-        let mut st = self.lock();
-        st.log.push(Request::Apply {
-            name: name.to_owned(),
-            dry_run: mode.dry_run,
-            force: mode.force,
-        });
-        let on = if mode.dry_run { On::DryRun } else { On::Write };
-        // A forced apply takes fields over: an injected conflict does not stop it.
-        match Self::injected(&st, name, on) {
-            Some(kube::Error::Api(s)) if s.code == 409 && mode.force => {}
-            Some(e) => return Err(e),
-            None => {}
-        }
-        if let Some(ns) = namespace.filter(|_| kind.namespaced)
-            && !st
-                .objects
-                .contains_key(&("namespaces".to_owned(), None, ns.to_owned()))
-        {
-            return Err(api_error(
-                404,
-                "NotFound",
-                &format!("namespaces \"{ns}\" not found"),
-            ));
-        }
-        let key = Self::key(kind, namespace, name);
-        let mut stored = body.clone();
-        // The applier becomes a manager of the object (once).
-        let mut managers: Vec<Value> = st
-            .objects
-            .get(&key)
-            .and_then(|l| l["metadata"]["managedFields"].as_array().cloned())
-            .unwrap_or_default();
-        let entry = json!({"manager": crate::FIELD_MANAGER, "operation": "Apply"});
-        if !managers.contains(&entry) {
-            managers.push(entry);
-        }
-        stored["metadata"]["managedFields"] = Value::Array(managers);
-        match st.objects.get(&key) {
-            Some(live) => {
-                stored["metadata"]["uid"] = live["metadata"]["uid"].clone();
-                stored["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
-            }
-            None => {
-                stored["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid + 1));
-                stored["metadata"]["resourceVersion"] = json!("0");
+        let slow = {
+            let mut st = self.lock();
+            st.applies_running += 1;
+            st.applies_peak = st.applies_peak.max(st.applies_running);
+            st.slow_applies
+        };
+        if slow {
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
             }
         }
-        if !mode.dry_run {
-            st.next_uid += 1;
-            if st.objects.get(&key) != Some(&stored) {
-                stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
-                let _ = self.changes.send((
-                    key.0.clone(),
-                    key.1.clone(),
-                    WatchEvent::Present(stored.clone()),
-                ));
-            }
-            st.objects.insert(key, stored.clone());
-        }
-        Ok(stored)
+        let result = self.apply_now(kind, namespace, name, body, mode);
+        self.lock().applies_running -= 1;
+        result
     }
 
     async fn create(
@@ -524,5 +495,78 @@ impl Cluster for Memory {
             futures::future::ready(keep.then_some(Ok(event)))
         });
         futures::stream::iter(initial).chain(later).boxed()
+    }
+}
+
+impl Memory {
+    /// An apply, at once.
+    fn apply_now(
+        &self,
+        kind: &Resolved,
+        namespace: Option<&str>,
+        name: &str,
+        body: &Value,
+        mode: ApplyMode,
+    ) -> Result<Value, kube::Error> {
+        let mut st = self.lock();
+        st.log.push(Request::Apply {
+            name: name.to_owned(),
+            dry_run: mode.dry_run,
+            force: mode.force,
+        });
+        let on = if mode.dry_run { On::DryRun } else { On::Write };
+        // A forced apply takes fields over: an injected conflict does not stop it.
+        match Self::injected(&st, name, on) {
+            Some(kube::Error::Api(s)) if s.code == 409 && mode.force => {}
+            Some(e) => return Err(e),
+            None => {}
+        }
+        if let Some(ns) = namespace.filter(|_| kind.namespaced)
+            && !st
+                .objects
+                .contains_key(&("namespaces".to_owned(), None, ns.to_owned()))
+        {
+            return Err(api_error(
+                404,
+                "NotFound",
+                &format!("namespaces \"{ns}\" not found"),
+            ));
+        }
+        let key = Self::key(kind, namespace, name);
+        let mut stored = body.clone();
+        // The applier becomes a manager of the object (once).
+        let mut managers: Vec<Value> = st
+            .objects
+            .get(&key)
+            .and_then(|l| l["metadata"]["managedFields"].as_array().cloned())
+            .unwrap_or_default();
+        let entry = json!({"manager": crate::FIELD_MANAGER, "operation": "Apply"});
+        if !managers.contains(&entry) {
+            managers.push(entry);
+        }
+        stored["metadata"]["managedFields"] = Value::Array(managers);
+        match st.objects.get(&key) {
+            Some(live) => {
+                stored["metadata"]["uid"] = live["metadata"]["uid"].clone();
+                stored["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
+            }
+            None => {
+                stored["metadata"]["uid"] = json!(format!("uid-{}", st.next_uid + 1));
+                stored["metadata"]["resourceVersion"] = json!("0");
+            }
+        }
+        if !mode.dry_run {
+            st.next_uid += 1;
+            if st.objects.get(&key) != Some(&stored) {
+                stored["metadata"]["resourceVersion"] = json!(st.next_uid.to_string());
+                let _ = self.changes.send((
+                    key.0.clone(),
+                    key.1.clone(),
+                    WatchEvent::Present(stored.clone()),
+                ));
+            }
+            st.objects.insert(key, stored.clone());
+        }
+        Ok(stored)
     }
 }

@@ -233,12 +233,35 @@ impl Default for DiscoveryCache {
     }
 }
 
+/// A bound on the objects whose requests (a dry-run and its comparison with the live object,
+/// or a write) run at once, shared by every engine that holds a clone: the agent's
+/// concurrent Syncs together hold at most this many dry-run results and whole live objects,
+/// however many Syncs apply at once. Without one, each sync is bounded by its
+/// [`SyncOptions::concurrency`] alone.
+#[derive(Clone, Default)]
+pub struct ObjectBudget(Option<Arc<tokio::sync::Semaphore>>);
+
+impl ObjectBudget {
+    /// At most `objects` at once (at least one).
+    pub fn new(objects: usize) -> Self {
+        Self(Some(Arc::new(tokio::sync::Semaphore::new(objects.max(1)))))
+    }
+
+    /// Waits for a turn; the turn ends when the permit is dropped.
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.0.clone()?;
+        // Never closed: acquiring cannot fail.
+        semaphore.acquire_owned().await.ok()
+    }
+}
+
 /// The sync engine: Plumb's pipeline from rendered manifests to cluster state, over a
 /// [`Cluster`] (the real one by default).
 #[derive(Clone)]
 pub struct Engine<C = KubeCluster> {
     cluster: C,
     discovery: DiscoveryCache,
+    budget: ObjectBudget,
 }
 
 impl Engine<KubeCluster> {
@@ -259,12 +282,19 @@ impl<C: Cluster> Engine<C> {
         Self {
             cluster,
             discovery: DiscoveryCache::default(),
+            budget: ObjectBudget::default(),
         }
     }
 
     /// The same engine, resolving kinds through `cache` (shared with other engines).
     pub fn sharing(mut self, cache: DiscoveryCache) -> Self {
         self.discovery = cache;
+        self
+    }
+
+    /// The same engine, bounding its requests by `budget` (shared with other engines).
+    pub fn budgeted(mut self, budget: ObjectBudget) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -323,7 +353,7 @@ impl<C: Cluster> Engine<C> {
         } else {
             desired
         };
-        let mut prep = self.prepare(desired, inventory, opts).await?;
+        let mut prep = self.prepare(desired, inventory, opts, false).await?;
         let hook_count: usize = prep.plan.sync_steps().map(|s| s.hooks.len()).sum();
         progress.start(prep.plan.apply_len() + prep.plan.prune.len() + hook_count);
         let mut changes = ChangeSet::new();
@@ -366,7 +396,7 @@ impl<C: Cluster> Engine<C> {
             return Ok(SyncReport {
                 changes,
                 inventory: inventory.clone(),
-                applied: prep.plan.manifests().cloned().collect(),
+                applied: into_manifests(prep.plan),
                 live_meta: BTreeMap::new(),
                 failures: Vec::new(),
                 hooks: Vec::new(),
@@ -390,14 +420,17 @@ impl<C: Cluster> Engine<C> {
         let inventory_out = plumb_core::inventory_after(inventory, &prep.plan, &changes, failed);
 
         let live_meta = prep
-            .targets
-            .iter()
-            .filter_map(|(key, t)| Some((key.clone(), t.live.as_ref()?.get("metadata")?.clone())))
+            .kinds
+            .keys()
+            .filter_map(|key| {
+                let meta = prep.live_summary(key)?.get_mut("metadata")?.take();
+                Some((key.clone(), meta))
+            })
             .collect();
         Ok(SyncReport {
             changes,
             inventory: inventory_out,
-            applied: prep.plan.manifests().cloned().collect(),
+            applied: into_manifests(prep.plan),
             live_meta,
             failures,
             hooks,
@@ -412,7 +445,7 @@ impl<C: Cluster> Engine<C> {
         inventory: &Inventory,
         opts: &SyncOptions,
     ) -> Result<Vec<ObjectDiff>> {
-        let prep = self.prepare(desired, inventory, opts).await?;
+        let prep = self.prepare(desired, inventory, opts, true).await?;
         let mut diffs = Vec::new();
         for m in prep.plan.manifests() {
             let key = m.key();
@@ -426,7 +459,7 @@ impl<C: Cluster> Engine<C> {
                 .cloned()
                 .unwrap_or_else(|| m.object.clone());
             diffs.push(ObjectDiff {
-                live: prep.live.get(&key).cloned(),
+                live: prep.whole_live(&key),
                 desired: Some(desired),
                 key,
                 action,
@@ -436,12 +469,20 @@ impl<C: Cluster> Engine<C> {
             diffs.push(ObjectDiff {
                 key: entry.key.clone(),
                 action: Action::Pruned,
-                live: prep.live.get(&entry.key).cloned(),
+                live: prep.whole_live(&entry.key),
                 desired: None,
             });
         }
         Ok(diffs)
     }
+}
+
+/// The plan's resources in apply order, moved out of it.
+fn into_manifests(plan: plumb_core::Plan) -> Vec<Manifest> {
+    plan.steps
+        .into_iter()
+        .flat_map(|s| s.stages.into_iter().flat_map(|(_, ms)| ms))
+        .collect()
 }
 
 /// Rendered objects that are not applied at all, and why (`argocd.argoproj.io/hook: Skip`, a

@@ -148,8 +148,14 @@ impl<C: Cluster> Engine<C> {
         if opts.deleting {
             return Ok(self.run_deletion(prep, &mut run).await);
         }
-        let steps: Vec<Step> = prep.plan.sync_steps().cloned().collect();
         let phased = prep.plan.is_phased();
+        // Taken out of the plan while it runs (put back below) rather than copied: the steps
+        // hold every manifest of the revision.
+        let all_steps = std::mem::take(&mut prep.plan.steps);
+        let steps: Vec<&Step> = all_steps
+            .iter()
+            .filter(|s| Phase::SYNC.contains(&s.phase))
+            .collect();
         let mut failed = false;
         let mut pruned = false;
         for (i, step) in steps.iter().enumerate() {
@@ -183,11 +189,11 @@ impl<C: Cluster> Engine<C> {
         if failed && !run.cancelled {
             // The fail hooks get time of their own: the failure may have been a timeout.
             run.deadline = Instant::now() + opts.timeout;
-            let fail_steps: Vec<Step> = prep.plan.steps_of(Phase::Fail).cloned().collect();
-            for step in &fail_steps {
+            for step in all_steps.iter().filter(|s| s.phase == Phase::Fail) {
                 self.run_hooks(prep, step, &mut run).await;
             }
         }
+        prep.plan.steps = all_steps;
         Ok(failed)
     }
 

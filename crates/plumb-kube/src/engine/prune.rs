@@ -26,10 +26,8 @@ impl<C: Cluster> Engine<C> {
                 format!("kind {} is no longer served", entry.key.kind),
             ));
         };
-        let uid = prep
-            .live
-            .get(&entry.key)
-            .and_then(|v| v["metadata"]["uid"].as_str());
+        let summary = prep.live_summary(&entry.key);
+        let uid = summary.as_ref().and_then(|v| v["metadata"]["uid"].as_str());
         match self
             .cluster
             .delete(&r, entry.key.namespace.as_deref(), &entry.key.name, uid)

@@ -8,23 +8,36 @@ use plumb_core::ObjectKey;
 use serde_json::Value;
 
 use super::Engine;
+use super::prepare::summary;
 use crate::cluster::Cluster;
 use crate::discovery::Resolved;
 use crate::error::{Error, Result};
 
 /// From this many objects of one kind in one namespace on, a LIST is cheaper.
 const LIST_FROM: usize = 5;
-/// Objects per LIST page.
-const PAGE: u32 = 500;
+/// Objects per LIST page: a page is held whole (and briefly twice, typed then as JSON) while
+/// it is reduced to summaries, so it bounds the snapshot's peak; 100 objects of a kind still
+/// take one LIST in a Sync of a few hundred objects.
+const PAGE: u32 = 100;
 
 impl<C: Cluster> Engine<C> {
     /// Reads the live copy of `wanted` (a large sync costs a handful of requests, not one per
-    /// object).
+    /// object): the [`summary`] of each (as compact JSON), and the whole object as compact JSON of those
+    /// `keep_full` names. Each page is reduced as it arrives: no tree of every live object
+    /// is held at once.
     pub(super) async fn snapshot(
         &self,
         wanted: Vec<(ObjectKey, Resolved)>,
         concurrency: usize,
-    ) -> Result<BTreeMap<ObjectKey, Value>> {
+        keep_full: impl Fn(&ObjectKey) -> bool + Sync,
+    ) -> Result<(BTreeMap<ObjectKey, String>, BTreeMap<ObjectKey, String>)> {
+        let mut full = BTreeMap::new();
+        let mut keep = |key: &ObjectKey, obj: Value| {
+            if keep_full(key) {
+                full.insert(key.clone(), obj.to_string());
+            }
+            summary(obj).to_string()
+        };
         type Group = (String, String, String, Option<String>);
         let mut groups: BTreeMap<Group, Vec<(ObjectKey, Resolved)>> = BTreeMap::new();
         for (key, r) in wanted {
@@ -50,7 +63,7 @@ impl<C: Cluster> Engine<C> {
                 singles.extend(members);
             }
         }
-        let mut live: BTreeMap<ObjectKey, Value> = stream::iter(singles)
+        let mut live: BTreeMap<ObjectKey, String> = stream::iter(singles)
             .map(|(key, r)| async move {
                 let obj = self
                     .cluster
@@ -64,8 +77,14 @@ impl<C: Cluster> Engine<C> {
             })
             .buffer_unordered(concurrency.max(1) * 2)
             .try_filter_map(|x| async move { Ok(x) })
-            .try_collect()
-            .await?;
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .map(|(key, obj)| {
+                let summary = keep(&key, obj);
+                (key, summary)
+            })
+            .collect();
         for members in lists {
             let (first_key, r) = &members[0];
             let namespace = first_key.namespace.as_deref().filter(|_| r.namespaced);
@@ -86,7 +105,8 @@ impl<C: Cluster> Engine<C> {
                         .as_str()
                         .and_then(|n| by_name.get(n))
                     {
-                        live.insert((*key).clone(), obj);
+                        let summary = keep(key, obj);
+                        live.insert((*key).clone(), summary);
                     }
                 }
                 match page.continue_token {
@@ -95,6 +115,6 @@ impl<C: Cluster> Engine<C> {
                 }
             }
         }
-        Ok(live)
+        Ok((live, full))
     }
 }

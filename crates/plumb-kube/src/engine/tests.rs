@@ -723,3 +723,46 @@ async fn an_object_that_looks_as_desired_but_was_never_applied_by_plumb_is_taken
         Vec::<String>::new()
     );
 }
+
+/// Two syncs at once, each of 12 ConfigMaps with concurrency 8, as the agent's concurrent
+/// Syncs: without a budget their dry-runs overlap up to 16 at once; sharing an
+/// [`super::ObjectBudget`] of 3, never more than 3 (what they hold at once is bounded
+/// across syncs, not per sync).
+#[tokio::test]
+async fn a_shared_budget_bounds_the_objects_in_flight_across_syncs() {
+    async fn two_syncs(engine: &Engine<Memory>) -> usize {
+        let desired = |sync: &str| -> Vec<Manifest> {
+            (0..12).map(|i| cm(&format!("{sync}-{i}"), "v")).collect()
+        };
+        let mut a = opts();
+        a.sync = SyncId::new("ns", "a");
+        let mut b = opts();
+        b.sync = SyncId::new("ns", "b");
+        let empty = Inventory::default();
+        let (ra, rb) = tokio::join!(
+            engine.sync(desired("a"), &empty, &a, &NoProgress),
+            engine.sync(desired("b"), &empty, &b, &NoProgress),
+        );
+        let (ra, rb) = (ra.expect("sync a"), rb.expect("sync b"));
+        assert!(ra.failures.is_empty() && rb.failures.is_empty());
+        assert_eq!(
+            ra.changes.counts().created + rb.changes.counts().created,
+            24
+        );
+        engine.cluster().peak_applies()
+    }
+
+    let unbounded = engine();
+    unbounded.cluster().slow_applies();
+    let peak = two_syncs(&unbounded).await;
+    assert!(peak > 8, "without a budget the syncs overlap: {peak}");
+
+    let bounded = engine().budgeted(super::ObjectBudget::new(3));
+    bounded.cluster().slow_applies();
+    let peak = two_syncs(&bounded).await;
+    assert!(
+        peak <= 3,
+        "at most 3 objects at once across both syncs: {peak}"
+    );
+    assert!(peak > 1, "the budget still lets objects overlap: {peak}");
+}

@@ -29,6 +29,8 @@ pub struct AgentSpec {
     pub webhook: bool,
     /// Elect a leader on this Lease (in the world's namespace), lease duration 4 s.
     pub lease: Option<String>,
+    /// Reconcile only the GitSources and Syncs this label selector selects (`--shard`).
+    pub shard: Option<String>,
 }
 
 impl AgentSpec {
@@ -49,6 +51,12 @@ impl AgentSpec {
     /// Serves the webhook receiver.
     pub fn webhook(mut self) -> Self {
         self.webhook = true;
+        self
+    }
+
+    /// Reconciles only what the label selector `shard` selects.
+    pub fn shard(mut self, shard: &str) -> Self {
+        self.shard = Some(shard.to_owned());
         self
     }
 
@@ -134,7 +142,7 @@ pub async fn wait_healthy(
 ///
 /// Flags: `-v agent --watch-namespace NS --agent-namespace NS --identity ID --cache-dir DIR
 /// --concurrency 4 --allow-local-sources --metrics-addr ADDR`, plus `--webhook-addr` and
-/// `--leader-elect --lease-name L --lease-duration 4s` as the spec asks. Output goes to
+/// `--leader-elect --lease-name L --lease-duration 4s` and `--shard S` as the spec asks. Output goes to
 /// `<identity>.log` in the world's directory.
 pub struct Process {
     bin: PathBuf,
@@ -173,6 +181,9 @@ impl Launcher for Process {
                 .arg("--allow-local-sources");
             if let Some(addr) = webhook {
                 cmd.args(["--webhook-addr", &addr.to_string()]);
+            }
+            if let Some(shard) = &spec.shard {
+                cmd.args(["--shard", shard]);
             }
             if let Some(lease) = &spec.lease {
                 cmd.args(["--leader-elect", "--lease-name", lease])
