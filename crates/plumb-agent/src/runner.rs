@@ -409,15 +409,11 @@ async fn sync_controller(
             syncs_of(&store, "GitSource", &ns, &gs.name_any())
         })
         // Likewise a new chart version.
-        .watches(
-            charts,
-            shard_watch(ctx),
-            move |cs: ChartSource| {
-                seen_charts.supersede.saw_chart_source(&cs);
-                let ns = cs.namespace().unwrap_or_default();
-                syncs_of(&chart_store, crate::chartsource::KIND, &ns, &cs.name_any())
-            },
-        )
+        .watches(charts, shard_watch(ctx), move |cs: ChartSource| {
+            seen_charts.supersede.saw_chart_source(&cs);
+            let ns = cs.namespace().unwrap_or_default();
+            syncs_of(&chart_store, crate::chartsource::KIND, &ns, &cs.name_any())
+        })
         // A Sync becoming Ready reconciles the Syncs that depend on it (of any shard: a
         // dependency may be reconciled by another agent).
         .watches(api, watcher::Config::default(), move |changed: Sync| {
