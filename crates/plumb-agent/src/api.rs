@@ -379,7 +379,8 @@ pub struct SyncSpec {
 }
 
 /// Helm rendering of a chart in the source (`helm template`, sandboxed: no plugins, no
-/// network; dependencies must be vendored in `charts/`). The release namespace
+/// network; dependencies are vendored in `charts/` or fetched by Plumb, see
+/// `dependencyRepositories`). The release namespace
 /// (`.Release.Namespace`) is `targetNamespace`, else the Sync's namespace. Values precedence,
 /// lowest first: the chart's `values.yaml`, `valuesFiles`, `valuesFrom`, `values`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -420,6 +421,34 @@ pub struct HelmSpec {
     /// `postRenderers[].kustomize`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub post_renderers: Vec<PostRendererSpec>,
+    /// Credentials and CAs for the chart's dependencies. A dependency in `Chart.yaml` with an
+    /// `https://` (Helm repository) or `oci://` repository that `charts/` lacks is fetched by
+    /// Plumb before each render (the version from `Chart.lock` when it pins one, else the
+    /// range in `Chart.yaml`; the limits of a ChartSource) into a copy of the chart, never by
+    /// Helm: with the entry whose `url` has the dependency's origin (scheme, host, port),
+    /// else anonymously with the system's roots. `file://` dependencies must be vendored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependency_repositories: Vec<DependencyRepositorySpec>,
+}
+
+/// Credentials and a CA for the chart dependencies of one origin.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyRepositorySpec {
+    /// `https://host[:port][/path]` or `oci://host[:port][/path]`: its origin (scheme, host,
+    /// port) selects the dependencies this entry applies to.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = "^(https|oci)://"))]
+    pub url: String,
+    /// Secret in the Sync's namespace, read with the Sync's service account, as a
+    /// ChartSource's `secretRef`: `username` + `password`, or `bearerToken`; optionally
+    /// `caFile` (or `ca.crt`); the annotation `plumb.dev/credential-hosts` must name the
+    /// URL's host. Sent to no other origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    /// Secret in the Sync's namespace whose `ca.crt` (or `caFile`) holds PEM certificates
+    /// trusted besides the system's roots for this origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<LocalObjectReference>,
 }
 
 /// A ConfigMap or Secret key holding values.

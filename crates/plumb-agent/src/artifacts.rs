@@ -253,6 +253,29 @@ pub async fn render_with(
     })?
 }
 
+/// Renders `path` of the per-render copy `copy` (its `root` directory; see
+/// `syncs::helm`), then removes the copy.
+pub async fn render_copy(
+    copy: tempfile::TempDir,
+    path: Option<String>,
+    chart: Option<plumb_render::ChartOptions>,
+) -> Result<Vec<Manifest>> {
+    tokio::task::spawn_blocking(move || {
+        let opts = plumb_render::RenderOptions {
+            chart: chart.unwrap_or_default(),
+            ..plumb_render::RenderOptions::default()
+        };
+        let rendered = render_dir_with(&copy.path().join("root"), path.as_deref(), &opts);
+        drop(copy);
+        rendered
+    })
+    .await
+    .map_err(|e| Error::Io {
+        context: "rendering".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
 /// Renders `path` (relative; empty or `.` for the root) of the directory `dir`.
 pub fn render_dir(dir: &Path, path: Option<&str>) -> Result<Vec<Manifest>> {
     render_dir_with(dir, path, &plumb_render::RenderOptions::default())

@@ -209,44 +209,53 @@ async fn request_for(cs: &ChartSource, ctx: &Context, ns: &str) -> Result<ChartR
     if let Some(secret_ref) = &cs.spec.secret_ref {
         let secret = read_secret(ctx, ns, &secret_ref.name, "secretRef").await?;
         check_credential_hosts(&cs.spec.url, &secret, ns, &secret_ref.name)?;
-        let data = secret.data.unwrap_or_default();
-        let get = |k: &str| {
-            data.get(k)
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        };
-        req.credentials = if let Some(token) = get("bearerToken") {
-            ChartCredentials::Bearer {
-                token: token.into(),
-            }
-        } else if let Some(password) = get("password") {
-            ChartCredentials::Basic {
-                username: get("username").unwrap_or_default(),
-                password: password.into(),
-            }
-        } else {
-            ChartCredentials::None
-        };
-        if let Some(ca) = get("caFile").or_else(|| get("ca.crt")) {
-            req.ca_pem = Some(ca.into_bytes());
-        }
+        (req.credentials, req.ca_pem) = credentials_from(secret);
     }
     if let Some(cert_ref) = &cs.spec.cert_secret_ref {
         let secret = read_secret(ctx, ns, &cert_ref.name, "certSecretRef").await?;
-        let data = secret.data.unwrap_or_default();
-        let ca = data
-            .get("ca.crt")
-            .or_else(|| data.get("caFile"))
-            .ok_or_else(|| {
-                Error::Spec(format!(
-                    "Secret {ns}/{} (certSecretRef) has no key ca.crt or caFile",
-                    cert_ref.name
-                ))
-            })?;
+        let ca = ca_from(secret, ns, &cert_ref.name, "certSecretRef")?;
         let mut pem = req.ca_pem.take().unwrap_or_default();
-        pem.extend_from_slice(&ca.0);
+        pem.extend_from_slice(&ca);
         req.ca_pem = Some(pem);
     }
     Ok(req)
+}
+
+/// The credentials (`bearerToken`, else `username` + `password`) and CA (`caFile` or
+/// `ca.crt`) of a `secretRef` Secret.
+pub(crate) fn credentials_from(secret: Secret) -> (ChartCredentials, Option<Vec<u8>>) {
+    let data = secret.data.unwrap_or_default();
+    let get = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let credentials = if let Some(token) = get("bearerToken") {
+        ChartCredentials::Bearer {
+            token: token.into(),
+        }
+    } else if let Some(password) = get("password") {
+        ChartCredentials::Basic {
+            username: get("username").unwrap_or_default(),
+            password: password.into(),
+        }
+    } else {
+        ChartCredentials::None
+    };
+    let ca = get("caFile").or_else(|| get("ca.crt")).map(String::into_bytes);
+    (credentials, ca)
+}
+
+/// The PEM certificates (`ca.crt` or `caFile`) of a `certSecretRef` Secret `ns/name`.
+pub(crate) fn ca_from(secret: Secret, ns: &str, name: &str, field: &str) -> Result<Vec<u8>> {
+    let data = secret.data.unwrap_or_default();
+    data.get("ca.crt")
+        .or_else(|| data.get("caFile"))
+        .map(|b| b.0.clone())
+        .ok_or_else(|| {
+            Error::Spec(format!(
+                "Secret {ns}/{name} ({field}) has no key ca.crt or caFile"
+            ))
+        })
 }
 
 async fn read_secret(ctx: &Context, ns: &str, name: &str, field: &str) -> Result<Secret> {

@@ -158,7 +158,7 @@ pub enum RenderError {
         message: String,
     },
     /// A dependency of the chart is not vendored in its `charts/` directory.
-    #[error("{}: chart dependency {name:?} (repository {repository:?}) is not in {}; vendor it there as a directory or .tgz (`helm dependency build`) and commit it: Plumb never lets Helm fetch charts", at(path, *line), charts.display())]
+    #[error("{}: chart dependency {name:?} (repository {repository:?}) is not in {}; vendor it there as a directory or .tgz (`helm dependency build`) and commit it: Plumb never lets Helm fetch charts (a Sync's agent fetches an https:// or oci:// dependency itself before the render, with spec.helm.dependencyRepositories for credentials)", at(path, *line), charts.display())]
     HelmDependencyMissing {
         /// The Chart.yaml (or requirements.yaml) listing it.
         path: PathBuf,

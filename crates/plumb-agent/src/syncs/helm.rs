@@ -26,6 +26,12 @@ pub(super) async fn render(
     record: Arc<crate::artifacts::Artifact>,
 ) -> Result<Vec<Manifest>> {
     let mut chart = chart_options(sync, ctx, ns, &record.dir).await?;
+    // Dependencies from https:// or oci:// repositories that charts/ lacks: fetched now into
+    // a copy of the chart (the artifact itself is never modified).
+    let copy = match chart {
+        Some(_) => with_dependencies(sync, ctx, ns, &record).await?,
+        None => None,
+    };
     let lookup = sync.spec.helm.as_ref().is_some_and(|h| h.lookup);
     let proxy = match chart.as_mut() {
         Some(opts) if lookup => {
@@ -45,7 +51,10 @@ pub(super) async fn render(
         _ => None,
     };
     // Held for the whole render; its digest is checked on disk first.
-    let rendered = crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await;
+    let rendered = match copy {
+        Some(copy) => crate::artifacts::render_copy(copy, sync.spec.path.clone(), chart).await,
+        None => crate::artifacts::render_with(record, sync.spec.path.clone(), chart).await,
+    };
     if let Some(proxy) = proxy {
         let stats = proxy.stats();
         tracing::debug!(
@@ -56,6 +65,168 @@ pub(super) async fn render(
         );
     }
     rendered
+}
+
+/// When the chart at `sync`'s path lists dependencies with an `https://` or `oci://`
+/// repository that its `charts/` lacks: a temporary directory whose `root` holds a copy of
+/// the chart at the same path with them fetched (plumb-source's chart dependency code, with
+/// the credentials and CAs of `spec.helm.dependencyRepositories`, read as the Sync's service
+/// account) and the values files of `spec.helm.valuesFiles`. `None`: nothing to fetch.
+async fn with_dependencies(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    record: &Arc<crate::artifacts::Artifact>,
+) -> Result<Option<tempfile::TempDir>> {
+    use std::path::Component;
+    let path = sync.spec.path.as_deref().unwrap_or("");
+    let rel = Path::new(path);
+    // Anything else is refused by the renderer, which names it.
+    if !rel
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Ok(None);
+    }
+    let chart_dir = record.dir.join(rel);
+    let chart_file = chart_dir.join(plumb_render::CHART_FILE);
+    let mentions_remote = std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
+        && std::fs::read(&chart_file).is_ok_and(|text| {
+            let text = String::from_utf8_lossy(&text);
+            text.contains("https://") || text.contains("oci://")
+        });
+    if !mentions_remote {
+        return Ok(None);
+    }
+    {
+        let (dir, digest) = (record.dir.clone(), record.tree_digest.clone());
+        tokio::task::spawn_blocking(move || plumb_source::export::verify_dir(&dir, &digest))
+            .await
+            .map_err(|e| Error::Io {
+                context: "checking the artifact".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|e| Error::Source(plumb_source::Error::Export(e)))?;
+    }
+    let spec = sync.spec.helm.clone().unwrap_or_default();
+    let repositories = dependency_repositories(sync, ctx, ns, &spec).await?;
+    let tmp = tempfile::Builder::new()
+        .prefix("plumb-chart-deps-")
+        .tempdir()
+        .map_err(|source| Error::Io {
+            context: "creating a directory for the chart's dependencies".into(),
+            source,
+        })?;
+    let root = tmp.path().join("root");
+    let dest = root.join(rel);
+    std::fs::create_dir_all(&dest).map_err(|source| Error::Io {
+        context: "creating a directory for the chart's dependencies".into(),
+        source,
+    })?;
+    let what = format!(
+        "Sync {ns}/{}: chart at path {path:?} of its source",
+        sync.name_any()
+    );
+    let fetched = plumb_source::chart::vendor_dependencies(
+        &chart_dir,
+        &what,
+        &repositories,
+        plumb_source::chart::ChartLimits::default(),
+        &dest,
+    )
+    .await
+    .map_err(|source| Error::Chart {
+        what: what.clone(),
+        source,
+    })?;
+    let Some(fetched) = fetched else {
+        return Ok(None);
+    };
+    tracing::debug!(sync = %sync.name_any(), dependencies = ?fetched, "fetched the chart's dependencies");
+    // Values files are read relative to the source root: the copy holds them too.
+    for file in &spec.values_files {
+        let file_rel = Path::new(file);
+        let plain = file_rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let mut prefix = record.dir.clone();
+        let mut no_link = plain;
+        for c in file_rel.components() {
+            prefix.push(c);
+            no_link &= std::fs::symlink_metadata(&prefix).is_ok_and(|m| !m.file_type().is_symlink());
+        }
+        // Left out, the renderer names the file as missing or refused.
+        if !no_link || !prefix.is_file() {
+            continue;
+        }
+        let target = root.join(file_rel);
+        let copied = target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::copy(&prefix, &target).map(|_| ()));
+        copied.map_err(|source| Error::Io {
+            context: format!("copying the values file {file:?} beside the chart's copy"),
+            source,
+        })?;
+    }
+    Ok(Some(tmp))
+}
+
+/// `spec.helm.dependencyRepositories` with their Secrets, read with the Sync's client.
+async fn dependency_repositories(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    spec: &HelmSpec,
+) -> Result<Vec<plumb_source::chart::DependencyRepository>> {
+    if spec.dependency_repositories.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = impersonated(sync, ctx, ns)?;
+    let secrets = Api::<Secret>::namespaced(client, ns);
+    let read = |name: String, field: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Api {
+                    context: format!("reading Secret {ns}/{name} ({field})"),
+                    source,
+                })?
+                .ok_or_else(|| Error::NotReady(format!("Secret {ns}/{name} ({field}) does not exist")))
+        }
+    };
+    let mut out = Vec::new();
+    for (i, entry) in spec.dependency_repositories.iter().enumerate() {
+        let field = format!("spec.helm.dependencyRepositories[{i}]");
+        if !(entry.url.starts_with("https://") || entry.url.starts_with("oci://")) {
+            return Err(Error::Spec(format!(
+                "{field}.url {:?} must start with https:// or oci://",
+                entry.url
+            )));
+        }
+        let mut repo = plumb_source::chart::DependencyRepository {
+            url: entry.url.clone(),
+            credentials: plumb_source::chart::ChartCredentials::None,
+            ca_pem: None,
+        };
+        if let Some(secret_ref) = &entry.secret_ref {
+            let secret = read(secret_ref.name.clone(), format!("{field}.secretRef")).await?;
+            crate::gitsource::check_credential_hosts(&entry.url, &secret, ns, &secret_ref.name)?;
+            (repo.credentials, repo.ca_pem) = crate::chartsource::credentials_from(secret);
+        }
+        if let Some(cert_ref) = &entry.cert_secret_ref {
+            let field = format!("{field}.certSecretRef");
+            let secret = read(cert_ref.name.clone(), field.clone()).await?;
+            let ca = crate::chartsource::ca_from(secret, ns, &cert_ref.name, &field)?;
+            let mut pem = repo.ca_pem.take().unwrap_or_default();
+            pem.extend_from_slice(&ca);
+            repo.ca_pem = Some(pem);
+        }
+        out.push(repo);
+    }
+    Ok(out)
 }
 
 /// The client the Sync applies with (its impersonation).

@@ -499,3 +499,123 @@ async fn a_tampered_chart_source_status_is_never_applied() -> Result<()> {
     w.stop().await;
     Ok(())
 }
+
+/// Commits chart `app` at `charts/app` whose dependency `base` (`~0.3`) lives in the
+/// servers' `stable` repository (basic auth, test CA) and is not vendored, with `base`
+/// 0.3.1 published there; returns the commit.
+fn git_chart_with_a_remote_dependency(w: &World, servers: &ChartServers) -> Result<String> {
+    let base = servers.package(
+        "base",
+        "0.3.1",
+        &[(
+            "templates/b.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-base\ndata:\n  from: {{ .Chart.Name | quote }}\n",
+        )],
+    )?;
+    servers.publish("stable", &base)?;
+    let chart_yaml = format!(
+        "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: base\n  version: \"~0.3\"\n  repository: {}\n",
+        servers.repo_url("stable")
+    );
+    w.commit(
+        &[
+            ("charts/app/Chart.yaml", chart_yaml.as_str()),
+            ("charts/app/values.yaml", "colour: red\n"),
+            ("charts/app/templates/settings.yaml", SETTINGS),
+            ("env/prod.yaml", "colour: blue\n"),
+        ],
+        w.signing(),
+    )
+}
+
+/// A Sync `web` of `charts/app` in the GitSource, with `env/prod.yaml` and the
+/// dependency repository `stable` with Secret `secret` (and `<secret>-ca` as CA, if `ca`).
+async fn create_git_chart_sync(
+    w: &World,
+    servers: &ChartServers,
+    secret: &str,
+    ca: bool,
+) -> Result<()> {
+    let mut repository = json!({
+        "url": servers.repo_url("stable"),
+        "secretRef": { "name": secret },
+    });
+    if ca {
+        repository["certSecretRef"] = json!({ "name": format!("{secret}-ca") });
+    }
+    w.create_sync_spec(
+        "web",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "charts/app", "prune": true,
+            "interval": "1h",
+            "helm": {
+                "valuesFiles": ["env/prod.yaml"],
+                "dependencyRepositories": [repository]
+            }
+        }),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_dependency_of_a_chart_in_git_is_fetched_with_the_syncs_credentials() -> Result<()> {
+    let servers = ChartServers::start()?;
+    let w = World::new("git-chart-deps").await?;
+    let commit = git_chart_with_a_remote_dependency(&w, &servers)?;
+    w.chart_secret_and_ca(&servers, "dep-auth").await?;
+    w.create_source("range").await?;
+    create_git_chart_sync(&w, &servers, "dep-auth", true).await?;
+    w.wait_applied("web", &commit).await?;
+    // The parent's objects (with the values file of the source root) and the dependency's.
+    w.wait_cm_value("web-settings", "colour", "blue").await?;
+    w.wait_cm_value("web-base", "from", "base").await?;
+    // Fetched with the login, by Plumb (Helm never reaches the network).
+    let fetched = servers.requests("/stable/base-0.3.1.tgz");
+    assert!(!fetched.is_empty(), "{}", servers.log_tails());
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_for_a_dependency_of_a_chart_in_git_applies_nothing() -> Result<()> {
+    let servers = ChartServers::start()?;
+    let w = World::new("git-chart-deps-auth").await?;
+    git_chart_with_a_remote_dependency(&w, &servers)?;
+    w.chart_secret(&servers, "dep-auth", "Wr0ng-pa55word")
+        .await?;
+    w.create_source("range").await?;
+    create_git_chart_sync(&w, &servers, "dep-auth", false).await?;
+    let syncs = w.syncs();
+    let (_, reason, message) = eventually("the Sync to fail on the dependency", WAIT, || {
+        let syncs = syncs.clone();
+        async move {
+            Ok(ready_condition(&syncs, "web")
+                .await?
+                .filter(|(s, _, m)| s == "False" && m.contains("dependency")))
+        }
+    })
+    .await?;
+    assert_eq!(reason, "FetchFailed", "{message}");
+    assert!(
+        message.contains("authentication failed (HTTP 401)")
+            && message.contains("chart at path \"charts/app\"")
+            && message.contains("dependency \"base\" version \"~0.3\"")
+            && message.contains(&servers.repo_url("stable")),
+        "{message}"
+    );
+    let sync = serde_json::to_string(&w.syncs().get("web").await?)?;
+    assert!(!sync.contains("Wr0ng-pa55word"), "{sync}");
+    let events = eventually("an event of the failure", WAIT, || async {
+        let events = w.events("web", "FetchFailed").await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert!(
+        events.iter().all(|e| !e.contains("Wr0ng-pa55word")),
+        "{events:?}"
+    );
+    assert!(w.configmaps().get_opt("web-settings").await?.is_none());
+    assert!(w.configmaps().get_opt("web-base").await?.is_none());
+    w.stop().await;
+    Ok(())
+}

@@ -12,6 +12,7 @@ use super::client::{self, Http};
 use super::unpack::{self, Dir, Node};
 use super::{ChartCredentials, ChartRequest, Error, Result};
 
+
 #[derive(Debug, Default, Deserialize)]
 struct Meta {
     #[serde(default)]
@@ -28,17 +29,52 @@ struct Dependency {
     repository: Option<String>,
 }
 
+/// Where a dependency's credentials and CA come from.
+pub(super) enum Access<'a> {
+    /// A chart fetched by a [`ChartRequest`]: its credentials (and client) only for a
+    /// dependency on the same origin, its CA for every dependency.
+    Request {
+        /// The chart's client.
+        http: &'a Http,
+        /// The chart's request.
+        req: &'a ChartRequest,
+    },
+    /// A chart directory from Git: each dependency with the entry of `repositories` on its
+    /// origin (credentials and CA), else anonymously with the system's roots.
+    Repositories(&'a [super::DependencyRepository]),
+}
+
+/// Whether `root` lists a dependency with an `https://` or `oci://` repository that
+/// `charts/` lacks.
+pub(super) fn any_missing(root: &Dir) -> bool {
+    let Some(meta) = root
+        .file("Chart.yaml")
+        .and_then(|text| serde_saphyr::from_slice::<Meta>(text).ok())
+    else {
+        return false;
+    };
+    meta.dependencies.iter().any(|dep| {
+        dep.repository
+            .as_deref()
+            .map(str::trim)
+            .is_some_and(|r| r.starts_with("https://") || r.starts_with("oci://"))
+            && !vendored(root, &dep.name)
+    })
+}
+
 /// The dependencies `root` lists that `charts/` lacks, fetched into `charts/<name>/`;
-/// returns `name version digest` of each.
+/// returns `name version digest` of each. `source` names where the chart came from in
+/// messages.
 pub(super) async fn fetch_missing(
-    http: &Http,
-    req: &ChartRequest,
+    access: Access<'_>,
+    source: &str,
+    limits: super::ChartLimits,
     chart: &str,
     root: &mut Dir,
 ) -> Result<Vec<String>> {
     let parse = |file: &str, text: &[u8]| -> Result<Meta> {
         serde_saphyr::from_slice(text).map_err(|e| Error::Malformed {
-            url: req.url.clone(),
+            url: source.to_owned(),
             what: format!("{file} of chart {chart:?}"),
             detail: e.to_string(),
         })
@@ -54,7 +90,13 @@ pub(super) async fn fetch_missing(
         Some(text) => parse("Chart.lock", text)?,
         None => Meta::default(),
     };
-    let own_origin = client::base_url(&req.url).map(|u| client::Origin::of(&u))?;
+    let own_origin = match &access {
+        Access::Request { req, .. } => {
+            Some(client::base_url(&req.url).map(|u| client::Origin::of(&u))?)
+        }
+        Access::Repositories(_) => None,
+    };
+    let origin_of = |url: &str| client::base_url(url).ok().map(|u| client::Origin::of(&u));
     let mut fetched = Vec::new();
     for dep in &meta.dependencies {
         let Some(repository) = dep.repository.as_deref().map(str::trim) else {
@@ -66,17 +108,16 @@ pub(super) async fn fetch_missing(
         if vendored(root, &dep.name) {
             continue;
         }
-        if fetched.len() >= req.limits.max_dependencies {
+        if fetched.len() >= limits.max_dependencies {
             return Err(Error::Dependency {
                 chart: chart.to_owned(),
                 dependency: dep.name.clone(),
+                version: dep.version.clone().unwrap_or_default(),
+                repository: repository.to_owned(),
                 source: Box::new(Error::Malformed {
-                    url: req.url.clone(),
+                    url: source.to_owned(),
                     what: "Chart.yaml".into(),
-                    detail: format!(
-                        "more than {} dependencies to fetch",
-                        req.limits.max_dependencies
-                    ),
+                    detail: format!("more than {} dependencies to fetch", limits.max_dependencies),
                 }),
             });
         }
@@ -87,33 +128,46 @@ pub(super) async fn fetch_missing(
                 l.name == dep.name && l.repository.as_deref().map(str::trim) == Some(repository)
             })
             .and_then(|l| l.version.clone());
-        let same_origin = client::base_url(repository)
-            .map(|u| client::Origin::of(&u) == own_origin)
-            .unwrap_or(false);
+        let dep_origin = origin_of(repository);
+        let (credentials, ca_pem, own_http) = match &access {
+            Access::Request { http, req } => {
+                if dep_origin.is_some() && dep_origin == own_origin {
+                    (req.credentials.clone(), req.ca_pem.clone(), Some(*http))
+                } else {
+                    (ChartCredentials::None, req.ca_pem.clone(), None)
+                }
+            }
+            Access::Repositories(repositories) => match repositories
+                .iter()
+                .find(|r| dep_origin.is_some() && origin_of(&r.url) == dep_origin)
+            {
+                Some(r) => (r.credentials.clone(), r.ca_pem.clone(), None),
+                None => (ChartCredentials::None, None, None),
+            },
+        };
         let dep_req = ChartRequest {
             url: repository.to_owned(),
             chart: dep.name.clone(),
             version: pinned.or_else(|| dep.version.clone()),
-            credentials: if same_origin {
-                req.credentials.clone()
-            } else {
-                ChartCredentials::None
-            },
-            ca_pem: req.ca_pem.clone(),
-            limits: req.limits,
+            credentials,
+            ca_pem,
+            limits,
         };
         let wrap = |source: Error| Error::Dependency {
             chart: chart.to_owned(),
             dependency: dep.name.clone(),
+            version: dep_req.version.clone().unwrap_or_default(),
+            repository: repository.to_owned(),
             source: Box::new(source),
         };
         // A client of its own: bound to the dependency's origin (and credentials).
         let dep_http;
-        let use_http = if same_origin {
-            http
-        } else {
-            dep_http = Http::new(&dep_req).map_err(wrap)?;
-            &dep_http
+        let use_http = match own_http {
+            Some(http) => http,
+            None => {
+                dep_http = Http::new(&dep_req).map_err(wrap)?;
+                &dep_http
+            }
         };
         let resolved = if super::is_oci(repository) {
             super::oci::resolve(use_http, &dep_req).await
@@ -128,7 +182,6 @@ pub(super) async fn fetch_missing(
             "{} {} (dependency of {chart}) from {}",
             resolved.chart, resolved.version, resolved.url
         );
-        let limits = req.limits;
         let tree = tokio::task::spawn_blocking({
             let label = label.clone();
             move || unpack::read_archive(&archive, &label, &limits)

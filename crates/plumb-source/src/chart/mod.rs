@@ -280,12 +280,19 @@ pub enum Error {
         reason: String,
     },
     /// A dependency of the chart could not be fetched.
-    #[error("dependency {dependency:?} of chart {chart:?} (Chart.yaml): {source}")]
+    #[error(
+        "dependency {dependency:?} version {version:?} from {repository} of chart {chart:?} \
+         (Chart.yaml): {source}"
+    )]
     Dependency {
         /// The chart.
         chart: String,
         /// The dependency's name.
         dependency: String,
+        /// The version or range asked for (empty: the newest).
+        version: String,
+        /// Its repository, as Chart.yaml gives it.
+        repository: String,
         /// Why.
         #[source]
         source: Box<Error>,
@@ -398,7 +405,14 @@ pub async fn download(
     })??;
     unpack::check_chart_name(&tree, &resolved.chart, &label)?;
     let mut tree = tree;
-    let dependencies = deps::fetch_missing(&http, req, &resolved.chart, &mut tree).await?;
+    let dependencies = deps::fetch_missing(
+        deps::Access::Request { http: &http, req },
+        &req.url,
+        req.limits,
+        &resolved.chart,
+        &mut tree,
+    )
+    .await?;
     let dest = dest.to_owned();
     let written = tokio::task::spawn_blocking(move || unpack::write(&tree, &label, &dest, &limits))
         .await
@@ -414,6 +428,68 @@ pub async fn download(
         tree_digest: written.tree_digest,
         dependencies,
     })
+}
+
+/// A repository that dependencies of a chart directory from Git are fetched from with
+/// credentials or a CA: used for every dependency whose repository has the same origin
+/// (scheme, host and port) as `url`, for no other.
+#[derive(Clone, Debug)]
+pub struct DependencyRepository {
+    /// `https://host[/path]` or `oci://host[:port][/path]`.
+    pub url: String,
+    /// Sent only to that origin.
+    pub credentials: ChartCredentials,
+    /// PEM certificates trusted besides the system's roots, for that origin.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// For the chart directory `chart_dir` (from a Git artifact, which must not change): when
+/// its `Chart.yaml` lists dependencies with an `https://` or `oci://` repository that
+/// `charts/` lacks, writes a copy of the chart with them fetched into `charts/` (as
+/// [`download`] does for a chart from a repository; credentials and CA from the entry of
+/// `repositories` on the dependency's origin, else anonymous with the system's roots) into
+/// `dest`, which must not exist or be empty, and returns `name version digest` of each
+/// fetched dependency. `None`: nothing to fetch, nothing written. `label` names the chart
+/// (and its source) in messages.
+pub async fn vendor_dependencies(
+    chart_dir: &Path,
+    label: &str,
+    repositories: &[DependencyRepository],
+    limits: ChartLimits,
+    dest: &Path,
+) -> Result<Option<Vec<String>>> {
+    let stopped = |what: &str, e: tokio::task::JoinError| Error::Transport {
+        url: label.to_owned(),
+        detail: format!("{what} stopped: {e}"),
+    };
+    let tree = tokio::task::spawn_blocking({
+        let (dir, label) = (chart_dir.to_owned(), label.to_owned());
+        move || unpack::read_dir(&dir, &label, &limits)
+    })
+    .await
+    .map_err(|e| stopped("reading", e))??;
+    if !deps::any_missing(&tree) {
+        return Ok(None);
+    }
+    let name = tree
+        .file("Chart.yaml")
+        .and_then(|t| serde_saphyr::from_slice::<serde_json::Value>(t).ok())
+        .and_then(|m| m.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let mut tree = tree;
+    let fetched = deps::fetch_missing(
+        deps::Access::Repositories(repositories),
+        label,
+        limits,
+        &name,
+        &mut tree,
+    )
+    .await?;
+    let (label, dest) = (label.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || unpack::write(&tree, &label, &dest, &limits))
+        .await
+        .map_err(|e| stopped("writing", e))??;
+    Ok(Some(fetched))
 }
 
 /// The archive bytes of `resolved` and the digest to record, checked against what the index

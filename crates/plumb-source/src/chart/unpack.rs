@@ -307,6 +307,104 @@ pub fn check_chart_name(root: &Dir, expected: &str, label: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads the chart directory `path` (a Git export: `label` names it in errors) into memory
+/// within `limits.unpacked`, refusing what an archive may not hold either: a symlink, a
+/// special file, a name that is not UTF-8. Blocking.
+pub fn read_dir(path: &Path, label: &str, limits: &ChartLimits) -> Result<Dir> {
+    let caps = limits.unpacked;
+    let refuse = |rel: &str, reason: String| Error::Archive {
+        archive: label.to_owned(),
+        path: rel.to_owned(),
+        reason,
+    };
+    let mut files = 0usize;
+    let mut total = 0u64;
+    fn walk(
+        dir: &Path,
+        rel: &str,
+        depth: usize,
+        caps: &crate::export::ExportLimits,
+        files: &mut usize,
+        total: &mut u64,
+        refuse: &dyn Fn(&str, String) -> Error,
+    ) -> Result<Dir> {
+        if depth > caps.max_depth {
+            return Err(refuse(
+                rel,
+                format!("is nested deeper than {} directories", caps.max_depth),
+            ));
+        }
+        let io = |rel: &str, e: std::io::Error| refuse(rel, format!("cannot be read: {e}"));
+        let mut out = Dir::default();
+        for entry in std::fs::read_dir(dir).map_err(|e| io(rel, e))? {
+            let entry = entry.map_err(|e| io(rel, e))?;
+            let name = entry.file_name().into_string().map_err(|n| {
+                refuse(
+                    &format!("{rel}/{}", n.to_string_lossy()),
+                    "the name is not UTF-8".into(),
+                )
+            })?;
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| io(&child, e))?;
+            let node = if meta.file_type().is_symlink() {
+                return Err(refuse(&child, "is a symlink".into()));
+            } else if meta.is_dir() {
+                Node::Dir(walk(
+                    &entry.path(),
+                    &child,
+                    depth + 1,
+                    caps,
+                    files,
+                    total,
+                    refuse,
+                )?)
+            } else if meta.is_file() {
+                *files += 1;
+                if *files > caps.max_files {
+                    return Err(refuse(
+                        &child,
+                        format!("is beyond the limit of {} files", caps.max_files),
+                    ));
+                }
+                if meta.len() > caps.max_file_size {
+                    return Err(refuse(
+                        &child,
+                        format!("is larger than the limit of {} bytes", caps.max_file_size),
+                    ));
+                }
+                *total += meta.len();
+                if *total > caps.max_total_size {
+                    return Err(refuse(
+                        &child,
+                        format!(
+                            "is beyond the limit of {} bytes in total",
+                            caps.max_total_size
+                        ),
+                    ));
+                }
+                use std::os::unix::fs::PermissionsExt;
+                let data = std::fs::read(entry.path()).map_err(|e| io(&child, e))?;
+                if data.len() as u64 > caps.max_file_size {
+                    return Err(refuse(&child, "changed while it was read".into()));
+                }
+                Node::File {
+                    data,
+                    executable: meta.permissions().mode() & 0o100 != 0,
+                }
+            } else {
+                return Err(refuse(&child, "is not a regular file or directory".into()));
+            };
+            out.entries.insert(name, node);
+        }
+        Ok(out)
+    }
+    walk(path, "", 0, &caps, &mut files, &mut total, &refuse)
+}
+
 /// Writes `root` into `dest` through the export writer (every check of a Git export, within
 /// `limits.unpacked`). Blocking.
 pub fn write(root: &Dir, label: &str, dest: &Path, limits: &ChartLimits) -> Result<ExportedTree> {
