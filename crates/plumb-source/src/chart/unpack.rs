@@ -471,6 +471,33 @@ mod tests {
     const CHART: &[u8] = b"apiVersion: v2\nname: app\nversion: 1.0.0\n";
 
     #[test]
+    fn a_chart_directory_reads_whole_and_refuses_links_and_what_exceeds_the_caps() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("app");
+        std::fs::create_dir_all(dir.join("templates")).expect("dirs");
+        std::fs::write(dir.join("Chart.yaml"), CHART).expect("chart");
+        std::fs::write(dir.join("templates/cm.yaml"), "kind: ConfigMap\n").expect("file");
+        let limits = ChartLimits::default();
+        let tree = read_dir(&dir, "app in Git", &limits).expect("read");
+        assert_eq!(tree.file("Chart.yaml"), Some(CHART));
+        assert_eq!(
+            tree.file("templates/cm.yaml"),
+            Some(&b"kind: ConfigMap\n"[..])
+        );
+        let mut few = limits;
+        few.unpacked.max_files = 1;
+        let err = read_dir(&dir, "app in Git", &few).expect_err("two files");
+        assert!(err.to_string().contains("limit of 1 files"), "{err}");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("templates/p.yaml")).expect("link");
+        let err = read_dir(&dir, "app in Git", &limits).expect_err("a symlink");
+        let text = err.to_string();
+        assert!(
+            text.contains("app in Git") && text.contains("templates/p.yaml") && text.contains("symlink"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_chart_reads_with_its_top_directory_stripped() {
         let bytes = archive(&[
             ("app/Chart.yaml", tar::EntryType::Regular, CHART, None),
