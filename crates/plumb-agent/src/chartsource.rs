@@ -241,7 +241,9 @@ pub(crate) fn credentials_from(secret: Secret) -> (ChartCredentials, Option<Vec<
     } else {
         ChartCredentials::None
     };
-    let ca = get("caFile").or_else(|| get("ca.crt")).map(String::into_bytes);
+    let ca = get("caFile")
+        .or_else(|| get("ca.crt"))
+        .map(String::into_bytes);
     (credentials, ca)
 }
 

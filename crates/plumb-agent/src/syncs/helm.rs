@@ -153,7 +153,8 @@ async fn with_dependencies(
         let mut no_link = plain;
         for c in file_rel.components() {
             prefix.push(c);
-            no_link &= std::fs::symlink_metadata(&prefix).is_ok_and(|m| !m.file_type().is_symlink());
+            no_link &=
+                std::fs::symlink_metadata(&prefix).is_ok_and(|m| !m.file_type().is_symlink());
         }
         // Left out, the renderer names the file as missing or refused.
         if !no_link || !prefix.is_file() {
@@ -194,7 +195,9 @@ async fn dependency_repositories(
                     context: format!("reading Secret {ns}/{name} ({field})"),
                     source,
                 })?
-                .ok_or_else(|| Error::NotReady(format!("Secret {ns}/{name} ({field}) does not exist")))
+                .ok_or_else(|| {
+                    Error::NotReady(format!("Secret {ns}/{name} ({field}) does not exist"))
+                })
         }
     };
     let mut out = Vec::new();

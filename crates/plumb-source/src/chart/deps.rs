@@ -12,7 +12,6 @@ use super::client::{self, Http};
 use super::unpack::{self, Dir, Node};
 use super::{ChartCredentials, ChartRequest, Error, Result};
 
-
 #[derive(Debug, Default, Deserialize)]
 struct Meta {
     #[serde(default)]
@@ -117,7 +116,10 @@ pub(super) async fn fetch_missing(
                 source: Box::new(Error::Malformed {
                     url: source.to_owned(),
                     what: "Chart.yaml".into(),
-                    detail: format!("more than {} dependencies to fetch", limits.max_dependencies),
+                    detail: format!(
+                        "more than {} dependencies to fetch",
+                        limits.max_dependencies
+                    ),
                 }),
             });
         }

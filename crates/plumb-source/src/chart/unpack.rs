@@ -492,7 +492,9 @@ mod tests {
         let err = read_dir(&dir, "app in Git", &limits).expect_err("a symlink");
         let text = err.to_string();
         assert!(
-            text.contains("app in Git") && text.contains("templates/p.yaml") && text.contains("symlink"),
+            text.contains("app in Git")
+                && text.contains("templates/p.yaml")
+                && text.contains("symlink"),
             "{text}"
         );
     }
