@@ -111,8 +111,7 @@ pub(super) async fn fetch_missing(
             return Err(Error::Dependency {
                 chart: chart.to_owned(),
                 dependency: dep.name.clone(),
-                version: dep.version.clone().unwrap_or_default(),
-                repository: repository.to_owned(),
+                from: from(dep.version.as_deref(), repository),
                 source: Box::new(Error::Malformed {
                     url: source.to_owned(),
                     what: "Chart.yaml".into(),
@@ -158,8 +157,7 @@ pub(super) async fn fetch_missing(
         let wrap = |source: Error| Error::Dependency {
             chart: chart.to_owned(),
             dependency: dep.name.clone(),
-            version: dep_req.version.clone().unwrap_or_default(),
-            repository: repository.to_owned(),
+            from: from(dep_req.version.as_deref(), repository),
             source: Box::new(source),
         };
         // A client of its own: bound to the dependency's origin (and credentials).
@@ -222,6 +220,14 @@ pub(super) async fn fetch_missing(
         fetched.push(format!("{} {} {digest}", dep.name, resolved.version));
     }
     Ok(fetched)
+}
+
+/// `version "x" from URL` for messages.
+fn from(version: Option<&str>, repository: &str) -> String {
+    match version {
+        Some(v) => format!("version {v:?} from {repository}"),
+        None => format!("the newest version from {repository}"),
+    }
 }
 
 /// Whether `charts/` holds `name`: a directory whose Chart.yaml names it, or an archive

@@ -280,19 +280,14 @@ pub enum Error {
         reason: String,
     },
     /// A dependency of the chart could not be fetched.
-    #[error(
-        "dependency {dependency:?} version {version:?} from {repository} of chart {chart:?} \
-         (Chart.yaml): {source}"
-    )]
+    #[error("dependency {dependency:?} {from} of chart {chart:?} (Chart.yaml): {source}")]
     Dependency {
         /// The chart.
         chart: String,
         /// The dependency's name.
         dependency: String,
-        /// The version or range asked for (empty: the newest).
-        version: String,
-        /// Its repository, as Chart.yaml gives it.
-        repository: String,
+        /// `version "<version or range>" from <repository>` (`the newest version from ...`).
+        from: String,
         /// Why.
         #[source]
         source: Box<Error>,
