@@ -108,6 +108,25 @@ async fn with_dependencies(
             })?
             .map_err(|e| Error::Source(plumb_source::Error::Export(e)))?;
     }
+    let what = format!(
+        "Sync {ns}/{}: chart at path {path:?} of its source",
+        sync.name_any()
+    );
+    let failed = |source| Error::Chart {
+        what: what.clone(),
+        source,
+    };
+    let missing = plumb_source::chart::missing_dependencies(
+        &chart_dir,
+        &what,
+        plumb_source::chart::ChartLimits::default(),
+    )
+    .await
+    .map_err(failed)?;
+    let Some(missing) = missing else {
+        return Ok(None);
+    };
+    // Only now: a Sync whose dependencies are all vendored needs none of these Secrets.
     let spec = sync.spec.helm.clone().unwrap_or_default();
     let repositories = dependency_repositories(sync, ctx, ns, &spec).await?;
     let tmp = tempfile::Builder::new()
@@ -123,25 +142,7 @@ async fn with_dependencies(
         context: "creating a directory for the chart's dependencies".into(),
         source,
     })?;
-    let what = format!(
-        "Sync {ns}/{}: chart at path {path:?} of its source",
-        sync.name_any()
-    );
-    let fetched = plumb_source::chart::vendor_dependencies(
-        &chart_dir,
-        &what,
-        &repositories,
-        plumb_source::chart::ChartLimits::default(),
-        &dest,
-    )
-    .await
-    .map_err(|source| Error::Chart {
-        what: what.clone(),
-        source,
-    })?;
-    let Some(fetched) = fetched else {
-        return Ok(None);
-    };
+    let fetched = missing.vendor(&repositories, &dest).await.map_err(failed)?;
     tracing::debug!(sync = %sync.name_any(), dependencies = ?fetched, "fetched the chart's dependencies");
     // Values files are read relative to the source root: the copy holds them too.
     for file in &spec.values_files {

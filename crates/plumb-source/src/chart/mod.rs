@@ -438,53 +438,79 @@ pub struct DependencyRepository {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// For the chart directory `chart_dir` (from a Git artifact, which must not change): when
-/// its `Chart.yaml` lists dependencies with an `https://` or `oci://` repository that
-/// `charts/` lacks, writes a copy of the chart with them fetched into `charts/` (as
-/// [`download`] does for a chart from a repository; credentials and CA from the entry of
-/// `repositories` on the dependency's origin, else anonymous with the system's roots) into
-/// `dest`, which must not exist or be empty, and returns `name version digest` of each
-/// fetched dependency. `None`: nothing to fetch, nothing written. `label` names the chart
-/// (and its source) in messages.
-pub async fn vendor_dependencies(
+/// A chart directory from Git (read into memory) whose `Chart.yaml` lists dependencies with
+/// an `https://` or `oci://` repository that `charts/` lacks: see [`missing_dependencies`].
+#[derive(Debug)]
+pub struct MissingDependencies {
+    tree: unpack::Dir,
+    label: String,
+    limits: ChartLimits,
+}
+
+/// Reads the chart directory `chart_dir` (from a Git artifact, which is never modified)
+/// within `limits` (symlinks and special files refused); `Some` when its `Chart.yaml` lists
+/// dependencies with an `https://` or `oci://` repository that `charts/` lacks, for
+/// [`MissingDependencies::vendor`]. `label` names the chart (and its source) in messages.
+pub async fn missing_dependencies(
     chart_dir: &Path,
     label: &str,
-    repositories: &[DependencyRepository],
     limits: ChartLimits,
-    dest: &Path,
-) -> Result<Option<Vec<String>>> {
-    let stopped = |what: &str, e: tokio::task::JoinError| Error::Transport {
-        url: label.to_owned(),
-        detail: format!("{what} stopped: {e}"),
-    };
+) -> Result<Option<MissingDependencies>> {
     let tree = tokio::task::spawn_blocking({
         let (dir, label) = (chart_dir.to_owned(), label.to_owned());
         move || unpack::read_dir(&dir, &label, &limits)
     })
     .await
-    .map_err(|e| stopped("reading", e))??;
-    if !deps::any_missing(&tree) {
-        return Ok(None);
-    }
-    let name = tree
-        .file("Chart.yaml")
-        .and_then(|t| serde_saphyr::from_slice::<serde_json::Value>(t).ok())
-        .and_then(|m| m.get("name").and_then(|n| n.as_str()).map(str::to_owned))
-        .unwrap_or_default();
-    let mut tree = tree;
-    let fetched = deps::fetch_missing(
-        deps::Access::Repositories(repositories),
-        label,
+    .map_err(|e| Error::Transport {
+        url: label.to_owned(),
+        detail: format!("reading stopped: {e}"),
+    })??;
+    Ok(deps::any_missing(&tree).then(|| MissingDependencies {
+        tree,
+        label: label.to_owned(),
         limits,
-        &name,
-        &mut tree,
-    )
-    .await?;
-    let (label, dest) = (label.to_owned(), dest.to_owned());
-    tokio::task::spawn_blocking(move || unpack::write(&tree, &label, &dest, &limits))
-        .await
-        .map_err(|e| stopped("writing", e))??;
-    Ok(Some(fetched))
+    }))
+}
+
+impl MissingDependencies {
+    /// Fetches the missing dependencies into `charts/` (as [`download`] does for a chart from
+    /// a repository: the version `Chart.lock` pins, else the range; credentials and CA from
+    /// the entry of `repositories` on the dependency's origin, else anonymous with the
+    /// system's roots) and writes the chart into `dest`, which must not exist or be empty.
+    /// Returns `name version digest` of each fetched dependency.
+    pub async fn vendor(
+        self,
+        repositories: &[DependencyRepository],
+        dest: &Path,
+    ) -> Result<Vec<String>> {
+        let Self {
+            mut tree,
+            label,
+            limits,
+        } = self;
+        let name = tree
+            .file("Chart.yaml")
+            .and_then(|t| serde_saphyr::from_slice::<serde_json::Value>(t).ok())
+            .and_then(|m| m.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .unwrap_or_default();
+        let fetched = deps::fetch_missing(
+            deps::Access::Repositories(repositories),
+            &label,
+            limits,
+            &name,
+            &mut tree,
+        )
+        .await?;
+        let dest = dest.to_owned();
+        let url = label.clone();
+        tokio::task::spawn_blocking(move || unpack::write(&tree, &label, &dest, &limits))
+            .await
+            .map_err(|e| Error::Transport {
+                url,
+                detail: format!("writing stopped: {e}"),
+            })??;
+        Ok(fetched)
+    }
 }
 
 /// The archive bytes of `resolved` and the digest to record, checked against what the index
