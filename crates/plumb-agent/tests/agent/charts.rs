@@ -501,8 +501,8 @@ async fn a_tampered_chart_source_status_is_never_applied() -> Result<()> {
 }
 
 /// Commits chart `app` at `charts/app` whose dependency `base` (`~0.3`) lives in the
-/// servers' `stable` repository (basic auth, test CA) and is not vendored, with `base`
-/// 0.3.1 published there; returns the commit.
+/// servers' `stable` repository (basic auth, test CA) and `extras` (`2.x`) in their public
+/// repository under another host name, neither vendored, both published; returns the commit.
 fn git_chart_with_a_remote_dependency(w: &World, servers: &ChartServers) -> Result<String> {
     let base = servers.package(
         "base",
@@ -513,9 +513,19 @@ fn git_chart_with_a_remote_dependency(w: &World, servers: &ChartServers) -> Resu
         )],
     )?;
     servers.publish("stable", &base)?;
+    let extras = servers.package(
+        "extras",
+        "2.0.0",
+        &[(
+            "templates/e.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-extras\ndata:\n  from: {{ .Chart.Name | quote }}\n",
+        )],
+    )?;
+    servers.publish("public/extra", &extras)?;
     let chart_yaml = format!(
-        "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: base\n  version: \"~0.3\"\n  repository: {}\n",
-        servers.repo_url("stable")
+        "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: base\n  version: \"~0.3\"\n  repository: {}\n- name: extras\n  version: 2.x\n  repository: {}\n",
+        servers.repo_url("stable"),
+        servers.other_host_url("public/extra"),
     );
     w.commit(
         &[
@@ -529,7 +539,8 @@ fn git_chart_with_a_remote_dependency(w: &World, servers: &ChartServers) -> Resu
 }
 
 /// A Sync `web` of `charts/app` in the GitSource, with `env/prod.yaml` and the
-/// dependency repository `stable` with Secret `secret` (and `<secret>-ca` as CA, if `ca`).
+/// dependency repository `stable` with Secret `secret` (and, if `ca`, `<secret>-ca` as CA
+/// there and for the public repository's origin).
 async fn create_git_chart_sync(
     w: &World,
     servers: &ChartServers,
@@ -540,9 +551,16 @@ async fn create_git_chart_sync(
         "url": servers.repo_url("stable"),
         "secretRef": { "name": secret },
     });
+    let mut repositories = vec![];
     if ca {
         repository["certSecretRef"] = json!({ "name": format!("{secret}-ca") });
+        // Another origin: the CA only.
+        repositories.push(json!({
+            "url": servers.other_host_url("public/extra"),
+            "certSecretRef": { "name": format!("{secret}-ca") },
+        }));
     }
+    repositories.insert(0, repository);
     w.create_sync_spec(
         "web",
         json!({
@@ -550,7 +568,7 @@ async fn create_git_chart_sync(
             "interval": "1h",
             "helm": {
                 "valuesFiles": ["env/prod.yaml"],
-                "dependencyRepositories": [repository]
+                "dependencyRepositories": repositories
             }
         }),
     )
@@ -569,9 +587,18 @@ async fn a_dependency_of_a_chart_in_git_is_fetched_with_the_syncs_credentials() 
     // The parent's objects (with the values file of the source root) and the dependency's.
     w.wait_cm_value("web-settings", "colour", "blue").await?;
     w.wait_cm_value("web-base", "from", "base").await?;
-    // Fetched with the login, by Plumb (Helm never reaches the network).
+    w.wait_cm_value("web-extras", "from", "extras").await?;
+    // Fetched by Plumb (Helm never reaches the network): the login only on its origin.
     let fetched = servers.requests("/stable/base-0.3.1.tgz");
-    assert!(!fetched.is_empty(), "{}", servers.log_tails());
+    assert!(
+        !fetched.is_empty() && fetched.iter().all(|l| l.ends_with("user=plumb")),
+        "{fetched:?}"
+    );
+    let public = servers.requests("/public/extra/index.yaml");
+    assert!(
+        !public.is_empty() && public.iter().all(|l| l.ends_with("user=-")),
+        "{public:?}"
+    );
     w.stop().await;
     Ok(())
 }
