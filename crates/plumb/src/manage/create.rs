@@ -212,6 +212,7 @@ impl SyncHelmArgs {
             include_crds: self.include_crds,
             lookup: self.lookup,
             post_renderers: Vec::new(),
+            dependency_repositories: Vec::new(),
         };
         Ok((spec != HelmSpec::default()).then_some(spec))
     }
