@@ -21,6 +21,7 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
@@ -229,13 +230,13 @@ async fn second_cluster(plane: &PrivateControlPlane, fleet: &Fleet) -> Result<()
     plane.expose_to_node(fleet.servers.https_port()).await?;
     let kubeconfig = plane.kubeconfig().to_str().context("kubeconfig path")?;
     let client = plane.client().await?;
+    // Empty: not even Plumb's CRDs.
     ensure!(
-        Api::<Sync>::all(client.clone())
-            .list(&ListParams::default())
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .get_opt("syncs.plumb.dev")
             .await?
-            .items
-            .is_empty(),
-        "cluster B is not empty"
+            .is_none(),
+        "cluster B is not empty: it has the Sync CRD"
     );
 
     // What an operator keeps outside the cluster: the Git credentials; then the same bootstrap
@@ -342,13 +343,13 @@ async fn bootstrap(kubeconfig: &str, url: &str, image: &str) -> Result<()> {
 fn with_lease_flag(export: &str) -> Result<String> {
     let lines: Vec<&str> = export.lines().collect();
     let at: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines[i].trim() == "- --leader-elect")
+        .filter(|&i| matches!(lines[i].trim(), "- --leader-elect" | "- \"--leader-elect\""))
         .collect();
     ensure!(at.len() == 1, "one `- --leader-elect` line in {export}");
     let indent = &lines[at[0]][..lines[at[0]].len() - lines[at[0]].trim_start().len()];
     let mut out: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
     for (n, arg) in LEASE_FLAG.iter().enumerate() {
-        out.insert(at[0] + 1 + n, format!("{indent}- {arg}"));
+        out.insert(at[0] + 1 + n, format!("{indent}- \"{arg}\""));
     }
     Ok(out.join("\n") + "\n")
 }
@@ -479,9 +480,10 @@ async fn poke_source(client: &Client) -> Result<()> {
 
 #[test]
 fn the_lease_flag_goes_after_leader_elect() {
-    let export = "spec:\n  args:\n    - agent\n    - --leader-elect\n    - --cache-dir\n";
+    // As `plumb install --export` writes it.
+    let export = "spec:\n  args:\n  - agent\n  - \"--leader-elect\"\n  - \"--cache-dir\"\n";
     assert_eq!(
         with_lease_flag(export).unwrap(),
-        "spec:\n  args:\n    - agent\n    - --leader-elect\n    - --lease-duration\n    - 20s\n    - --cache-dir\n"
+        "spec:\n  args:\n  - agent\n  - \"--leader-elect\"\n  - \"--lease-duration\"\n  - \"20s\"\n  - \"--cache-dir\"\n"
     );
 }
