@@ -38,8 +38,8 @@ use super::*;
 /// The agent's ServiceAccount, as the API server names it.
 const AGENT_USER: &str = "system:serviceaccount:plumb-system:plumb-agent";
 
-/// Rules of `deploy/agent.yaml` this test cannot exercise, `(apiGroup, resource, verb)`, each
-/// with the reason. Keep it empty where possible: a rule here is trusted, not proven.
+/// Rules of `deploy/agent.yaml` this test cannot exercise, `(apiGroup, resource, verb, why)`:
+/// each with the reason. Keep it empty where possible: a rule here is trusted, not proven.
 const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[];
 
 /// Logs what the agent's ServiceAccount does (metadata only: no request or response bodies,
