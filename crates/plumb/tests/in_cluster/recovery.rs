@@ -272,12 +272,16 @@ async fn second_cluster(plane: &PrivateControlPlane, fleet: &Fleet) -> Result<()
         rto.as_secs_f64()
     );
 
-    // The agent as Git last had it: the new tag and the new flag, leading with it.
+    // The agent as Git last had it: the new tag and the new flag, leading with it (bootstrap
+    // installed it without the flag; Git's Deployment rolls it, after every Sync is Ready).
     let pods = rolled_out(&client, &fleet.next, Some(&LEASE_FLAG)).await?;
     let leader = new_leader(&client, &pods, Some(LEASE_SECONDS)).await?;
     println!(
-        "cluster B: the agent runs {} as in Git; {leader} leads",
-        fleet.next
+        "cluster B: the agent runs {} with `{}` as in Git, {:.1} s after `plumb bootstrap`; \
+         {leader} leads",
+        fleet.next,
+        LEASE_FLAG.join(" "),
+        started.elapsed().as_secs_f64()
     );
     // And it goes on from Git: a commit made after the recovery is applied.
     fleet.wt.write(
