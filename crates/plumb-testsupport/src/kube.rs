@@ -15,7 +15,7 @@ use rand::Rng;
 
 mod private;
 
-pub use private::{Component, PrivateControlPlane};
+pub use private::{Component, PlaneOptions, PrivateControlPlane};
 
 /// A client for the test cluster named by `KUBECONFIG`.
 pub async fn client() -> Result<Client> {

@@ -15,6 +15,11 @@
 //! so that unmodified manifests (the agent's own Deployment) run there. Its Pods reach the API
 //! server through the `kubernetes` Service, as in a cluster, and the loopback ports published
 //! with [`PrivateControlPlane::expose_to_node`] at [`PrivateControlPlane::node_host_address`].
+//!
+//! [`PrivateControlPlane::up_with_only_real_node_and`] takes [`PlaneOptions`]: an audit policy
+//! for the API server (its log, [`PrivateControlPlane::audit_log`], shows exactly which requests
+//! a user made and whether RBAC allowed them), the node's host address (a second cluster in
+//! the place of a lost one, reached by the same servers at the same address).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -73,6 +78,17 @@ impl fmt::Display for Component {
     }
 }
 
+/// Options of [`PrivateControlPlane::up_with_only_real_node_and`].
+#[derive(Clone, Debug, Default)]
+pub struct PlaneOptions {
+    /// An audit policy (`audit.k8s.io/v1` Policy, YAML) for the API server, which then logs
+    /// to [`PrivateControlPlane::audit_log`].
+    pub audit_policy: Option<String>,
+    /// The real node's host address (`10.245.N.1`, as another plane's
+    /// [`PrivateControlPlane::node_host_address`] was); it must be free.
+    pub node_host_address: Option<String>,
+}
+
 /// A running control plane of this test's own (see the module docs).
 pub struct PrivateControlPlane {
     run: PathBuf,
@@ -83,6 +99,10 @@ pub struct PrivateControlPlane {
     /// Whether `up` added the real node: `""` no, `"1"` beside the kwok nodes, `"only"` alone
     /// (the value of `PLUMB_TESTENV_REAL_NODE`).
     real_node: &'static str,
+    /// The audit policy file `up` gave the API server (`PLUMB_TESTENV_AUDIT_POLICY`), if any.
+    audit_policy: Option<PathBuf>,
+    /// `PLUMB_TESTENV_NODE_HOST_ADDRESS`, if chosen.
+    node_host_address: Option<String>,
     down: bool,
     // Last: deleted after `down` stopped the processes.
     _dir: TempDir,
@@ -92,33 +112,49 @@ impl PrivateControlPlane {
     /// Starts etcd, kube-apiserver, controller-manager, scheduler and kwok on free ports and
     /// waits until they serve (about 10 s with the binaries cached).
     pub async fn up() -> Result<Self> {
-        Self::start_plane("").await
+        Self::start_plane("", PlaneOptions::default()).await
     }
 
     /// As [`up`](Self::up), and adds the real node (`PLUMB_TESTENV_REAL_NODE=1 scripts/testenv
     /// up`): its own containerd, a kubelet, Debian's runc and CNI plugins (installed when
     /// missing), ready once the node is (about 10 s more with the kubelet cached).
     pub async fn up_with_real_node() -> Result<Self> {
-        Self::start_plane("1").await
+        Self::start_plane("1", PlaneOptions::default()).await
     }
 
     /// As [`up`](Self::up) with the real node as the only node (`PLUMB_TESTENV_REAL_NODE=only`):
     /// no kwok nodes, no taint, so that every Pod runs there, as in a one-node cluster.
     pub async fn up_with_only_real_node() -> Result<Self> {
-        Self::start_plane("only").await
+        Self::start_plane("only", PlaneOptions::default()).await
     }
 
-    async fn start_plane(real_node: &'static str) -> Result<Self> {
+    /// As [`up_with_only_real_node`](Self::up_with_only_real_node), with `options`.
+    pub async fn up_with_only_real_node_and(options: PlaneOptions) -> Result<Self> {
+        Self::start_plane("only", options).await
+    }
+
+    async fn start_plane(real_node: &'static str, options: PlaneOptions) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("plumb-control-plane-")
             .tempdir()
             .context("creating a run directory for a private control plane")?;
         let run = dir.path().join("run");
+        let audit_policy = match &options.audit_policy {
+            Some(policy) => {
+                let path = dir.path().join("audit-policy.yaml");
+                std::fs::write(&path, policy)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         let plane = Self {
             kubeconfig: run.join("kubeconfig"),
             run,
             pid_records: Mutex::default(),
             real_node,
+            audit_policy,
+            node_host_address: options.node_host_address,
             down: false,
             _dir: dir,
         };
@@ -136,6 +172,12 @@ impl PrivateControlPlane {
     /// The run directory (logs `<component>.log`, pid files, etcd data).
     pub fn run_dir(&self) -> &Path {
         &self.run
+    }
+
+    /// The API server's audit log (JSON lines, one event per request as it ends), when the
+    /// plane was started with an audit policy.
+    pub fn audit_log(&self) -> PathBuf {
+        self.run.join("audit.log")
     }
 
     /// A client with admin rights on this control plane.
@@ -259,6 +301,12 @@ impl PrivateControlPlane {
             .env("PLUMB_TESTENV_RUN", &self.run)
             .env("PLUMB_TESTENV_REAL_NODE", self.real_node)
             .stdin(std::process::Stdio::null());
+        if let Some(policy) = &self.audit_policy {
+            cmd.env("PLUMB_TESTENV_AUDIT_POLICY", policy);
+        }
+        if let Some(address) = &self.node_host_address {
+            cmd.env("PLUMB_TESTENV_NODE_HOST_ADDRESS", address);
+        }
         cmd
     }
 

@@ -27,6 +27,7 @@ use kube::{Api, Client, ResourceExt};
 use plumb_testsupport::kube::{PrivateControlPlane, eventually};
 
 mod agent;
+mod privilege;
 mod recovery;
 
 /// One private control plane with a real node at a time: each runs a kubelet and containerd.

@@ -120,7 +120,8 @@ fn agent_rbac_grants_what_the_agent_needs() {
                 && r["verbs"].as_array().unwrap().iter().any(|v| v == verb)
         })
     };
-    for verb in ["get", "list", "watch", "patch", "update"] {
+    // (Exactly what the agent uses: crates/plumb/tests/in_cluster/privilege.rs.)
+    for verb in ["get", "list", "watch", "patch"] {
         assert!(grants("plumb.dev", "syncs", verb), "syncs {verb}");
         assert!(grants("plumb.dev", "gitsources", verb), "gitsources {verb}");
         assert!(
@@ -140,8 +141,8 @@ fn agent_rbac_grants_what_the_agent_needs() {
             "cluster-wide configmaps {verb}"
         );
     }
-    assert!(grants("", "events", "create"));
     assert!(grants("events.k8s.io", "events", "create"));
+    assert!(grants("", "namespaces", "get"));
     assert!(grants("", "serviceaccounts", "impersonate"));
     assert!(
         !grants("", "secrets", "create"),
@@ -152,7 +153,7 @@ fn agent_rbac_grants_what_the_agent_needs() {
     // The ledger of verified commits lives in the agent's namespace, out of tenants' reach.
     assert!(
         leases["rules"].as_array().unwrap().iter().any(|r| r
-            == &json!({ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"] })),
+            == &json!({ "apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"] })),
         "{leases:#}"
     );
     // The webhook receivers' Secrets: watched in the agent's namespace only.
@@ -160,7 +161,7 @@ fn agent_rbac_grants_what_the_agent_needs() {
     assert_eq!(receivers["metadata"]["namespace"], "plumb-system");
     assert_eq!(
         receivers["rules"],
-        json!([{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"] }])
+        json!([{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"] }])
     );
     let binding = find(&docs, "RoleBinding", "plumb-agent-receivers");
     assert_eq!(binding["roleRef"]["name"], "plumb-agent-receivers");
