@@ -98,26 +98,13 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
             }
             let message = e.to_string();
             tracing::warn!(object = %key, error = %message, "fetch failed");
-            status::set_condition(
+            status::set_failed(
                 &mut st.conditions,
-                types::READY,
-                false,
                 e.reason(),
                 &message,
+                e.is_retryable(),
                 st.observed_generation,
             );
-            if e.is_retryable() {
-                status::remove_condition(&mut st.conditions, types::STALLED);
-            } else {
-                status::set_condition(
-                    &mut st.conditions,
-                    types::STALLED,
-                    true,
-                    e.reason(),
-                    &message,
-                    st.observed_generation,
-                );
-            }
             ctx.event(gs.as_ref(), true, e.reason(), &message).await;
             Action::requeue(ctx.backoff(&key).min(interval))
         }

@@ -188,8 +188,18 @@ pub async fn run(
             ctx.supersede.shut_down();
         }
     });
-    let sources = source_controller(&client, &ctx, stop_controllers.clone());
-    let charts = chart_source_controller(&client, &ctx, stop_controllers.clone());
+    let sources = source_controller::<GitSource, _>(
+        &client,
+        &ctx,
+        stop_controllers.clone(),
+        crate::finalize::reconcile_source,
+    );
+    let charts = source_controller::<ChartSource, _>(
+        &client,
+        &ctx,
+        stop_controllers.clone(),
+        crate::finalize::reconcile_chart_source,
+    );
     let syncs = sync_controller(&client, &ctx, stop_controllers.clone());
     let grace = async {
         stop_controllers.clone().await;
@@ -282,12 +292,24 @@ fn controller_config(ctx: &Context) -> ControllerConfig {
         .debounce(Duration::from_millis(200))
 }
 
-async fn source_controller(
+/// The controller of one source kind (GitSource, ChartSource): its watch (of the shard, if
+/// any), filtered to spec changes, deletions and reconcile requests, runs `reconcile`.
+async fn source_controller<K, F>(
     client: &Client,
     ctx: &Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + std::marker::Sync + 'static,
-) {
-    let api: Api<GitSource> = scoped(client, ctx.config.namespace.as_deref());
+    reconcile: impl FnMut(Arc<K>, Arc<Context>) -> F,
+) where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + std::marker::Sync
+        + 'static,
+    F: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let api: Api<K> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
     let stream = watcher(api, shard_watch(ctx))
         .default_backoff()
@@ -297,38 +319,10 @@ async fn source_controller(
     Controller::for_stream(stream, reader)
         .with_config(controller_config(ctx))
         .graceful_shutdown_on(stop)
-        .run(crate::finalize::reconcile_source, error_policy, ctx.clone())
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "GitSource controller");
-            }
-        })
-        .await;
-}
-
-async fn chart_source_controller(
-    client: &Client,
-    ctx: &Arc<Context>,
-    stop: impl std::future::Future<Output = ()> + Send + std::marker::Sync + 'static,
-) {
-    let api: Api<ChartSource> = scoped(client, ctx.config.namespace.as_deref());
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, shard_watch(ctx))
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(spec_or_request, Default::default());
-    Controller::for_stream(stream, reader)
-        .with_config(controller_config(ctx))
-        .graceful_shutdown_on(stop)
-        .run(
-            crate::finalize::reconcile_chart_source,
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "ChartSource controller");
+                tracing::debug!(error = %e, kind = %K::kind(&()), "source controller");
             }
         })
         .await;

@@ -57,6 +57,30 @@ pub fn set_condition(
     });
 }
 
+/// A failure: Ready=False with `reason` and `message`, and Stalled=True with the same unless
+/// the failure is `retryable` (then Stalled goes: a retry may heal it).
+pub fn set_failed(
+    conditions: &mut Vec<Condition>,
+    reason: &str,
+    message: &str,
+    retryable: bool,
+    generation: Option<i64>,
+) {
+    set_condition(conditions, types::READY, false, reason, message, generation);
+    if retryable {
+        remove_condition(conditions, types::STALLED);
+    } else {
+        set_condition(
+            conditions,
+            types::STALLED,
+            true,
+            reason,
+            message,
+            generation,
+        );
+    }
+}
+
 /// Removes condition `type_`.
 pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
     conditions.retain(|c| c.type_ != type_);

@@ -58,27 +58,14 @@ pub(super) async fn fail(
     }
     st.observed_generation = sync.metadata.generation;
     st.last_handled_reconcile_at = requested_at(sync);
-    status::set_condition(
+    status::set_failed(
         &mut st.conditions,
-        types::READY,
-        false,
         error.reason(),
         &message,
+        error.is_retryable(),
         st.observed_generation,
     );
     status::remove_condition(&mut st.conditions, types::RECONCILING);
-    if error.is_retryable() {
-        status::remove_condition(&mut st.conditions, types::STALLED);
-    } else {
-        status::set_condition(
-            &mut st.conditions,
-            types::STALLED,
-            true,
-            error.reason(),
-            &message,
-            st.observed_generation,
-        );
-    }
     if let Some(a) = artifact {
         push_history(
             &mut st,
