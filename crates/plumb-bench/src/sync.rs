@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -140,6 +140,64 @@ async fn measured(
     Ok((run, before.delta(&after)))
 }
 
+/// `plumb sync` twice, cold then as a no-op, each measured.
+struct PlumbRuns {
+    cold: Timed,
+    noop: Timed,
+    /// Writes during the no-op.
+    noop_writes: i64,
+    /// Objects the no-op reported unchanged.
+    unchanged: u64,
+}
+
+impl PlumbRuns {
+    /// The larger peak RSS of the two runs, in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        [self.cold.peak_rss_kib, self.noop.peak_rss_kib]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+}
+
+/// Runs `plumb` with `args` cold and again as a no-op, logging each (warning when the no-op
+/// did not report all `objects` unchanged).
+async fn plumb_cold_and_noop(
+    plane: &ControlPlane,
+    plumb: &Path,
+    args: &[OsString],
+    rss_files: [PathBuf; 2],
+    labels: [String; 2],
+    objects: u32,
+) -> anyhow::Result<PlumbRuns> {
+    let [rss_cold, rss_noop] = rss_files;
+    let [cold_label, noop_label] = labels;
+    log!("{cold_label}");
+    let (cold, cold_req) = measured(plane, plumb, args, Some(&rss_cold)).await?;
+    log!(
+        "  {:.2}s, {:?}, requests {cold_req}",
+        cold.elapsed.as_secs_f64(),
+        plumb_actions(&cold.output.stdout)?
+    );
+    log!("{noop_label}");
+    let (noop, noop_req) = measured(plane, plumb, args, Some(&rss_noop)).await?;
+    let actions = plumb_actions(&noop.output.stdout)?;
+    let unchanged = actions.get("unchanged").copied().unwrap_or(0);
+    log!(
+        "  {:.2}s, {actions:?}, requests {noop_req}",
+        noop.elapsed.as_secs_f64()
+    );
+    if unchanged != u64::from(objects) {
+        log!("  warning: only {unchanged} of {objects} objects unchanged on the no-op sync");
+    }
+    Ok(PlumbRuns {
+        cold,
+        noop,
+        noop_writes: noop_req.writes,
+        unchanged,
+    })
+}
+
 async fn bench_one(
     apps: u32,
     plumb: &Path,
@@ -179,27 +237,21 @@ async fn bench_one(
         os("-n"),
         os(&ns_k),
     ];
-    let rss_cold = workdir.join(format!("rss-cold-{apps}"));
-    let rss_noop = workdir.join(format!("rss-noop-{apps}"));
-
-    log!("{apps} apps ({objects} objects): plumb cold");
-    let (p_cold, p_cold_req) = measured(plane, plumb, &plumb_args, Some(&rss_cold)).await?;
-    log!(
-        "  {:.2}s, {:?}, requests {p_cold_req}",
-        p_cold.elapsed.as_secs_f64(),
-        plumb_actions(&p_cold.output.stdout)?
-    );
-    log!("{apps} apps: plumb no-op");
-    let (p_noop, p_noop_req) = measured(plane, plumb, &plumb_args, Some(&rss_noop)).await?;
-    let actions = plumb_actions(&p_noop.output.stdout)?;
-    let unchanged = actions.get("unchanged").copied().unwrap_or(0);
-    log!(
-        "  {:.2}s, {actions:?}, requests {p_noop_req}",
-        p_noop.elapsed.as_secs_f64()
-    );
-    if unchanged != u64::from(objects) {
-        log!("  warning: only {unchanged} of {objects} objects unchanged on the no-op sync");
-    }
+    let p = plumb_cold_and_noop(
+        plane,
+        plumb,
+        &plumb_args,
+        [
+            workdir.join(format!("rss-cold-{apps}")),
+            workdir.join(format!("rss-noop-{apps}")),
+        ],
+        [
+            format!("{apps} apps ({objects} objects): plumb cold"),
+            format!("{apps} apps: plumb no-op"),
+        ],
+        objects,
+    )
+    .await?;
 
     log!("{apps} apps: kubectl cold");
     let (k_cold, k_cold_req) = measured(plane, &kubectl, &kubectl_args, None).await?;
@@ -214,21 +266,17 @@ async fn bench_one(
         k_noop.elapsed.as_secs_f64()
     );
 
-    let rss = [p_cold.peak_rss_kib, p_noop.peak_rss_kib]
-        .into_iter()
-        .flatten()
-        .max();
     Ok(Row {
         apps,
         objects,
-        plumb_cold: p_cold.elapsed,
+        plumb_cold: p.cold.elapsed,
         kubectl_cold: k_cold.elapsed,
-        plumb_noop: p_noop.elapsed,
+        plumb_noop: p.noop.elapsed,
         kubectl_noop: k_noop.elapsed,
-        plumb_noop_writes: p_noop_req.writes,
+        plumb_noop_writes: p.noop_writes,
         kubectl_noop_writes: k_noop_req.writes,
-        plumb_noop_unchanged: unchanged,
-        plumb_rss_mib: rss.map(|kib| kib as f64 / 1024.0),
+        plumb_noop_unchanged: p.unchanged,
+        plumb_rss_mib: p.peak_rss_kib().map(|kib| kib as f64 / 1024.0),
     })
 }
 
@@ -315,27 +363,21 @@ async fn bench_chart(
             .with_context(|| format!("cannot create {}", path.display()))?;
         helm_envs.push((var.to_owned(), path.display().to_string()));
     }
-    let rss_cold = workdir.join(format!("rss-chart-cold-{apps}"));
-    let rss_noop = workdir.join(format!("rss-chart-noop-{apps}"));
-
-    log!("chart of {apps} apps ({objects} objects): plumb cold");
-    let (p_cold, p_cold_req) = measured(plane, plumb, &plumb_args, Some(&rss_cold)).await?;
-    log!(
-        "  {:.2}s, {:?}, requests {p_cold_req}",
-        p_cold.elapsed.as_secs_f64(),
-        plumb_actions(&p_cold.output.stdout)?
-    );
-    log!("chart: plumb no-op");
-    let (p_noop, p_noop_req) = measured(plane, plumb, &plumb_args, Some(&rss_noop)).await?;
-    let actions = plumb_actions(&p_noop.output.stdout)?;
-    let unchanged = actions.get("unchanged").copied().unwrap_or(0);
-    log!(
-        "  {:.2}s, {actions:?}, requests {p_noop_req}",
-        p_noop.elapsed.as_secs_f64()
-    );
-    if unchanged != u64::from(objects) {
-        log!("  warning: only {unchanged} of {objects} objects unchanged on the no-op sync");
-    }
+    let p = plumb_cold_and_noop(
+        plane,
+        plumb,
+        &plumb_args,
+        [
+            workdir.join(format!("rss-chart-cold-{apps}")),
+            workdir.join(format!("rss-chart-noop-{apps}")),
+        ],
+        [
+            format!("chart of {apps} apps ({objects} objects): plumb cold"),
+            "chart: plumb no-op".to_owned(),
+        ],
+        objects,
+    )
+    .await?;
     log!("chart: helm upgrade --install cold");
     let (h_cold, h_cold_req) = measured_with(plane, helm, &helm_args, &helm_envs).await?;
     log!(
@@ -348,20 +390,16 @@ async fn bench_chart(
         "  {:.2}s, requests {h_noop_req}",
         h_noop.elapsed.as_secs_f64()
     );
-    let rss = [p_cold.peak_rss_kib, p_noop.peak_rss_kib]
-        .into_iter()
-        .flatten()
-        .max();
     Ok(HelmRow {
         objects,
-        plumb_cold: p_cold.elapsed,
+        plumb_cold: p.cold.elapsed,
         helm_cold: h_cold.elapsed,
-        plumb_noop: p_noop.elapsed,
+        plumb_noop: p.noop.elapsed,
         helm_noop: h_noop.elapsed,
-        plumb_noop_writes: p_noop_req.writes,
+        plumb_noop_writes: p.noop_writes,
         helm_noop_writes: h_noop_req.writes,
-        plumb_noop_unchanged: unchanged,
-        plumb_rss_mib: rss.map(|kib| kib as f64 / 1024.0),
+        plumb_noop_unchanged: p.unchanged,
+        plumb_rss_mib: p.peak_rss_kib().map(|kib| kib as f64 / 1024.0),
     })
 }
 
