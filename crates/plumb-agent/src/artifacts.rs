@@ -9,18 +9,33 @@
 //!   renders as fewer objects (which a prune would then delete).
 //! - The recorded tree digest is checked on disk right before each render.
 //! - Directories left by an earlier process are collected when the source is next stored.
+//! - The list of exported files (path, mode, Git object id) of a source's last few commits is
+//!   kept in memory, so that a Sync can tell that none of the files its render reads changed
+//!   between the revision it applied and a new one, without reading the disk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use plumb_core::Manifest;
+use plumb_source::export::ExportedFile;
 
 use crate::error::{Error, Result};
 
 /// Prefix of staging directories inside a source's directory.
 const STAGING_PREFIX: &str = ".staging-";
+
+/// Commits per source whose exported file lists are kept (see [`ArtifactStore::files_of`]):
+/// the current one, the one most Syncs applied before it, and one more for a Sync lagging
+/// behind (one further back renders as usual). About 120 bytes per file each.
+const FILE_LISTS_KEPT: usize = 3;
+
+/// The exported files of one commit, sorted by path.
+pub type FileList = Arc<[ExportedFile]>;
+
+/// Per source (namespace, name): (commit, its files) of its last few commits, newest last.
+type FileLists = HashMap<(String, String), VecDeque<(String, FileList)>>;
 
 /// One exported revision of a GitSource. Dropping the last handle of a retired artifact
 /// removes its directory.
@@ -76,6 +91,8 @@ pub struct ArtifactStore {
     current: Mutex<HashMap<(String, String), Arc<Artifact>>>,
     /// Directories of artifacts and stagings in use by this process.
     live: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Per source, the exported files of its last few commits, newest last.
+    files: Mutex<FileLists>,
 }
 
 impl ArtifactStore {
@@ -85,6 +102,7 @@ impl ArtifactStore {
             root: root.into(),
             current: Mutex::default(),
             live: Arc::default(),
+            files: Mutex::default(),
         }
     }
 
@@ -185,8 +203,41 @@ impl ArtifactStore {
         Ok(artifact)
     }
 
+    /// Records the files this agent exported for `commit` of `ns/name` (from its own export
+    /// of that commit, after verification when the source verifies). An export of the same
+    /// commit with other files (the ignore patterns changed) makes that commit's list
+    /// unknown: which one a Sync applied cannot be told apart any more.
+    pub fn record_files(&self, ns: &str, name: &str, commit: &str, files: FileList) {
+        let mut all = self.files.lock().expect("artifact store lock poisoned");
+        let lists = all.entry((ns.to_owned(), name.to_owned())).or_default();
+        if let Some(i) = lists.iter().position(|(c, _)| c == commit) {
+            let (_, known) = lists.remove(i).expect("found above");
+            if known != files {
+                return;
+            }
+        }
+        lists.push_back((commit.to_owned(), files));
+        while lists.len() > FILE_LISTS_KEPT {
+            lists.pop_front();
+        }
+    }
+
+    /// The files this agent exported for `commit` of `ns/name`, if it is one of the last few
+    /// recorded and was always exported with the same files.
+    pub fn files_of(&self, ns: &str, name: &str, commit: &str) -> Option<FileList> {
+        let all = self.files.lock().expect("artifact store lock poisoned");
+        all.get(&(ns.to_owned(), name.to_owned()))?
+            .iter()
+            .find(|(c, _)| c == commit)
+            .map(|(_, f)| f.clone())
+    }
+
     /// Retires the artifact of `ns/name` (its GitSource was deleted).
     pub fn remove(&self, ns: &str, name: &str) {
+        self.files
+            .lock()
+            .expect("artifact store lock poisoned")
+            .remove(&(ns.to_owned(), name.to_owned()));
         if let Some(previous) = self.lock().remove(&(ns.to_owned(), name.to_owned())) {
             previous.retired.store(true, Ordering::SeqCst);
         }
@@ -366,6 +417,39 @@ mod tests {
             .store("ns", "src", staging, "c1", &digest, true)
             .expect("stored");
         assert_ne!(first.dir, fresh.dir);
+    }
+
+    #[test]
+    fn file_lists_are_kept_for_the_last_commits_and_forgotten_when_ambiguous() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::new(tmp.path());
+        let list = |paths: &[&str]| -> FileList {
+            paths
+                .iter()
+                .map(|p| ExportedFile {
+                    path: (*p).to_owned(),
+                    mode: "100644",
+                    id: plumb_source::export::ObjectId::null(plumb_source::export::HashKind::Sha1),
+                })
+                .collect()
+        };
+        for n in 0..=FILE_LISTS_KEPT {
+            store.record_files("ns", "src", &format!("c{n}"), list(&["a.yaml"]));
+        }
+        assert!(
+            store.files_of("ns", "src", "c0").is_none(),
+            "the oldest is dropped"
+        );
+        assert!(store.files_of("ns", "src", "c1").is_some());
+        assert!(store.files_of("ns", "other", "c1").is_none());
+        // The same commit again with the same files: still known.
+        store.record_files("ns", "src", "c1", list(&["a.yaml"]));
+        assert!(store.files_of("ns", "src", "c1").is_some());
+        // ... with other files (other ignore patterns): unknown from now on.
+        store.record_files("ns", "src", "c1", list(&["b.yaml"]));
+        assert!(store.files_of("ns", "src", "c1").is_none());
+        store.remove("ns", "src");
+        assert!(store.files_of("ns", "src", "c2").is_none());
     }
 
     #[tokio::test]

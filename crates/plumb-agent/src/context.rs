@@ -86,6 +86,9 @@ pub struct Context {
     /// One bound for every Sync's engine on the objects being dry-run or written at once
     /// (see [`plumb_kube::ObjectBudget`]): what concurrent applies hold at their peak.
     pub budget: plumb_kube::ObjectBudget,
+    /// One bound for every Sync on the renderings held at once (see
+    /// [`crate::syncs::RenderSlots`]).
+    pub renders: crate::syncs::RenderSlots,
     /// The retry delays of each failing object (exponential), by [`backoff_key`].
     failures: Mutex<HashMap<String, backon::ExponentialBackoff>>,
     /// Clients impersonating ServiceAccounts, by `namespace/name`.
@@ -95,7 +98,7 @@ pub struct Context {
 /// Objects dry-run or written at once across all Syncs: enough to keep the API server busy
 /// (a few requests per core of a small control plane), few enough that the dry-run results
 /// and live objects held at once stay a few MiB however many Syncs apply together.
-const OBJECT_BUDGET: usize = 32;
+pub(crate) const OBJECT_BUDGET: usize = 32;
 
 impl Context {
     /// A context for the agent.
@@ -112,6 +115,7 @@ impl Context {
                 instance: Some(config.identity.clone()),
             },
         );
+        let renders = crate::syncs::RenderSlots::new(crate::syncs::RENDER_SLOTS, metrics.clone());
         Self {
             fetcher: Fetcher::new(config.cache_dir.join("git")),
             drift: DriftTracker::new(client.clone(), metrics.clone()),
@@ -127,6 +131,7 @@ impl Context {
             metrics,
             discovery: plumb_kube::DiscoveryCache::default(),
             budget: plumb_kube::ObjectBudget::new(OBJECT_BUDGET),
+            renders,
             failures: Mutex::default(),
             impersonated: Mutex::default(),
         }

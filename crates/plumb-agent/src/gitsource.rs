@@ -47,6 +47,8 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
     st.observed_generation = gs.metadata.generation;
     st.last_handled_reconcile_at = requested_at(gs.as_ref());
     st.last_fetch_time = Some(status::now_rfc3339());
+    // The Event of a new artifact follows the status write: the Syncs wait for the status.
+    let mut new_artifact = None;
     let action = match result {
         Ok(artifact) => {
             ctx.metrics.observe_fetch(Outcome::Success, elapsed);
@@ -78,13 +80,7 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
                     .as_deref()
                     .map(|s| format!(", signed by {s}"))
                     .unwrap_or_default();
-                ctx.event(
-                    gs.as_ref(),
-                    false,
-                    "NewArtifact",
-                    format!("{message}{signer}"),
-                )
-                .await;
+                new_artifact = Some(format!("{message}{signer}"));
             }
             st.artifact = Some(artifact);
             Action::requeue(interval)
@@ -110,6 +106,9 @@ pub async fn reconcile(gs: Arc<GitSource>, ctx: Arc<Context>) -> Result<Action> 
         }
     };
     ctx.write_status::<GitSource>(&ns, &name, &st).await?;
+    if let Some(message) = new_artifact {
+        ctx.event(gs.as_ref(), false, "NewArtifact", message).await;
+    }
     Ok(action)
 }
 
@@ -161,8 +160,12 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
             request.verify.is_some(),
         );
         let store = ctx.artifacts.clone();
+        let files = artifact.entries.clone();
         tokio::task::spawn_blocking(move || {
-            store.store(&ns, &name, staging, &commit, &digest, verified)
+            store.store(&ns, &name, staging, &commit, &digest, verified)?;
+            // What a Sync compares to skip a render whose files did not change.
+            store.record_files(&ns, &name, &commit, files);
+            Ok::<_, Error>(())
         })
         .await
         .map_err(|e| Error::Io {

@@ -215,6 +215,8 @@ pub struct Metrics {
     verification_failures: Counter,
     webhook_requests: Family<WebhookLabels, Counter>,
     api_requests: Family<ApiRequestLabels, Counter>,
+    renderings_held: Gauge,
+    renderings_held_max: Gauge,
 }
 
 impl Default for Metrics {
@@ -238,6 +240,8 @@ impl Metrics {
             verification_failures: Counter::default(),
             webhook_requests: Family::default(),
             api_requests: Family::default(),
+            renderings_held: Gauge::default(),
+            renderings_held_max: Gauge::default(),
         }
     }
 
@@ -304,6 +308,24 @@ impl Metrics {
             "Requests the agent sent to the Kubernetes API server, by verb, resource and dry-run",
             self.api_requests.clone(),
         );
+        registry.register(
+            "plumb_sync_renderings_held",
+            "Syncs holding a rendering (rendering, or applying what they rendered) right now",
+            self.renderings_held.clone(),
+        );
+        registry.register(
+            "plumb_sync_renderings_held_max",
+            "The most Syncs that held a rendering at once since the agent started (bounded by \
+             the agent's render slots)",
+            self.renderings_held_max.clone(),
+        );
+    }
+
+    /// Sets the number of Syncs holding a rendering now, and the most at once so far.
+    pub fn set_renderings_held(&self, now: usize, max: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.renderings_held.set(gauge(now));
+        self.renderings_held_max.set(gauge(max));
     }
 
     /// A Kubernetes client for `config` whose every request is counted in
@@ -444,6 +466,7 @@ mod tests {
         metrics.verification_failed();
         metrics.webhook_request("github", WebhookResult::Unauthorized);
         metrics.object_failed("apps/web", plumb_kube::FailureKind::Forbidden);
+        metrics.set_renderings_held(1, 2);
 
         let text = encode(&registry);
         for line in [
@@ -462,6 +485,8 @@ mod tests {
             "plumb_verification_failures_total 1",
             r#"plumb_webhook_requests_total{receiver="github",result="unauthorized"} 1"#,
             r#"plumb_object_failures_total{sync="apps/web",kind="forbidden"} 1"#,
+            "plumb_sync_renderings_held 1",
+            "plumb_sync_renderings_held_max 2",
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -286,10 +286,39 @@ fn shard_watch(ctx: &Context) -> watcher::Config {
     }
 }
 
+/// No debounce: every trigger is already one that matters (spec changes, deletions and
+/// reconcile requests of the object itself, a source's new status, a dependency's change,
+/// drift), and a debounce would add its whole period to each hop from a webhook to the
+/// applied change (the annotated GitSource, then its new artifact). A trigger arriving while
+/// the object's reconcile runs is held and runs once right after it.
 fn controller_config(ctx: &Context) -> ControllerConfig {
-    ControllerConfig::default()
-        .concurrency(ctx.config.concurrency)
-        .debounce(Duration::from_millis(200))
+    ControllerConfig::default().concurrency(ctx.config.concurrency)
+}
+
+/// What of a source (GitSource, ChartSource) its Syncs react to: its generation, deletion,
+/// finalizers and status, not its annotations (a webhook's reconcile request changes only
+/// those, and the new artifact follows in the status).
+fn source_state<K: ResourceExt>(obj: &K, status: Option<String>) -> u64 {
+    let mut h = DefaultHasher::new();
+    obj.meta().generation.hash(&mut h);
+    obj.meta().deletion_timestamp.is_some().hash(&mut h);
+    obj.meta().finalizers.hash(&mut h);
+    status.hash(&mut h);
+    h.finish()
+}
+
+/// Remembers, per source, the [`source_state`] last seen; says whether it changed.
+#[derive(Default)]
+struct SourceStates(std::sync::Mutex<std::collections::HashMap<(String, String), u64>>);
+
+impl SourceStates {
+    fn changed<K: ResourceExt, S: serde::Serialize>(&self, obj: &K, status: Option<&S>) -> bool {
+        let status = status.and_then(|s| serde_json::to_string(s).ok());
+        let state = source_state(obj, status);
+        let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+        let mut seen = self.0.lock().expect("source states lock poisoned");
+        seen.insert(key, state) != Some(state)
+    }
 }
 
 /// The controller of one source kind (GitSource, ChartSource): its watch (of the shard, if
@@ -311,8 +340,7 @@ async fn source_controller<K, F>(
 {
     let api: Api<K> = scoped(client, ctx.config.namespace.as_deref());
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, shard_watch(ctx))
-        .default_backoff()
+    let stream = watched(api, shard_watch(ctx))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_request, Default::default());
@@ -326,6 +354,42 @@ async fn source_controller<K, F>(
             }
         })
         .await;
+}
+
+/// The objects of `api` that `config` selects as they change (see [`watched`]): kube's
+/// `Controller::watches` would retry a failed watch without backoff, and log nothing.
+fn retried<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    watched(api, config).touched_objects()
+}
+
+/// A watch of `api` restarted with kube's default backoff after an error, each error logged
+/// as a warning naming the kind (e.g. its CRD is missing after an upgrade of the agent alone).
+fn watched<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+{
+    watcher(api, config).default_backoff().inspect_err(|e| {
+        tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
+    })
 }
 
 /// The Syncs of `store` whose source is the `kind` `ns/name`.
@@ -361,8 +425,7 @@ async fn sync_controller(
     let (reader, writer) = reflector::store();
     let seen = ctx.clone();
     let left = ctx.clone();
-    let stream = watcher(api.clone(), shard_watch(ctx))
-        .default_backoff()
+    let stream = watched(api.clone(), shard_watch(ctx))
         .reflect(writer)
         // A Sync that left this agent's shard (its label changed) is no longer healed here:
         // the shard that selects it now applies and heals it. (A deleted Sync leaves the
@@ -393,41 +456,54 @@ async fn sync_controller(
     let chart_store = controller.store();
     let seen_charts = ctx.clone();
     let seen = ctx.clone();
+    let git_states = SourceStates::default();
+    let chart_states = SourceStates::default();
     controller
         .with_config(controller_config(ctx))
-        // A new artifact (any GitSource change) reconciles the Syncs that use it, and cancels
-        // their running health waits.
-        .watches(sources, shard_watch(ctx), move |gs: GitSource| {
+        // A new artifact (a GitSource's status, spec or deletion changed) reconciles the Syncs
+        // that use it, and cancels their running health waits. The watches of other kinds
+        // back off after an error and say so (e.g. a CRD missing after an upgrade of the agent
+        // alone).
+        .watches_stream(retried(sources, shard_watch(ctx)), move |gs: GitSource| {
             seen.supersede.saw_source(&gs);
+            if !git_states.changed(&gs, gs.status.as_ref()) {
+                return Vec::new();
+            }
             let ns = gs.namespace().unwrap_or_default();
             syncs_of(&store, "GitSource", &ns, &gs.name_any())
         })
         // Likewise a new chart version.
-        .watches(charts, shard_watch(ctx), move |cs: ChartSource| {
+        .watches_stream(retried(charts, shard_watch(ctx)), move |cs: ChartSource| {
             seen_charts.supersede.saw_chart_source(&cs);
+            if !chart_states.changed(&cs, cs.status.as_ref()) {
+                return Vec::new();
+            }
             let ns = cs.namespace().unwrap_or_default();
             syncs_of(&chart_store, crate::chartsource::KIND, &ns, &cs.name_any())
         })
         // A Sync becoming Ready reconciles the Syncs that depend on it (of any shard: a
         // dependency may be reconciled by another agent).
-        .watches(api, watcher::Config::default(), move |changed: Sync| {
-            let ns = changed.namespace().unwrap_or_default();
-            let name = changed.name_any();
-            dependents
-                .state()
-                .into_iter()
-                .filter(|s| {
-                    s.spec.depends_on.iter().any(|d| {
-                        d.name == name
-                            && d.namespace
-                                .as_deref()
-                                .unwrap_or(&s.namespace().unwrap_or_default())
-                                == ns
+        .watches_stream(
+            retried(api, watcher::Config::default()),
+            move |changed: Sync| {
+                let ns = changed.namespace().unwrap_or_default();
+                let name = changed.name_any();
+                dependents
+                    .state()
+                    .into_iter()
+                    .filter(|s| {
+                        s.spec.depends_on.iter().any(|d| {
+                            d.name == name
+                                && d.namespace
+                                    .as_deref()
+                                    .unwrap_or(&s.namespace().unwrap_or_default())
+                                    == ns
+                        })
                     })
-                })
-                .map(|s| ObjectRef::from_obj(s.as_ref()))
-                .collect::<Vec<_>>()
-        })
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_on(dirty)
         .graceful_shutdown_on(stop)
         .run(crate::syncs::reconcile, error_policy, ctx.clone())
@@ -449,4 +525,58 @@ fn error_policy<K: kube::Resource<DynamicType = ()>>(
     let key = crate::context::backoff_key(obj.as_ref());
     tracing::warn!(object = %key, error = %error, "reconcile error");
     Action::requeue(ctx.backoff(&key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{GitSourceSpec, GitSourceStatus, SourceArtifact};
+
+    fn source(generation: i64, commit: &str) -> GitSource {
+        let mut gs = GitSource::new(
+            "repo",
+            GitSourceSpec {
+                url: "https://example.com/repo.git".into(),
+                ..Default::default()
+            },
+        );
+        gs.metadata.namespace = Some("ns".into());
+        gs.metadata.generation = Some(generation);
+        gs.status = Some(GitSourceStatus {
+            artifact: Some(SourceArtifact {
+                commit: commit.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        gs
+    }
+
+    #[test]
+    fn syncs_react_to_a_source_s_status_spec_and_deletion_not_its_annotations() {
+        let states = SourceStates::default();
+        let changed = |gs: &GitSource| states.changed(gs, gs.status.as_ref());
+        let first = source(1, "c1");
+        assert!(changed(&first), "first seen");
+        assert!(!changed(&first), "seen again (a re-list)");
+        // A webhook's reconcile request changes only an annotation.
+        let mut requested = first.clone();
+        requested.annotations_mut().insert(
+            RECONCILE_REQUEST_ANNOTATION.into(),
+            "2026-12-07T00:00:00Z".into(),
+        );
+        assert!(!changed(&requested));
+        // The new artifact, a spec change and a deletion do count.
+        assert!(changed(&source(1, "c2")));
+        assert!(changed(&source(2, "c2")));
+        let mut deleted = source(2, "c2");
+        deleted.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        assert!(changed(&deleted));
+        // Another source is tracked on its own.
+        let mut other = source(1, "c1");
+        other.metadata.name = Some("other".into());
+        assert!(changed(&other));
+    }
 }

@@ -16,11 +16,11 @@ pub use cluster::{
 };
 pub use engine::{
     DiscoveryCache, Engine, HookRun, NoProgress, ObjectBudget, ObjectCheck, ObjectDiff,
-    ObjectState, Progress, SyncOptions, SyncReport,
+    ObjectState, Progress, SyncOptions, SyncReport, awaited,
 };
 pub use error::{Error, FailureKind, ObjectError, Result};
 pub use inventory::{ConfigMapInventory, StoredState};
-pub use lookup::{LookupLimits, LookupProxy, LookupStats};
+pub use lookup::{ExtraKind, LookupLimits, LookupProxy, LookupStats};
 
 /// A client from a kubeconfig: `path` (else `KUBECONFIG` / `~/.kube/config` / in-cluster) and
 /// `context` (else the current context).

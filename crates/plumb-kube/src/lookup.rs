@@ -25,6 +25,14 @@
 //! Requests, each response's size and the total are capped ([`LookupLimits`]); everything is
 //! counted ([`LookupStats`]). Refusals are answered with a Kubernetes `Status` that says why,
 //! which Helm shows in its error.
+//!
+//! Helm's server-side dry-run maps every rendered object's kind through discovery, so a chart
+//! that brings its own CRDs (in `crds/`) and renders objects of them could not render on a
+//! cluster that does not serve them yet. [`LookupProxy::start_with_kinds`] takes such kinds
+//! ([`ExtraKind`]): discovery answers (`/apis` in both the aggregated and the legacy form,
+//! `/apis/<group>`, `/apis/<group>/<version>`) list them besides what the cluster serves, when
+//! the cluster does not serve them itself. Nothing else changes: reads of their objects are
+//! forwarded, and the API server answers them as not found.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -94,6 +102,25 @@ struct Shared {
     token: String,
     limits: LookupLimits,
     stats: Mutex<LookupStats>,
+    extra: Vec<ExtraKind>,
+}
+
+/// A kind that discovery through the proxy lists even when the cluster does not serve it
+/// (yet): a CRD the chart brings itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraKind {
+    /// The API group (never empty: the core group is the cluster's own).
+    pub group: String,
+    /// The version.
+    pub version: String,
+    /// The kind, e.g. `Widget`.
+    pub kind: String,
+    /// The resource, e.g. `widgets`.
+    pub plural: String,
+    /// The singular resource name, e.g. `widget`.
+    pub singular: String,
+    /// Namespaced (else cluster-scoped).
+    pub namespaced: bool,
 }
 
 impl Shared {
@@ -123,6 +150,20 @@ impl LookupProxy {
     /// Starts a proxy on a free loopback port that forwards reads with `client` (which
     /// carries the credentials and the impersonation to read as).
     pub async fn start(client: kube::Client, limits: LookupLimits) -> Result<LookupProxy, Error> {
+        Self::start_with_kinds(client, limits, Vec::new()).await
+    }
+
+    /// Like [`LookupProxy::start`], with discovery listing `extra` kinds where the cluster does
+    /// not serve them (a chart's own CRDs, for its first install).
+    pub async fn start_with_kinds(
+        client: kube::Client,
+        limits: LookupLimits,
+        extra: Vec<ExtraKind>,
+    ) -> Result<LookupProxy, Error> {
+        let extra = extra
+            .into_iter()
+            .filter(|k| !k.group.is_empty() && !k.version.is_empty() && !k.plural.is_empty())
+            .collect();
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .map_err(Error::Bind)?;
@@ -136,6 +177,7 @@ impl LookupProxy {
             token,
             limits,
             stats: Mutex::new(LookupStats::default()),
+            extra,
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -305,12 +347,142 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request<Body>) -> Respon
             );
         }
     }
+    let mut content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+    let mut status = parts.status;
+    let shown = content_type
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut bytes = bytes;
+    if let Some((new_status, body)) = with_extra_kinds(&shared.extra, &path, status, shown, &bytes)
+    {
+        // A made-up answer (the cluster's was a 404) is plain JSON; a merged one keeps its
+        // type (client-go tells the aggregated form of discovery by it).
+        if status != new_status {
+            content_type = Some(HeaderValue::from_static("application/json"));
+        }
+        status = new_status;
+        bytes = axum::body::Bytes::from(body);
+    }
     let mut out = Response::new(Body::from(bytes));
-    *out.status_mut() = parts.status;
-    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-        out.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+    *out.status_mut() = status;
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     out
+}
+
+/// A discovery answer with `extra`'s kinds added where the cluster's answer lacks them:
+/// `None` leaves the answer as it is.
+fn with_extra_kinds(
+    extra: &[ExtraKind],
+    path: &str,
+    status: StatusCode,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(StatusCode, Vec<u8>)> {
+    use serde_json::{Value, json};
+    if extra.is_empty() {
+        return None;
+    }
+    let resource = |k: &ExtraKind| {
+        json!({
+            "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
+            "kind": k.kind, "verbs": ["get", "list"],
+        })
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["apis"] if status == StatusCode::OK => {
+            let mut doc: Value = serde_json::from_slice(body).ok()?;
+            if content_type.contains("apidiscovery.k8s.io") {
+                let items = doc.get_mut("items")?.as_array_mut()?;
+                for k in extra {
+                    let entry = json!({
+                        "resource": k.plural,
+                        "responseKind": {"group": k.group, "version": k.version, "kind": k.kind},
+                        "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": k.singular,
+                        "verbs": ["get", "list"],
+                    });
+                    let at = match items.iter().position(|g| g["metadata"]["name"] == k.group) {
+                        Some(at) => at,
+                        None => {
+                            items.push(json!({"metadata": {"name": k.group}, "versions": []}));
+                            items.len() - 1
+                        }
+                    };
+                    let versions = items[at]["versions"].as_array_mut()?;
+                    let v = match versions.iter().position(|v| v["version"] == k.version) {
+                        Some(v) => v,
+                        None => {
+                            versions.push(json!({"version": k.version, "resources": [], "freshness": "Current"}));
+                            versions.len() - 1
+                        }
+                    };
+                    let resources = versions[v]["resources"].as_array_mut()?;
+                    if !resources.iter().any(|r| r["resource"] == k.plural) {
+                        resources.push(entry);
+                    }
+                }
+            } else {
+                let groups = doc.get_mut("groups")?.as_array_mut()?;
+                for k in extra {
+                    let gv = json!({"groupVersion": format!("{}/{}", k.group, k.version), "version": k.version});
+                    match groups.iter_mut().find(|g| g["name"] == k.group) {
+                        Some(g) => {
+                            let versions = g["versions"].as_array_mut()?;
+                            if !versions.iter().any(|v| v["version"] == k.version) {
+                                versions.push(gv);
+                            }
+                        }
+                        None => groups.push(json!({
+                            "name": k.group, "versions": [gv.clone()], "preferredVersion": gv,
+                        })),
+                    }
+                }
+            }
+            Some((status, serde_json::to_vec(&doc).ok()?))
+        }
+        ["apis", group] if status == StatusCode::NOT_FOUND => {
+            let versions: Vec<Value> = extra
+                .iter()
+                .filter(|k| k.group == *group)
+                .map(|k| json!({"groupVersion": format!("{}/{}", k.group, k.version), "version": k.version}))
+                .collect();
+            let first = versions.first()?.clone();
+            let doc = json!({
+                "kind": "APIGroup", "apiVersion": "v1", "name": group,
+                "versions": versions, "preferredVersion": first,
+            });
+            Some((StatusCode::OK, serde_json::to_vec(&doc).ok()?))
+        }
+        ["apis", group, version] => {
+            let ours: Vec<&ExtraKind> = extra
+                .iter()
+                .filter(|k| k.group == *group && k.version == *version)
+                .collect();
+            if ours.is_empty() {
+                return None;
+            }
+            let mut doc: Value = match status {
+                StatusCode::NOT_FOUND => json!({
+                    "kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": format!("{group}/{version}"), "resources": [],
+                }),
+                StatusCode::OK => serde_json::from_slice(body).ok()?,
+                _ => return None,
+            };
+            let resources = doc.get_mut("resources")?.as_array_mut()?;
+            for k in ours {
+                if !resources.iter().any(|r| r["name"] == k.plural) {
+                    resources.push(resource(k));
+                }
+            }
+            Some((StatusCode::OK, serde_json::to_vec(&doc).ok()?))
+        }
+        _ => None,
+    }
 }
 
 /// `path` without its first segment when that is `token` (compared in constant time).
@@ -456,6 +628,82 @@ mod tests {
         ] {
             assert!(read_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn discovery_lists_extra_kinds_the_cluster_lacks() {
+        let kind = ExtraKind {
+            group: "g.example".into(),
+            version: "v1".into(),
+            kind: "Gadget".into(),
+            plural: "gadgets".into(),
+            singular: "gadget".into(),
+            namespaced: true,
+        };
+        let extra = [kind];
+        let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).expect("json");
+        // Aggregated discovery: a group added, the content type kept by the caller.
+        let agg = br#"{"kind":"APIGroupDiscoveryList","items":[{"metadata":{"name":"apps"},"versions":[]}]}"#;
+        let (status, body) = with_extra_kinds(
+            &extra,
+            "/apis",
+            StatusCode::OK,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+            agg,
+        )
+        .expect("merged");
+        assert_eq!(status, StatusCode::OK);
+        let doc = json(&body);
+        assert_eq!(doc["items"][1]["metadata"]["name"], "g.example");
+        assert_eq!(
+            doc["items"][1]["versions"][0]["resources"][0]["responseKind"]["kind"],
+            "Gadget"
+        );
+        // Legacy group list.
+        let legacy = br#"{"kind":"APIGroupList","groups":[]}"#;
+        let (_, body) =
+            with_extra_kinds(&extra, "/apis", StatusCode::OK, "application/json", legacy)
+                .expect("merged");
+        assert_eq!(
+            json(&body)["groups"][0]["preferredVersion"]["groupVersion"],
+            "g.example/v1"
+        );
+        // The group and version the cluster does not serve: made up.
+        let (status, body) = with_extra_kinds(
+            &extra,
+            "/apis/g.example/v1",
+            StatusCode::NOT_FOUND,
+            "",
+            b"x",
+        )
+        .expect("made up");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json(&body)["resources"][0]["name"], "gadgets");
+        assert!(
+            with_extra_kinds(&extra, "/apis/g.example", StatusCode::NOT_FOUND, "", b"").is_some()
+        );
+        // Served already: the cluster's answer stays (no duplicate); other paths untouched.
+        let served = br#"{"kind":"APIResourceList","resources":[{"name":"gadgets"}]}"#;
+        let (_, body) = with_extra_kinds(
+            &extra,
+            "/apis/g.example/v1",
+            StatusCode::OK,
+            "application/json",
+            served,
+        )
+        .expect("checked");
+        assert_eq!(json(&body)["resources"].as_array().map(Vec::len), Some(1));
+        for path in [
+            "/apis/other/v1",
+            "/apis/g.example/v1/namespaces/a/gadgets/x",
+            "/api/v1",
+        ] {
+            assert!(
+                with_extra_kinds(&extra, path, StatusCode::NOT_FOUND, "", b"").is_none(),
+                "{path}"
+            );
+        }
+        assert!(with_extra_kinds(&[], "/apis", StatusCode::OK, "", legacy).is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
-use plumb_kube::{LookupLimits, LookupProxy};
+use plumb_kube::{ExtraKind, LookupLimits, LookupProxy};
 use plumb_render::{ChartOptions, LookupAccess, RenderOptions, render_path};
 use plumb_testsupport::http;
 use plumb_testsupport::kube::{TestNamespace, client};
@@ -537,5 +537,43 @@ async fn with_lookup_a_kind_the_cluster_does_not_serve_yet_is_a_clear_error() ->
         ..opts.clone()
     };
     assert_eq!(render_path(dir, Path::new(""), &offline)?.len(), 1);
+
+    // The chart brings the CRD in crds/: the proxy's discovery lists its kind (the cluster
+    // still does not serve it), so the first install renders with lookup.
+    std::fs::create_dir_all(dir.join("crds"))?;
+    std::fs::write(
+        dir.join("crds/gadgets.yaml"),
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.nowhere.plumb.dev\nspec:\n  group: nowhere.plumb.dev\n  names: {kind: Gadget, plural: gadgets, singular: gadget, listKind: GadgetList}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
+    )?;
+    let kinds: Vec<ExtraKind> = plumb_render::chart_crd_kinds(dir)
+        .into_iter()
+        .map(|k| ExtraKind {
+            group: k.group,
+            version: k.version,
+            kind: k.kind,
+            plural: k.plural,
+            singular: k.singular,
+            namespaced: k.namespaced,
+        })
+        .collect();
+    assert_eq!(kinds.len(), 1, "{kinds:?}");
+    let proxy =
+        LookupProxy::start_with_kinds(admin.clone(), LookupLimits::default(), kinds).await?;
+    let with_kinds = RenderOptions {
+        chart: ChartOptions {
+            include_crds: true,
+            lookup: Some(LookupAccess {
+                server: proxy.url(),
+                token: proxy.token().to_owned(),
+            }),
+            ..opts.chart.clone()
+        },
+        ..opts.clone()
+    };
+    let rendered = tokio::task::block_in_place(|| render_path(dir, Path::new(""), &with_kinds))?;
+    let mut kinds: Vec<String> = rendered.iter().map(|m| m.key().kind.clone()).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["CustomResourceDefinition", "Gadget"]);
+    assert_eq!(proxy.stats().refused, 0, "{:?}", proxy.stats().refusals);
     Ok(())
 }

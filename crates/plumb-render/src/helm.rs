@@ -209,6 +209,131 @@ pub struct PostRenderer {
 }
 
 /// Whether `dir` holds a chart (a `Chart.yaml`, which may be a symlink: refused later).
+/// A kind a chart's own CRD defines (in its `crds/` or a vendored subchart's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdKind {
+    /// The API group.
+    pub group: String,
+    /// A served version.
+    pub version: String,
+    /// The kind.
+    pub kind: String,
+    /// The plural resource name.
+    pub plural: String,
+    /// The singular resource name (default: the kind in lower case).
+    pub singular: String,
+    /// `spec.scope: Namespaced`.
+    pub namespaced: bool,
+}
+
+/// The kinds (one per served version) the CRDs in `crds/` of the chart `chart_dir` and of its
+/// subchart directories in `charts/` define, so that a render with `lookup` (Helm's
+/// server-side dry-run maps every rendered kind) can render the chart's own custom resources
+/// before the cluster serves them. Best effort: files that are symlinks, larger than 4 MiB or
+/// do not parse are skipped (the render itself checks the chart and names them).
+pub fn chart_crd_kinds(chart_dir: &Path) -> Vec<CrdKind> {
+    const MAX_FILE: u64 = 4 * 1024 * 1024;
+    const MAX_CHARTS: usize = 256;
+    let mut out = Vec::new();
+    let mut charts = vec![chart_dir.to_path_buf()];
+    let mut seen = 0;
+    let plain_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    while let Some(dir) = charts.pop() {
+        seen += 1;
+        if seen > MAX_CHARTS {
+            break;
+        }
+        let crds = dir.join("crds");
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![crds.clone()];
+        while let Some(d) = stack.pop() {
+            if !plain_dir(&d) {
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(meta) = fs::symlink_metadata(&path) else {
+                    continue;
+                };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if meta.is_file()
+                    && meta.len() <= MAX_FILE
+                    && path
+                        .extension()
+                        .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+                {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        for file in files {
+            let Ok(text) = fs::read_to_string(&file) else {
+                continue;
+            };
+            let Ok(docs) = crate::parse::parse_values(&text, &file, 1000) else {
+                continue;
+            };
+            for doc in docs {
+                out.extend(crd_kinds(&doc));
+            }
+        }
+        if let Ok(entries) = fs::read_dir(dir.join("charts")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if plain_dir(&path) && path.join(CHART_FILE).is_file() {
+                    charts.push(path);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The kinds a `CustomResourceDefinition` document defines, one per served version.
+fn crd_kinds(doc: &Value) -> Vec<CrdKind> {
+    if doc["kind"] != "CustomResourceDefinition"
+        || !doc["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("apiextensions.k8s.io/"))
+    {
+        return Vec::new();
+    }
+    let spec = &doc["spec"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let (group, kind, plural) = (
+        text(&spec["group"]),
+        text(&spec["names"]["kind"]),
+        text(&spec["names"]["plural"]),
+    );
+    if group.is_empty() || kind.is_empty() || plural.is_empty() {
+        return Vec::new();
+    }
+    let singular = spec["names"]["singular"]
+        .as_str()
+        .map_or_else(|| kind.to_ascii_lowercase(), str::to_owned);
+    let namespaced = spec["scope"] != "Cluster";
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool().unwrap_or(true))
+        .filter_map(|v| v["name"].as_str())
+        .map(|version| CrdKind {
+            group: group.clone(),
+            version: version.to_owned(),
+            kind: kind.clone(),
+            plural: plural.clone(),
+            singular: singular.clone(),
+            namespaced,
+        })
+        .collect()
+}
+
 pub(crate) fn is_chart(dir: &Path) -> bool {
     fs::symlink_metadata(dir.join(CHART_FILE)).is_ok()
 }
@@ -401,8 +526,9 @@ pub(crate) fn render(
         }
         if chart_opts.lookup.is_some() && stderr.contains("resource mapping not found") {
             stderr.push_str(
-                "\nwith lookup, Helm resolves every kind the chart renders on the cluster: \
-                 apply the CRDs first (e.g. a Sync of their own, named in dependsOn)",
+                "\nwith lookup, Helm resolves every kind the chart renders on the cluster (or \
+                 in a CRD of the chart's crds/ directories): apply the CRDs first (e.g. a Sync \
+                 of their own, named in dependsOn), or move them into crds/",
             );
         }
         return Err(helm_failure(rel, &name, &status.to_string(), &stderr));

@@ -23,7 +23,10 @@ use std::time::Duration;
 use plumb_core::Manifest;
 
 pub use error::{Refusal, RenderError, Result};
-pub use helm::{CHART_FILE, Capabilities, ChartOptions, LookupAccess, PostRenderer, ValuesLayer};
+pub use helm::{
+    CHART_FILE, Capabilities, ChartOptions, CrdKind, LookupAccess, PostRenderer, ValuesLayer,
+    chart_crd_kinds,
+};
 pub use kustomize::{
     KUSTOMIZATION_FILES, KustomizationRole, Reference, ReferenceKind, check_kustomization_text,
     check_kustomization_text_as, check_plugin_config_text,

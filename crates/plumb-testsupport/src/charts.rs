@@ -42,6 +42,9 @@ pub struct ChartServers {
     ca_cert: PathBuf,
     helm_home: PathBuf,
     access_log: PathBuf,
+    /// nginx's plain-HTTP listener for barrier requests (see [`ChartServers::requests`]).
+    barrier_port: u16,
+    barriers: std::sync::atomic::AtomicU64,
 }
 
 impl ChartServers {
@@ -116,6 +119,7 @@ impl ChartServers {
 
         let https_port = free_port()?;
         let registry_port = free_port()?;
+        let barrier_port = free_port()?;
         let token_registry_port = if token_repositories.is_empty() {
             None
         } else {
@@ -197,6 +201,14 @@ http {{
             auth_basic_user_file {htpasswd};
         }}
     }}
+    # Barrier requests of the harness: once one is in the access log, every request
+    # answered before it is too (one worker, which logs each request as it finishes it).
+    server {{
+        listen 127.0.0.1:{barrier_port};
+        location /plumb-barrier/ {{
+            return 204;
+        }}
+    }}
 }}
 "#,
                 root = root.display(),
@@ -262,9 +274,14 @@ http {{
             )?);
         }
         let deadline = Instant::now() + READY_TIMEOUT;
-        for port in [Some(https_port), Some(registry_port), token_registry_port]
-            .into_iter()
-            .flatten()
+        for port in [
+            Some(https_port),
+            Some(registry_port),
+            Some(barrier_port),
+            token_registry_port,
+        ]
+        .into_iter()
+        .flatten()
         {
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
             wait_until(&mut processes, deadline, &format!("port {port}"), || {
@@ -282,6 +299,8 @@ http {{
             ca_cert: tls.ca_cert,
             helm_home,
             access_log,
+            barrier_port,
+            barriers: std::sync::atomic::AtomicU64::new(0),
             dir,
         };
         run_with_stdin(
@@ -542,19 +561,76 @@ http {{
             .with_context(|| format!("helm push printed no digest:\n{text}"))
     }
 
+    /// Removes the blob `digest` (`sha256:<hex>`, e.g. a chart archive's layer) from the
+    /// registry's storage, as if it were lost: the registry no longer serves it, while the
+    /// manifests that name it still resolve.
+    pub fn remove_registry_blob(&self, digest: &str) -> anyhow::Result<()> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .with_context(|| format!("{digest:?} is not a sha256 digest"))?;
+        let data = self
+            .dir
+            .path()
+            .join("registry/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        fs::remove_file(&data).with_context(|| format!("removing {}", data.display()))
+    }
+
     /// How many requests nginx answered for paths ending in `suffix`, with their status and
-    /// user (`GET /r/index.yaml 200 user=plumb`).
+    /// user (`GET /r/index.yaml 200 user=plumb`). nginx may write a request's log line just
+    /// after the client read the response: a barrier request is made first and the log read
+    /// once it holds the barrier's line, so every request answered before the call is in it.
     pub fn requests(&self, suffix: &str) -> Vec<String> {
-        fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
+        let log = self.barrier().unwrap_or_else(|e| {
+            panic!("nginx's access log: {e:#}\n{}", self.log_tails());
+        });
+        log.lines()
             .filter(|l| {
                 l.split_whitespace()
                     .nth(1)
-                    .is_some_and(|uri| uri.ends_with(suffix))
+                    .is_some_and(|uri| uri.ends_with(suffix) && !uri.starts_with("/plumb-barrier/"))
             })
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Makes a barrier request and returns the access log once it holds its line.
+    fn barrier(&self) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        let n = self
+            .barriers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/plumb-barrier/{n}");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.barrier_port));
+        let mut stream = TcpStream::connect_timeout(&addr, READY_TIMEOUT)
+            .context("connecting to nginx's barrier listener")?;
+        stream.set_read_timeout(Some(READY_TIMEOUT))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .context("reading the barrier's answer")?;
+        if !answer.starts_with("HTTP/1.1 204") {
+            bail!("the barrier request was answered {answer:?}");
+        }
+        let line = format!("GET {path} 204 ");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let log = fs::read_to_string(&self.access_log).unwrap_or_default();
+            if log.lines().any(|l| l.starts_with(&line)) {
+                return Ok(log);
+            }
+            if Instant::now() > deadline {
+                bail!("the barrier request {path} never reached the access log");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The last lines of every server's log.

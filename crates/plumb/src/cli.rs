@@ -68,11 +68,14 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RenderArgs {
     /// Directory of manifests (plain YAML/JSON, a Kustomize directory, or a Helm chart).
-    pub dir: PathBuf,
+    #[arg(required_unless_present = "chart_url", conflicts_with = "chart_url")]
+    pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub root: Root,
     #[command(flatten)]
     pub helm: HelmArgs,
+    #[command(flatten)]
+    pub charts: crate::charts::ChartRepoArgs,
     /// A chart's `.Release.Namespace` (default: `default`).
     #[arg(short, long, help_heading = "Helm charts (DIR holds Chart.yaml)")]
     pub namespace: Option<String>,
@@ -148,7 +151,10 @@ pub struct Root {
 #[derive(Debug, Args)]
 pub struct Target {
     /// Directory of manifests (plain YAML/JSON, a Kustomize directory, or a Helm chart).
-    #[arg(required_unless_present = "git", conflicts_with = "git")]
+    #[arg(
+        required_unless_present_any = ["git", "chart_url"],
+        conflicts_with_all = ["git", "chart_url"]
+    )]
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub git: crate::source::GitArgs,
@@ -156,6 +162,8 @@ pub struct Target {
     pub root: Root,
     #[command(flatten)]
     pub helm: HelmArgs,
+    #[command(flatten)]
+    pub charts: crate::charts::ChartRepoArgs,
     /// Name of the sync unit: it owns what it applies, and prunes only what it owns.
     #[arg(long)]
     pub name: String,
@@ -239,6 +247,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let agent = matches!(cli.command, Command::Agent(_));
+    if agent {
+        // Before any thread exists (see the function).
+        crate::agent::with_few_malloc_arenas();
+    }
     crate::logging::init(cli.global.verbose, agent);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -141,26 +141,108 @@ fn chart_options(
     Ok(opts)
 }
 
-/// Renders `dir`, reading nothing outside `root` (default: the Git work tree holding `dir`,
-/// else `dir` itself); a chart with the Helm flags over `base`.
-fn render_dir(
+/// What to render: a source root, the path below it and the options; with the temporary
+/// copy (a chart's fetched dependencies, or a chart from --chart-url) it renders from, kept
+/// until the render is done.
+struct Prepared {
+    root: PathBuf,
+    relative: PathBuf,
+    opts: plumb_render::RenderOptions,
+    /// `rendering DIR (root ROOT)` and the like, for errors.
+    context: String,
+    _copy: Option<plumb_source::chart::ChartCopy>,
+    remote: Option<crate::charts::RemoteChart>,
+}
+
+impl Prepared {
+    /// With `helm.lookup`: starts the lookup proxy (its discovery knowing the kinds of the
+    /// CRDs in the chart's `crds/` as it will be rendered: fetched dependencies and a chart
+    /// from --chart-url included) and lets the render use it; the proxy must live until the
+    /// render is done.
+    async fn with_lookup(
+        &mut self,
+        helm: &HelmArgs,
+        client: &kube::Client,
+    ) -> Result<Option<plumb_kube::LookupProxy>> {
+        let dir = self.root.join(&self.relative);
+        let proxy = lookup_proxy(helm, client, Some(&dir)).await?;
+        self.opts.chart.lookup = lookup_access(proxy.as_ref());
+        Ok(proxy)
+    }
+
+    fn render(&self) -> Result<Vec<Manifest>> {
+        plumb_render::render_path(&self.root, &self.relative, &self.opts)
+            .with_context(|| self.context.clone())
+    }
+}
+
+/// Prepares rendering `dir`, reading nothing outside `root` (default: the Git work tree
+/// holding `dir`, else `dir` itself); a chart with the Helm flags over `base`, its missing
+/// dependencies fetched into a temporary copy (the directory is only read).
+async fn prepare_dir(
     dir: &Path,
     root: &Root,
     helm: &HelmArgs,
+    charts: &crate::charts::ChartRepoArgs,
     base: ChartOptions,
-) -> Result<Vec<Manifest>> {
+) -> Result<Prepared> {
     let (root, relative, note) = locate(dir, root)?;
-    let shown = dir.display();
+    let shown = dir.display().to_string();
+    let chart = is_chart(dir);
     let opts = plumb_render::RenderOptions {
-        chart: if is_chart(dir) || helm.given() {
+        chart: if chart || helm.given() {
             chart_options(helm, &root, true, base)?
         } else {
             ChartOptions::default()
         },
         ..plumb_render::RenderOptions::default()
     };
-    plumb_render::render_path(&root, &relative, &opts)
-        .with_context(|| format!("rendering {shown} (root {}{note})", root.display()))
+    let context = format!("rendering {shown} (root {}{note})", root.display());
+    let copy = match chart {
+        true => {
+            crate::charts::with_dependencies(
+                &root,
+                &relative,
+                &opts.chart.values_files,
+                charts,
+                &shown,
+            )
+            .await?
+        }
+        false => None,
+    };
+    Ok(Prepared {
+        root: copy.as_ref().map_or(root, |c| c.root()),
+        relative,
+        opts,
+        context,
+        _copy: copy,
+        remote: None,
+    })
+}
+
+/// Prepares rendering the chart --chart-url names, fetched into a temporary directory with
+/// the Helm flags over `base` (--values files are read from where they are).
+async fn prepare_remote(
+    helm: &HelmArgs,
+    charts: &crate::charts::ChartRepoArgs,
+    base: ChartOptions,
+) -> Result<Prepared> {
+    let remote = crate::charts::fetch(charts, &helm.values).await?;
+    let mut opts = chart_options(helm, &remote.root, false, base)?;
+    // The copies beside the chart, in the same order.
+    opts.values_files = remote.values_files.clone();
+    Ok(Prepared {
+        root: remote.root.clone(),
+        relative: PathBuf::from(crate::charts::RemoteChart::PATH),
+        opts: plumb_render::RenderOptions {
+            chart: opts,
+            ..plumb_render::RenderOptions::default()
+        },
+        context: format!("rendering {}", remote.describe()),
+        _copy: None,
+        remote: Some(remote),
+    })
 }
 
 fn is_chart(dir: &Path) -> bool {
@@ -181,17 +263,39 @@ async fn capabilities(engine: &Engine) -> Result<Capabilities> {
     })
 }
 
-/// A read-only proxy for a chart's `lookup`, as the client's identity, when `helm.lookup`.
+/// A read-only proxy for a chart's `lookup`, as the client's identity, when `helm.lookup`;
+/// its discovery lists the kinds of the CRDs in the chart directory `dir` (its `crds/` and
+/// its subcharts'), so that the chart's own custom resources render before the cluster
+/// serves them.
 async fn lookup_proxy(
     helm: &HelmArgs,
     client: &kube::Client,
+    dir: Option<&Path>,
 ) -> Result<Option<plumb_kube::LookupProxy>> {
     if !helm.lookup {
         return Ok(None);
     }
-    let proxy = plumb_kube::LookupProxy::start(client.clone(), plumb_kube::LookupLimits::default())
-        .await
-        .context("starting the proxy for the chart's lookup")?;
+    let kinds = dir
+        .filter(|d| is_chart(d))
+        .map(plumb_render::chart_crd_kinds)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|k| plumb_kube::ExtraKind {
+            group: k.group,
+            version: k.version,
+            kind: k.kind,
+            plural: k.plural,
+            singular: k.singular,
+            namespaced: k.namespaced,
+        })
+        .collect();
+    let proxy = plumb_kube::LookupProxy::start_with_kinds(
+        client.clone(),
+        plumb_kube::LookupLimits::default(),
+        kinds,
+    )
+    .await
+    .context("starting the proxy for the chart's lookup")?;
     Ok(Some(proxy))
 }
 
@@ -218,18 +322,15 @@ async fn render(global: &Global, args: &RenderArgs) -> Result<()> {
              versions: leave out --kube-version and --api-versions"
         );
     }
-    let proxy = match args.helm.lookup {
-        true => {
-            let client =
-                plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
-                    .await
-                    .context("connecting to the cluster for --lookup")?;
-            lookup_proxy(&args.helm, &client).await?
-        }
+    let client = match args.helm.lookup {
+        true => Some(
+            plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
+                .await
+                .context("connecting to the cluster for --lookup")?,
+        ),
         false => None,
     };
     let base = ChartOptions {
-        lookup: lookup_access(proxy.as_ref()),
         namespace: args.namespace.clone(),
         capabilities: (args.kube_version.is_some() || !args.api_versions.is_empty()).then(|| {
             Capabilities {
@@ -239,9 +340,16 @@ async fn render(global: &Global, args: &RenderArgs) -> Result<()> {
         }),
         ..ChartOptions::default()
     };
-    let manifests = rendering(proxy.as_ref(), || {
-        render_dir(&args.dir, &args.root, &args.helm, base)
-    })?;
+    let mut prepared = match &args.dir {
+        Some(dir) => prepare_dir(dir, &args.root, &args.helm, &args.charts, base).await?,
+        None => prepare_remote(&args.helm, &args.charts, base).await?,
+    };
+    let proxy = match &client {
+        Some(client) => prepared.with_lookup(&args.helm, client).await?,
+        None => None,
+    };
+    let manifests = rendering(proxy.as_ref(), || prepared.render())?;
+    drop(prepared);
     drop(proxy);
     let mut out = std::io::stdout().lock();
     for m in &manifests {
@@ -264,6 +372,8 @@ struct Loaded {
     state: StoredState,
     desired: Vec<Manifest>,
     fetched: Option<Fetched>,
+    /// With --chart-url: what was fetched, for humans.
+    remote: Option<String>,
 }
 
 async fn load(global: &Global, target: &Target) -> Result<Loaded> {
@@ -271,13 +381,21 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
     // cluster. A Git source needs the last applied revision (the start of the verification
     // range) from the cluster first.
     // A chart waits for the cluster: its `.Capabilities` come from there.
+    if target.git.git.is_some() && target.charts.chart_url.is_some() {
+        anyhow::bail!("give either --git or --chart-url, not both");
+    }
     let local = match &target.dir {
-        Some(dir) if !is_chart(dir) => Some(render_dir(
-            dir,
-            &target.root,
-            &target.helm,
-            ChartOptions::default(),
-        )?),
+        Some(dir) if !is_chart(dir) => Some(
+            prepare_dir(
+                dir,
+                &target.root,
+                &target.helm,
+                &target.charts,
+                ChartOptions::default(),
+            )
+            .await?
+            .render()?,
+        ),
         _ => None,
     };
     let client = plumb_kube::client(global.kubeconfig.as_deref(), global.context.as_deref())
@@ -288,25 +406,32 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_owned());
     let engine = Engine::new(client.clone());
-    // Runs until the render is done (the end of this function).
-    let proxy = lookup_proxy(&target.helm, &client).await?;
     let chart_base = |capabilities| ChartOptions {
         release_name: Some(target.name.clone()),
         namespace: Some(namespace.clone()),
         capabilities: Some(capabilities),
-        lookup: lookup_access(proxy.as_ref()),
         ..ChartOptions::default()
     };
     let sync = SyncId::new(namespace.clone(), target.name.clone());
     let store = ConfigMapInventory::new(client.clone(), &sync);
     let state = store.load_state().await?;
+    let mut remote = None;
     let (desired, fetched) = match (local, &target.dir, &target.git.git) {
         (Some(desired), _, _) => (desired, None),
         (None, Some(dir), _) => {
             let base = chart_base(capabilities(&engine).await?);
-            let desired = rendering(proxy.as_ref(), || {
-                render_dir(dir, &target.root, &target.helm, base)
-            })?;
+            let mut prepared =
+                prepare_dir(dir, &target.root, &target.helm, &target.charts, base).await?;
+            let proxy = prepared.with_lookup(&target.helm, &client).await?;
+            let desired = rendering(proxy.as_ref(), || prepared.render())?;
+            (desired, None)
+        }
+        (None, None, None) if target.charts.chart_url.is_some() => {
+            let base = chart_base(capabilities(&engine).await?);
+            let mut prepared = prepare_remote(&target.helm, &target.charts, base).await?;
+            let proxy = prepared.with_lookup(&target.helm, &client).await?;
+            let desired = rendering(proxy.as_ref(), || prepared.render())?;
+            remote = prepared.remote.as_ref().map(|r| r.describe());
             (desired, None)
         }
         (None, None, Some(url)) => {
@@ -319,17 +444,37 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
             } else {
                 ChartOptions::default()
             };
+            let copy = match is_chart(&root.join(path)) {
+                true => {
+                    let shown = format!("{} of {}", path.display(), fetched.describe());
+                    crate::charts::with_dependencies(
+                        root,
+                        path,
+                        &chart.values_files,
+                        &target.charts,
+                        &shown,
+                    )
+                    .await?
+                }
+                false => None,
+            };
+            let render_root = copy.as_ref().map_or_else(|| root.clone(), |c| c.root());
+            let mut chart = chart;
+            // Runs until the render is done.
+            let proxy = lookup_proxy(&target.helm, &client, Some(&render_root.join(path))).await?;
+            chart.lookup = lookup_access(proxy.as_ref());
             let opts = plumb_render::RenderOptions {
                 chart,
                 ..plumb_render::RenderOptions::default()
             };
             let desired = rendering(proxy.as_ref(), || {
-                plumb_render::render_path(root, path, &opts)
+                plumb_render::render_path(&render_root, path, &opts)
             })
             .with_context(|| format!("rendering {}", fetched.describe()))?;
+            drop(copy);
             (desired, Some(fetched))
         }
-        (None, None, None) => anyhow::bail!("give a directory or --git URL"),
+        (None, None, None) => anyhow::bail!("give a directory, --git URL or --chart-url URL"),
     };
     Ok(Loaded {
         engine,
@@ -338,6 +483,7 @@ async fn load(global: &Global, target: &Target) -> Result<Loaded> {
         state,
         desired,
         fetched,
+        remote,
     })
 }
 
@@ -355,9 +501,13 @@ async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
         state,
         desired,
         fetched,
+        remote,
     } = load(global, &args.target).await?;
     if let Some(f) = &fetched {
         eprintln!("source: {}", f.describe());
+    }
+    if let Some(chart) = &remote {
+        eprintln!("source: {chart}");
     }
     let mut opts = sync_options(sync.clone(), &args.target);
     opts.prune = args.prune;

@@ -3,6 +3,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod agent;
+mod charts;
 mod cli;
 mod commands;
 mod logging;

@@ -2,7 +2,8 @@
 //! plane and real Git repositories, for what needs a process: a SIGKILLed agent converging
 //! after its restart on the same cache, a standby replica (`--leader-elect`) taking over from a
 //! killed leader, SIGTERM during a long health wait (exit status, log, Lease released), and
-//! `plumb uninstall` against a running agent (on a control plane of its own).
+//! `plumb uninstall` against a running agent (on a control plane of its own), and the agent
+//! starting itself again with two allocator arenas.
 //! What needs no process (metrics, health, the webhook receiver end to end) runs in-process in
 //! the plumb-agent tests (`tests/agent/endpoints.rs`).
 //!
@@ -338,6 +339,28 @@ async fn two_shards_each_reconcile_only_their_own_syncs() -> Result<()> {
 }
 
 #[tokio::test]
+async fn the_agent_runs_with_two_malloc_arenas_as_the_process_it_was_started_as() -> Result<()> {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        // The agent keeps an operator's setting, and this test's would be inherited.
+        eprintln!("MALLOC_ARENA_MAX is set for the tests: nothing to check");
+        return Ok(());
+    }
+    let w = World::new("arenas").await?;
+    // Started without the variable (it answers its health endpoint before this returns).
+    let agent = w.spawn(&process(), AgentSpec::new("arenas-1")).await?;
+    // The same pid runs with it: the agent started itself again in place, before any thread.
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.pid()))?;
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(
+        vars.contains(&&b"MALLOC_ARENA_MAX=2"[..]),
+        "the agent's environment: {:?}",
+        String::from_utf8_lossy(&environ)
+    );
+    agent.finish();
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_invalid_shard_selector_stops_the_agent_at_start() -> Result<()> {
     let w = World::new("badshard").await?;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_plumb"))
@@ -540,5 +563,64 @@ async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
         async move { Ok(cms.get_opt("settings").await?.is_none().then_some(())) }
     })
     .await?;
+    Ok(())
+}
+
+/// An agent whose cluster lacks one of its CRDs (here ChartSource: e.g. the agent upgraded by
+/// its image tag before the CRDs were) still applies its Git Syncs, says which watch fails, and
+/// retries that watch with backoff rather than in a loop of requests.
+#[tokio::test]
+async fn a_missing_crd_is_retried_with_backoff_and_the_other_syncs_work() -> Result<()> {
+    let plane = plumb_testsupport::kube::PrivateControlPlane::up().await?;
+    let w = World::private(&plane, "nocrd").await?;
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(w.client().clone());
+    crds.delete("chartsources.plumb.dev", &Default::default())
+        .await?;
+    eventually("the ChartSource CRD to be gone", WAIT, || {
+        let crds = crds.clone();
+        async move {
+            Ok(crds
+                .get_opt("chartsources.plumb.dev")
+                .await?
+                .is_none()
+                .then_some(()))
+        }
+    })
+    .await?;
+    let agent = w.spawn(&process(), AgentSpec::new("nocrd-1")).await?;
+    let commit = w.commit(&[("app/cm.yaml", &configmap("settings", "1"))], w.signing())?;
+    w.create(w.git_source("repo")).await?;
+    w.create(w.sync("app")).await?;
+    w.wait_applied::<Sync>("app", &commit, WAIT).await?;
+
+    // The ChartSource watches (the ChartSource controller's and the Sync controller's) have
+    // each failed a few times by now; without backoff they would have sent thousands of lists.
+    let lists = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("plumb_api_requests_total{")
+                    && l.contains(r#"verb="list""#)
+                    && l.contains(r#"resource="chartsources""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let metrics = eventually("a few failed lists of ChartSources", WAIT, || async {
+        let m = agent.metrics().await?;
+        Ok((lists(&m) >= 4.0).then_some(m))
+    })
+    .await?;
+    let failed = lists(&metrics);
+    assert!(
+        failed <= 30.0,
+        "{failed} lists of the missing ChartSource kind: the watch is not backing off"
+    );
+    let log = std::fs::read_to_string(agent.log_path())?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("watch failed; retrying with backoff") && l.contains("ChartSource")),
+        "no warning naming the failing watch:\n{log}"
+    );
     Ok(())
 }

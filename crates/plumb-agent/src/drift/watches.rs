@@ -259,22 +259,22 @@ pub(super) fn key_of(resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>
 
 /// Managers that changed the object's spec or metadata (not its status), with their times.
 pub(super) fn signature_of(meta: &ObjectMeta) -> Seen {
-    let managers = meta
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|m| {
-            m.subresource
-                .as_deref()
-                .is_none_or(|s| s.is_empty() || s == "scale")
-        })
-        .map(|m| {
-            (
-                m.manager.clone().unwrap_or_default(),
-                m.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
-            )
-        })
-        .collect();
+    let managers = Seen::managers_digest(
+        meta.managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| {
+                m.subresource
+                    .as_deref()
+                    .is_none_or(|s| s.is_empty() || s == "scale")
+            })
+            .map(|m| {
+                (
+                    m.manager.clone().unwrap_or_default(),
+                    m.time.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+                )
+            }),
+    );
     Seen {
         generation: meta.generation,
         resource_version: meta.resource_version.clone(),

@@ -25,7 +25,15 @@ pub(super) async fn apply(
 ) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
+    if unchanged_files(sync, ctx, ns, &record, artifact, st, started) {
+        return Ok(Applied::Done);
+    }
+    // The rendering is held from here until its writes are registered: one of a bounded
+    // number at once across all Syncs. A revision that waits inside the apply (waves, hooks)
+    // could keep a slot for as long as its timeout, and gives it back now.
+    let slot = ctx.renders.acquire().await;
     let desired = super::helm::render(sync, ctx, ns, record).await?;
+    let slot = (!super::waits_inside(&desired)).then_some(slot);
     let rendered = digest(&desired);
 
     // A new revision that renders exactly what was applied (a commit elsewhere in the
@@ -93,7 +101,7 @@ pub(super) async fn apply(
     let run = engine.sync(desired, &inventory, &opts, &NoProgress);
     tokio::pin!(run);
     let mut superseded = None;
-    let report = tokio::select! {
+    let mut report = tokio::select! {
         biased;
         report = &mut run => report,
         why = ctx.supersede.superseded(&applying) => {
@@ -110,7 +118,15 @@ pub(super) async fn apply(
     // failure the objects that were written), so that a change made during the health wait
     // is healed at once, and towards this revision, never an older one.
     let applied_from = (artifact.revision.clone(), rendered);
-    if let Err(e) = register_drift(sync, ctx, &engine, &report, applied_from, phase.ticket()).await
+    if let Err(e) = register_drift(
+        sync,
+        ctx,
+        &engine,
+        &mut report,
+        applied_from,
+        phase.ticket(),
+    )
+    .await
     {
         // This revision was (partly) written but cannot be registered (e.g. the API server
         // went away mid-apply): healing towards the older registered revision would undo
@@ -119,6 +135,15 @@ pub(super) async fn apply(
         return Err(e);
     }
     phase.end();
+    // What a health wait needs of the objects (most of them, and every spec, are not needed),
+    // not the rendered manifests: the rendering, and its slot, end here.
+    let awaited = if sync.spec.wait {
+        plumb_kube::awaited(std::mem::take(&mut report.applied))
+    } else {
+        Vec::new()
+    };
+    report.applied = Vec::new();
+    drop(slot);
 
     if let Some(failure) = report.error() {
         // Stopped because something newer came: recorded as cancelled, and that runs at once.
@@ -145,7 +170,7 @@ pub(super) async fn apply(
         ctx.write_status::<Sync>(ns, name, st).await?;
         // A new revision, a spec change, a request, the Sync's deletion or the agent stopping
         // make the wait moot: it is cancelled, and what superseded it runs at once.
-        let wait = engine.wait_healthy(&report.applied, timeout);
+        let wait = engine.wait_healthy(&awaited, timeout);
         match ctx.supersede.unless_superseded(&applying, wait).await {
             Ok(healthy) => {
                 healthy?;
@@ -160,6 +185,66 @@ pub(super) async fn apply(
             .await;
     }
     Ok(Applied::Done)
+}
+
+/// A new revision in which none of the files the Sync's render reads changed since the
+/// revision it applied (a commit elsewhere in the repository; see [`super::inputs`]), with
+/// the same spec, no reconcile request, and the drift watch reporting the objects applied
+/// from that revision unchanged since: it would render exactly what the cluster holds.
+/// Records the revision (in `st`, and in the drift registration) without rendering and
+/// without a request per object; returns whether it did.
+fn unchanged_files(
+    sync: &Sync,
+    ctx: &Context,
+    ns: &str,
+    record: &crate::artifacts::Artifact,
+    artifact: &SourceArtifact,
+    st: &mut SyncStatus,
+    started: Instant,
+) -> bool {
+    let src = &sync.spec.source_ref;
+    if sync.spec.helm.is_some()
+        || src.kind.as_deref().unwrap_or("GitSource") != "GitSource"
+        || st.observed_generation != sync.metadata.generation
+        || requested_at(sync) != st.last_handled_reconcile_at
+        || !status::is_true(&st.conditions, types::READY)
+    {
+        return false;
+    }
+    let skey = (ns.to_owned(), sync.name_any());
+    let Some((from, rendered)) = ctx.drift.clean_rendering(&skey) else {
+        return false;
+    };
+    // The status must be that of the registered apply (as for a render that matches it).
+    if st.last_applied_revision.as_deref() != Some(from.as_str()) {
+        return false;
+    }
+    let Some((_, applied_commit)) = from.rsplit_once(':') else {
+        return false;
+    };
+    let src_ns = src.namespace.as_deref().unwrap_or(ns);
+    let (Some(old), Some(new)) = (
+        ctx.artifacts.files_of(src_ns, &src.name, applied_commit),
+        ctx.artifacts.files_of(src_ns, &src.name, &record.commit),
+    ) else {
+        return false;
+    };
+    if !super::inputs::same_input(&old, &new, sync.spec.path.as_deref()) {
+        return false;
+    }
+    if !ctx
+        .drift
+        .advance(&skey, &from, &rendered, &artifact.revision)
+    {
+        return false;
+    }
+    let counts = plumb_core::ChangeCounts {
+        unchanged: st.inventory.len(),
+        ..Default::default()
+    };
+    let note = " (none of its files changed: not rendered)";
+    record_applied(st, sync, artifact, counts, note, started.elapsed());
+    true
 }
 
 /// A health wait was cancelled (see [`Applied::Cancelled`]). When the agent stops, nothing is
@@ -246,17 +331,19 @@ pub(crate) fn engine_for(
     opts.allow_empty = sync.spec.allow_empty;
     opts.force_conflicts = sync.spec.force;
     opts.adopt = sync.spec.adopt;
+    opts.concurrency = super::OBJECTS_PER_SYNC;
     Ok((engine, inventory, opts))
 }
 
 /// Hands the written objects to the drift watch, as of the apply with `ticket`: every desired
 /// object when nothing failed, else only those written (or found unchanged).
-/// `applied_from`: the revision and the digest of its rendering.
+/// `applied_from`: the revision and the digest of its rendering. Takes the report's
+/// `live_meta` (parsed one object at a time as it is handed over).
 pub(super) async fn register_drift(
     sync: &Sync,
     ctx: &Context,
     engine: &Engine,
-    report: &plumb_kube::SyncReport,
+    report: &mut plumb_kube::SyncReport,
     applied_from: (String, String),
     ticket: Ticket,
 ) -> Result<()> {
@@ -324,13 +411,20 @@ pub(super) async fn register_drift(
             revision: applied_from.0,
             scope,
         },
-        report
-            .live_meta
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_value(v.clone()).ok()?)))
+        std::mem::take(&mut report.live_meta)
+            .into_iter()
+            .filter_map(|(k, json)| {
+                Some((k, serde_json::from_str::<LiveSummary>(&json).ok()?.metadata))
+            })
             .collect(),
     );
     Ok(())
+}
+
+/// What [`register_drift`] reads of [`plumb_kube::SyncReport::live_meta`].
+#[derive(serde::Deserialize)]
+struct LiveSummary {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 }
 
 /// drift: detect after a restart: a dry-run sync tells which objects differ; they are
@@ -345,12 +439,14 @@ pub(super) async fn detect_only(
     st: &mut SyncStatus,
 ) -> Result<()> {
     let ticket = ctx.drift.ticket();
+    // A dry run waits for nothing: the slot is held until the comparison is registered.
+    let _slot = ctx.renders.acquire().await;
     let desired = super::helm::render(sync, ctx, ns, record).await?;
     let rendered = digest(&desired);
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     opts.dry_run = true;
     opts.prune = false;
-    let report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
+    let mut report = engine.sync(desired, &inventory, &opts, &NoProgress).await?;
     st.drift = report
         .changes
         .entries
@@ -368,7 +464,7 @@ pub(super) async fn detect_only(
         })
         .collect();
     let applied_from = (artifact.revision.clone(), rendered);
-    register_drift(sync, ctx, &engine, &report, applied_from, ticket).await?;
+    register_drift(sync, ctx, &engine, &mut report, applied_from, ticket).await?;
     for d in &st.drift {
         ctx.drift.note_drift(
             (ns.to_owned(), name.to_owned()),

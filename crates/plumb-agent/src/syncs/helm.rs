@@ -36,7 +36,34 @@ pub(super) async fn render(
     let proxy = match chart.as_mut() {
         Some(opts) if lookup => {
             let client = impersonated(sync, ctx, ns)?;
-            let proxy = LookupProxy::start(client, LookupLimits::default())
+            // The chart's own CRDs: listed by the proxy's discovery until the cluster serves
+            // them, so that its custom resources render on the first install.
+            let rel = Path::new(sync.spec.path.as_deref().unwrap_or(""));
+            let plain = rel.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            let kinds = match (&copy, plain) {
+                (_, false) => Vec::new(),
+                (Some(copy), true) => {
+                    plumb_render::chart_crd_kinds(&copy.path().join("root").join(rel))
+                }
+                (None, true) => plumb_render::chart_crd_kinds(&record.dir.join(rel)),
+            };
+            let kinds = kinds
+                .into_iter()
+                .map(|k| plumb_kube::ExtraKind {
+                    group: k.group,
+                    version: k.version,
+                    kind: k.kind,
+                    plural: k.plural,
+                    singular: k.singular,
+                    namespaced: k.namespaced,
+                })
+                .collect();
+            let proxy = LookupProxy::start_with_kinds(client, LookupLimits::default(), kinds)
                 .await
                 .map_err(|e| Error::Io {
                     context: "starting the proxy for the chart's lookup".into(),
@@ -67,29 +94,41 @@ pub(super) async fn render(
     rendered
 }
 
+/// Where fetched dependency archives are kept between renders, below the agent's cache
+/// directory (see [`plumb_source::chart::ArchiveCache`]: each render still resolves the
+/// index or manifest with its Sync's own credentials).
+const DEPENDENCY_CACHE_DIR: &str = "chart-dependencies";
+
+/// The most bytes of dependency archives kept; the least recently used go first.
+const DEPENDENCY_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// When the chart at `sync`'s path lists dependencies with an `https://` or `oci://`
 /// repository that its `charts/` lacks: a temporary directory whose `root` holds a copy of
-/// the chart at the same path with them fetched (plumb-source's chart dependency code, with
-/// the credentials and CAs of `spec.helm.dependencyRepositories`, read as the Sync's service
-/// account) and the values files of `spec.helm.valuesFiles`. `None`: nothing to fetch.
+/// the chart at the same path with them fetched (plumb-source's [`ChartCopy`], shared with
+/// the CLI, with the credentials and CAs of `spec.helm.dependencyRepositories`, read as the
+/// Sync's service account) and the values files of `spec.helm.valuesFiles`. `None`: nothing
+/// to fetch.
+///
+/// [`ChartCopy`]: plumb_source::chart::ChartCopy
 async fn with_dependencies(
     sync: &Sync,
     ctx: &Context,
     ns: &str,
     record: &Arc<crate::artifacts::Artifact>,
 ) -> Result<Option<tempfile::TempDir>> {
-    use std::path::Component;
     let path = sync.spec.path.as_deref().unwrap_or("");
     let rel = Path::new(path);
-    // Anything else is refused by the renderer, which names it.
-    if !rel
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Ok(None);
-    }
-    let chart_dir = record.dir.join(rel);
-    let chart_file = chart_dir.join(plumb_render::CHART_FILE);
+    let what = format!(
+        "Sync {ns}/{}: chart at path {path:?} of its source",
+        sync.name_any()
+    );
+    let failed = |source| Error::Chart {
+        what: what.clone(),
+        source,
+    };
+    // Nothing is read before the artifact's digest is checked: only a chart that names a
+    // remote repository gets that far.
+    let chart_file = record.dir.join(rel).join(plumb_render::CHART_FILE);
     let mentions_remote = std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
         && std::fs::read(&chart_file).is_ok_and(|text| {
             let text = String::from_utf8_lossy(&text);
@@ -108,16 +147,9 @@ async fn with_dependencies(
             })?
             .map_err(|e| Error::Source(plumb_source::Error::Export(e)))?;
     }
-    let what = format!(
-        "Sync {ns}/{}: chart at path {path:?} of its source",
-        sync.name_any()
-    );
-    let failed = |source| Error::Chart {
-        what: what.clone(),
-        source,
-    };
-    let missing = plumb_source::chart::missing_dependencies(
-        &chart_dir,
+    let missing = plumb_source::chart::missing_dependencies_at(
+        &record.dir,
+        rel,
         &what,
         plumb_source::chart::ChartLimits::default(),
     )
@@ -129,49 +161,18 @@ async fn with_dependencies(
     // Only now: a Sync whose dependencies are all vendored needs none of these Secrets.
     let spec = sync.spec.helm.clone().unwrap_or_default();
     let repositories = dependency_repositories(sync, ctx, ns, &spec).await?;
-    let tmp = tempfile::Builder::new()
-        .prefix("plumb-chart-deps-")
-        .tempdir()
-        .map_err(|source| Error::Io {
-            context: "creating a directory for the chart's dependencies".into(),
-            source,
-        })?;
-    let root = tmp.path().join("root");
-    let dest = root.join(rel);
-    std::fs::create_dir_all(&dest).map_err(|source| Error::Io {
-        context: "creating a directory for the chart's dependencies".into(),
-        source,
-    })?;
-    let fetched = missing.vendor(&repositories, &dest).await.map_err(failed)?;
-    tracing::debug!(sync = %sync.name_any(), dependencies = ?fetched, "fetched the chart's dependencies");
-    // Values files are read relative to the source root: the copy holds them too.
-    for file in &spec.values_files {
-        let file_rel = Path::new(file);
-        let plain = file_rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        let mut prefix = record.dir.clone();
-        let mut no_link = plain;
-        for c in file_rel.components() {
-            prefix.push(c);
-            no_link &=
-                std::fs::symlink_metadata(&prefix).is_ok_and(|m| !m.file_type().is_symlink());
-        }
-        // Left out, the renderer names the file as missing or refused.
-        if !no_link || !prefix.is_file() {
-            continue;
-        }
-        let target = root.join(file_rel);
-        let copied = target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::copy(&prefix, &target).map(|_| ()));
-        copied.map_err(|source| Error::Io {
-            context: format!("copying the values file {file:?} beside the chart's copy"),
-            source,
-        })?;
-    }
-    Ok(Some(tmp))
+    let values_files: Vec<std::path::PathBuf> = spec.values_files.iter().map(Into::into).collect();
+    let cache = plumb_source::chart::ArchiveCache::new(
+        ctx.config.cache_dir.join(DEPENDENCY_CACHE_DIR),
+        DEPENDENCY_CACHE_BYTES,
+    );
+    let copy = missing
+        .with_cache(cache)
+        .vendor_copy(&repositories, &record.dir, rel, &values_files)
+        .await
+        .map_err(failed)?;
+    tracing::debug!(sync = %sync.name_any(), dependencies = ?copy.fetched(), "fetched the chart's dependencies");
+    Ok(Some(copy.into_tempdir()))
 }
 
 /// `spec.helm.dependencyRepositories` with their Secrets, read with the Sync's client.

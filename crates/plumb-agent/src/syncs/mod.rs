@@ -29,13 +29,30 @@ pub const HISTORY_LIMIT: usize = 10;
 /// How soon to look again while a dependency or the source is not ready.
 mod apply;
 mod helm;
+mod inputs;
 mod record;
+mod slots;
 
 pub(crate) use apply::engine_for;
 use apply::{Applied, apply, cancelled, detect_only};
 use record::{fail, hook_line, push_history, record_applied};
+pub use slots::{RENDER_SLOTS, RenderSlot, RenderSlots};
 
 const NOT_READY_RETRY: Duration = Duration::from_secs(5);
+
+/// Objects one Sync dry-runs or writes at once: the Syncs holding a render slot together fill
+/// the agent's object budget.
+pub(crate) const OBJECTS_PER_SYNC: usize = crate::context::OBJECT_BUDGET / RENDER_SLOTS;
+
+/// Whether applying `desired` waits inside the engine (for the health of a wave before the
+/// next, or for hooks to complete), possibly for as long as the Sync's timeout: such a
+/// revision does not keep a render slot while it applies.
+pub(crate) fn waits_inside(desired: &[Manifest]) -> bool {
+    use plumb_core::phases::{is_hook_annotated, wave_of_object};
+    let mut waves = desired.iter().map(|m| wave_of_object(&m.object));
+    let first = waves.next();
+    desired.iter().any(|m| is_hook_annotated(&m.object)) || waves.any(|w| Some(w) != first)
+}
 
 /// Reconciles one Sync. Everything it logs, across every await, is in the span
 /// `reconcile{kind=Sync object=...}`.
@@ -373,6 +390,26 @@ mod tests {
             source_key(&chart, "ns"),
             ("other".into(), "chartsource_app".into())
         );
+    }
+
+    #[test]
+    fn a_revision_with_several_waves_or_a_hook_waits_inside_its_apply() {
+        let m = |annotations: serde_json::Value| {
+            Manifest::from_value(
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "a", "annotations": annotations}}),
+                None,
+            )
+            .expect("valid")
+        };
+        let wave = |w: &str| m(serde_json::json!({ "argocd.argoproj.io/sync-wave": w }));
+        assert!(!waits_inside(&[]));
+        assert!(!waits_inside(&[m(serde_json::json!({})), wave("0")]));
+        assert!(!waits_inside(&[wave("2"), wave("2")]), "one wave");
+        assert!(waits_inside(&[m(serde_json::json!({})), wave("1")]));
+        assert!(waits_inside(&[m(
+            serde_json::json!({ "helm.sh/hook": "pre-install" })
+        )]));
     }
 
     #[test]

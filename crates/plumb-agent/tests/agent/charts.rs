@@ -599,6 +599,32 @@ async fn a_dependency_of_a_chart_in_git_is_fetched_with_the_syncs_credentials() 
         !public.is_empty() && public.iter().all(|l| l.ends_with("user=-")),
         "{public:?}"
     );
+    let index = servers.requests("/stable/index.yaml").len();
+
+    // A new commit renders again: the index is read again with the Sync's login, the
+    // archive comes from the agent's dependency cache.
+    let second = w.commit(
+        &[(
+            "charts/app/templates/more.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-more\ndata:\n  k: v\n",
+        )],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    w.wait_applied("web", &second).await?;
+    w.wait_cm_value("web-more", "k", "v").await?;
+    w.wait_cm_value("web-base", "from", "base").await?;
+    let again = servers.requests("/stable/index.yaml");
+    assert!(
+        again.len() > index && again.iter().all(|l| l.ends_with("200 user=plumb")),
+        "{again:?}"
+    );
+    assert_eq!(servers.requests("/stable/base-0.3.1.tgz"), fetched);
+    assert_eq!(
+        servers.requests("/public/extra/extras-2.0.0.tgz").len(),
+        1,
+        "the public dependency's archive is cached too"
+    );
     w.stop().await;
     Ok(())
 }

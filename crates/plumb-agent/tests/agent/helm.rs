@@ -363,3 +363,51 @@ async fn lookup_reads_the_cluster_as_the_syncs_service_account_only_when_on() ->
     w.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn lookup_renders_a_charts_own_custom_resources_on_the_first_install() -> Result<()> {
+    let w = World::new("helmlookupcrd").await?;
+    // A group of this test's own: the cluster does not serve it before the Sync applies.
+    let group = format!("{}.lookup.example.com", w.ns());
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.{group}\nspec:\n  group: {group}\n  names: {{kind: Gadget, plural: gadgets, singular: gadget, listKind: GadgetList}}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}\n"
+    );
+    let gadget = format!(
+        "apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g\nspec:\n  found: {{{{ with lookup \"v1\" \"Namespace\" \"\" .Release.Namespace }}}}{{{{ .metadata.name | quote }}}}{{{{ else }}}}\"none\"{{{{ end }}}}\n"
+    );
+    let first = w.commit(
+        &[
+            (
+                "gadgets/Chart.yaml",
+                "apiVersion: v2\nname: gadgets\nversion: 0.1.0\n",
+            ),
+            ("gadgets/crds/gadgets.yaml", crd.as_str()),
+            ("gadgets/templates/gadget.yaml", gadget.as_str()),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "gadgets",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "gadgets", "interval": "1h",
+            "helm": { "lookup": true, "includeCRDs": true },
+        }),
+    )
+    .await?;
+    if let Err(e) = w.wait_applied("gadgets", &first).await {
+        let status = ready_condition(&w.syncs(), "gadgets").await?;
+        anyhow::bail!("{e}; the Sync says {status:?}");
+    }
+    let gvk = kube::api::GroupVersionKind::gvk(&group, "v1", "Gadget");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        w.client().clone(),
+        w.ns(),
+        &kube::api::ApiResource::from_gvk(&gvk),
+    );
+    let g = api.get("g").await?;
+    // The lookup read the cluster during the render that made it.
+    assert_eq!(g.data["spec"]["found"], w.ns());
+    w.stop().await;
+    Ok(())
+}

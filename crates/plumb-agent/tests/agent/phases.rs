@@ -195,7 +195,11 @@ spec:
             .and_then(|s| s.conditions)
             .unwrap_or_default()
             .iter()
-            .any(|c| c.type_ == "Complete" && c.status == "True");
+            // SuccessCriteriaMet comes first, Complete once the Pods are gone; the agent
+            // counts either, so may have finished between the two.
+            .any(|c| {
+                (c.type_ == "Complete" || c.type_ == "SuccessCriteriaMet") && c.status == "True"
+            });
         assert!(complete, "{name} ran to completion");
     }
     // The deletion says what it did: the two hooks created, the ConfigMap pruned (the order,

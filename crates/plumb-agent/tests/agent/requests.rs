@@ -87,6 +87,14 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     let st = sync.status.unwrap();
     assert_eq!(st.history[0].changes, "2 unchanged", "{:?}", st.history[0]);
     assert_eq!(st.history[0].result, "success");
+    // None of the Sync's files changed: the revision is recorded without a render.
+    let (_, _, message) = ready_condition(&w.syncs(), "app")
+        .await?
+        .unwrap_or_default();
+    assert!(
+        message.ends_with("(none of its files changed: not rendered)"),
+        "{message}"
+    );
     let per_object: Vec<String> = requests
         .lock()
         .unwrap()
@@ -137,6 +145,53 @@ async fn a_commit_outside_the_path_is_recorded_without_per_object_requests() -> 
     w.wait_applied("app", &fourth).await?;
     w.wait_value("mine", "3").await?;
 
+    w.stop().await;
+    Ok(())
+}
+
+/// A Kustomization reads outside its directory: a commit that changes only its base, outside
+/// the Sync's path, is rendered and applied; one outside both is recorded without a render.
+#[tokio::test]
+async fn a_commit_to_a_kustomize_base_outside_the_path_is_applied() -> Result<()> {
+    let w = World::new("kbase").await?;
+    let kustomization = "resources:\n- ../base\n";
+    let first = w.commit(
+        &[
+            ("overlay/kustomization.yaml", kustomization),
+            ("base/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            ("base/cm.yaml", &configmap("based", "1")),
+            ("elsewhere/cm.yaml", &configmap("other", "1")),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create(w.sync("overlay").spec(json!({ "path": "overlay" })))
+        .await?;
+    w.wait_applied("overlay", &first).await?;
+    w.wait_value("based", "1").await?;
+
+    let second = w.commit(&[("base/cm.yaml", &configmap("based", "2"))], w.signing())?;
+    w.poke_source().await?;
+    let sync = w.wait_applied("overlay", &second).await?;
+    w.wait_value("based", "2").await?;
+    let st = sync.status.unwrap();
+    assert_eq!(st.history[0].changes, "1 configured", "{:?}", st.history[0]);
+
+    // Even a commit outside the base and the overlay renders a Kustomization again (what it
+    // reads is not known without rendering it), which finds nothing to change.
+    let third = w.commit(
+        &[("elsewhere/cm.yaml", &configmap("other", "3"))],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    w.wait_applied("overlay", &third).await?;
+    let (_, _, message) = ready_condition(&w.syncs(), "overlay")
+        .await?
+        .unwrap_or_default();
+    assert!(
+        message.ends_with("(renders the objects already applied)"),
+        "{message}"
+    );
     w.stop().await;
     Ok(())
 }
@@ -214,6 +269,61 @@ async fn a_mass_deletion_is_healed_with_bounded_concurrency() -> Result<()> {
     eprintln!("at most {most} requests in flight");
     // 16 checks, plus the agent's watches, lease and status traffic.
     assert!(most <= 24, "{most} requests were in flight at once");
+    w.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_more_syncs_than_the_render_slots_hold_a_rendering_at_once() -> Result<()> {
+    let w = World::new("slots").await?;
+    // Four Syncs (the agent reconciles four at once) of 30 objects each, all started together
+    // by the source's first artifact: two render and apply at once, the others wait for a slot.
+    let syncs = ["one", "two", "three", "four"];
+    let files: Vec<(String, String)> = syncs
+        .iter()
+        .flat_map(|s| {
+            (0..30).map(move |i| {
+                (
+                    format!("{s}/cm-{i}.yaml"),
+                    configmap(&format!("{s}-{i}"), "1"),
+                )
+            })
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    let first = w.commit(&files, w.signing())?;
+    for s in syncs {
+        w.create(w.sync(s).spec(serde_json::json!({ "path": s })))
+            .await?;
+    }
+    w.create_source("range").await?;
+    for s in syncs {
+        w.wait_applied(s, &first).await?;
+    }
+    let metrics = w
+        .agent
+        .as_ref()
+        .expect("the world's agent")
+        .metrics()
+        .await?;
+    let gauge = |name: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    assert_eq!(
+        gauge("plumb_sync_renderings_held_max"),
+        Some(plumb_agent::syncs::RENDER_SLOTS as f64),
+        "{metrics}"
+    );
+    assert_eq!(gauge("plumb_sync_renderings_held"), Some(0.0), "{metrics}");
     w.stop().await;
     Ok(())
 }

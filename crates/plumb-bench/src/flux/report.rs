@@ -171,8 +171,57 @@ pub fn report(args: &FluxArgs, sizes: &[Size]) -> String {
         }
         out.push('\n');
     }
+    if sizes.len() > 1 {
+        growth(&mut out, sizes);
+    }
     let _ = writeln!(out, "{}", summary(sizes.first()));
     out
+}
+
+/// A measurement of the growth table and how it prints.
+type Metric = (fn(&Measured) -> f64, fn(f64) -> String);
+
+/// How each system's cold cost grows with the number of objects: one row per size, each value
+/// followed by its cost per object relative to the first (smallest listed) size, so that 1.00
+/// is linear growth and more than 1 is worse than linear.
+fn growth(out: &mut String, sizes: &[Size]) {
+    let _ = writeln!(
+        out,
+        "Growth (cold start; in parentheses: cost per object relative to {} objects, 1.00 = \
+         linear)\n",
+        thousands(sizes[0].objects as i64)
+    );
+    out.push_str(
+        "| objects | Flux: to Ready | Plumb: to Ready | Flux: CPU s | Plumb: CPU s | Flux: peak \
+         RSS | Plumb: peak RSS | Flux: own requests | Plumb: own requests |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let metrics: [Metric; 4] = [
+        (|m| m.ready, |v| format!("{v:.1} s")),
+        (|m| m.cpu, |v| format!("{v:.1}")),
+        (|m| m.peak_rss, |v| format!("{v:.0} MiB")),
+        (|m| m.cold_own_requests, |v| thousands(v.round() as i64)),
+    ];
+    let first = &sizes[0];
+    for size in sizes {
+        let _ = write!(out, "| {} |", thousands(size.objects as i64));
+        for (value, fmt) in metrics {
+            for system in [System::Flux, System::Plumb] {
+                let cell = match (size.of(system), first.of(system)) {
+                    (Some(m), Some(base)) if value(base) > 0.0 => {
+                        let per_object =
+                            (value(m) / size.objects as f64) / (value(base) / first.objects as f64);
+                        format!(" {} ({per_object:.2}) |", fmt(value(m)))
+                    }
+                    (Some(m), _) => format!(" {} |", fmt(value(m))),
+                    (None, _) => " – |".to_owned(),
+                };
+                out.push_str(&cell);
+            }
+        }
+        out.push('\n');
+    }
+    out.push('\n');
 }
 
 /// `vs Flux: <X>x faster to Ready, <Y>x less CPU, <Z>x less memory`.
@@ -249,6 +298,43 @@ mod tests {
         assert!(
             out.contains("| manual edit undone (median of 5) | 0.20 s | 0.20 s |"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn several_sizes_add_a_growth_table_per_object() {
+        let small = Size {
+            apps: 1000,
+            objects: 4000,
+            results: vec![
+                (System::Flux, measured(200.0, 80.0, 300.0)),
+                (System::Plumb, measured(40.0, 20.0, 100.0)),
+            ],
+            ceiling: None,
+        };
+        let big = Size {
+            apps: 2500,
+            objects: 10000,
+            results: vec![
+                (System::Flux, measured(600.0, 200.0, 450.0)),
+                (System::Plumb, measured(100.0, 50.0, 150.0)),
+            ],
+            ceiling: None,
+        };
+        let out = report(&args(), &[small, big]);
+        assert!(
+            out.contains("| 4,000 | 200.0 s (1.00) | 40.0 s (1.00) | 80.0 (1.00) |"),
+            "{out}"
+        );
+        // Flux: 3x the time for 2.5x the objects = 1.20 per object; memory 0.60.
+        assert!(
+            out.contains("| 10,000 | 600.0 s (1.20) | 100.0 s (1.00) | 200.0 (1.00) | 50.0 (1.00) | 450 MiB (0.60) |"),
+            "{out}"
+        );
+        // The last line still compares the first size.
+        assert_eq!(
+            out.lines().last(),
+            Some("vs Flux: 5.0x faster to Ready, 4.0x less CPU, 3.0x less memory")
         );
     }
 

@@ -36,6 +36,7 @@ use crate::error::{Error, ObjectError, Result};
 
 pub use check::{ObjectCheck, ObjectState};
 pub use phases::HookRun;
+pub use wait::awaited;
 
 /// Options of one sync.
 #[derive(Debug, Clone)]
@@ -118,9 +119,11 @@ pub struct SyncReport {
     /// The desired objects as applied (namespaces filled in, ownership labels set), in apply
     /// order: what a health wait looks at.
     pub applied: Vec<Manifest>,
-    /// The `metadata` of each applied object as the sync last saw it (returned by its write,
-    /// or read before it when unchanged): what a watch compares later changes with.
-    pub live_meta: BTreeMap<ObjectKey, Value>,
+    /// Each applied object as the sync last saw it (returned by its write, or read before it
+    /// when unchanged), reduced to its `metadata` (`managedFields` without their field sets),
+    /// as compact JSON `{"metadata": ...}`: what a watch compares later changes with. Text,
+    /// not a `Value` tree (several KiB each): parse one at a time.
+    pub live_meta: BTreeMap<ObjectKey, String>,
     /// Every object whose write or prune failed, every hook that failed, and every object
     /// of a wave that did not become healthy before the next one, in the order of `changes`.
     pub failures: Vec<ObjectError>,
@@ -422,10 +425,7 @@ impl<C: Cluster> Engine<C> {
         let live_meta = prep
             .kinds
             .keys()
-            .filter_map(|key| {
-                let meta = prep.live_summary(key)?.get_mut("metadata")?.take();
-                Some((key.clone(), meta))
-            })
+            .filter_map(|key| Some((key.clone(), prep.live.remove(key)?)))
             .collect();
         Ok(SyncReport {
             changes,

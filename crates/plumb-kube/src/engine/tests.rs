@@ -655,6 +655,49 @@ async fn a_health_wait_times_out_naming_what_is_not_healthy_and_watches_a_sync_b
     assert!(!log.iter().any(|r| matches!(r, Request::Get(_))), "{log:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_wait_on_the_awaited_objects_names_the_same_unhealthy_ones_and_holds_no_spec() {
+    let engine = engine();
+    let lb = Manifest::from_value(
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "lb", "namespace": "ns"},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}),
+        None,
+    )
+    .expect("valid");
+    engine.cluster().put("deployments", deployment(0).object);
+    engine.cluster().put("configmaps", cm("a", "1").object);
+    let objects = vec![cm("a", "1"), lb.clone(), deployment(0)];
+    let awaited = super::awaited(objects.clone());
+    // The ConfigMap (healthy once present) is left out; a LoadBalancer Service stays whole
+    // (reduced, it would look healthy once present); the Deployment keeps its identity and
+    // labels, not its spec or status.
+    assert_eq!(awaited.len(), 2, "{awaited:?}");
+    assert_eq!(awaited[0].object, lb.object);
+    assert_eq!(awaited[1].key(), deployment(0).key());
+    assert_eq!(
+        awaited[1].object["metadata"]["labels"],
+        deployment(0).object["metadata"]["labels"]
+    );
+    assert_eq!(awaited[1].object.get("spec"), None);
+    assert_eq!(awaited[1].object.get("status"), None);
+    let unhealthy = |objects: Vec<Manifest>| {
+        let engine = &engine;
+        async move {
+            match engine
+                .wait_healthy(&objects, std::time::Duration::from_secs(3))
+                .await
+            {
+                Err(Error::Unhealthy { unhealthy, .. }) => unhealthy,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let whole = unhealthy(objects).await;
+    assert_eq!(whole.len(), 2, "{whole:?}");
+    assert_eq!(unhealthy(awaited).await, whole);
+}
+
 #[tokio::test]
 async fn a_deleted_object_is_missing_again_until_it_is_back() {
     let engine = engine();

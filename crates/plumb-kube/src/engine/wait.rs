@@ -166,6 +166,49 @@ impl<C: Cluster> Engine<C> {
     }
 }
 
+/// What a health wait ([`Engine::wait_healthy`]) needs of applied objects, in a fraction of
+/// their memory: objects that are healthy once present, judged by their manifest as the wait
+/// judges them, are left out, and the others are reduced to their apiVersion, kind, name,
+/// namespace and labels (their health is read from the live object the wait watches). An
+/// object whose reduced form the wait would judge differently (a Service of type
+/// LoadBalancer), and a CustomResourceDefinition (the wait learns kinds from it), stay whole.
+/// Waiting on the result succeeds or times out exactly as waiting on `objects` does, naming
+/// the same objects; only the verdicts of the objects left out are not reported.
+pub fn awaited(objects: Vec<Manifest>) -> Vec<Manifest> {
+    objects
+        .into_iter()
+        .filter_map(|m| {
+            let once_present = plumb_core::healthy_once_present(&m.object);
+            if once_present && health(&m.object).status == HealthStatus::Healthy {
+                return None;
+            }
+            if once_present || m.kind() == "CustomResourceDefinition" {
+                return Some(m);
+            }
+            let mut metadata = serde_json::Map::new();
+            metadata.insert("name".into(), m.name().into());
+            if let Some(ns) = m.namespace() {
+                metadata.insert("namespace".into(), ns.into());
+            }
+            if let Some(labels) = m.object["metadata"].get("labels") {
+                metadata.insert("labels".into(), labels.clone());
+            }
+            let reduced = serde_json::json!({
+                "apiVersion": m.api_version(),
+                "kind": m.kind(),
+                "metadata": metadata,
+            });
+            if plumb_core::healthy_once_present(&reduced) {
+                return Some(m);
+            }
+            Some(Manifest {
+                object: reduced,
+                source: m.source,
+            })
+        })
+        .collect()
+}
+
 /// Objects of one kind in one namespace: `(group, version, plural, namespace)`.
 type GroupKey = (String, String, String, Option<String>);
 

@@ -31,12 +31,16 @@ struct Dependency {
 /// Where a dependency's credentials and CA come from.
 pub(super) enum Access<'a> {
     /// A chart fetched by a [`ChartRequest`]: its credentials (and client) only for a
-    /// dependency on the same origin, its CA for every dependency.
+    /// dependency on the same origin, its CA for every dependency; a dependency on another
+    /// origin gets the entry of `others` on its origin (credentials, and its CA besides the
+    /// request's), else none.
     Request {
         /// The chart's client.
         http: &'a Http,
         /// The chart's request.
         req: &'a ChartRequest,
+        /// Repositories on other origins (the CLI's `--chart-credentials`).
+        others: &'a [super::DependencyRepository],
     },
     /// A chart directory from Git: each dependency with the entry of `repositories` on its
     /// origin (credentials and CA), else anonymously with the system's roots.
@@ -61,15 +65,16 @@ pub(super) fn any_missing(root: &Dir) -> bool {
     })
 }
 
-/// The dependencies `root` lists that `charts/` lacks, fetched into `charts/<name>/`;
-/// returns `name version digest` of each. `source` names where the chart came from in
-/// messages.
+/// The dependencies `root` lists that `charts/` lacks, fetched into `charts/<name>/`
+/// (archives through `cache` when given); returns `name version digest` of each. `source`
+/// names where the chart came from in messages.
 pub(super) async fn fetch_missing(
     access: Access<'_>,
     source: &str,
     limits: super::ChartLimits,
     chart: &str,
     root: &mut Dir,
+    cache: Option<&super::ArchiveCache>,
 ) -> Result<Vec<String>> {
     let parse = |file: &str, text: &[u8]| -> Result<Meta> {
         serde_saphyr::from_slice(text).map_err(|e| Error::Malformed {
@@ -131,11 +136,23 @@ pub(super) async fn fetch_missing(
             .and_then(|l| l.version.clone());
         let dep_origin = origin_of(repository);
         let (credentials, ca_pem, own_http) = match &access {
-            Access::Request { http, req } => {
+            Access::Request { http, req, others } => {
                 if dep_origin.is_some() && dep_origin == own_origin {
                     (req.credentials.clone(), req.ca_pem.clone(), Some(*http))
                 } else {
-                    (ChartCredentials::None, req.ca_pem.clone(), None)
+                    match others
+                        .iter()
+                        .find(|r| dep_origin.is_some() && origin_of(&r.url) == dep_origin)
+                    {
+                        Some(r) => {
+                            let mut ca = req.ca_pem.clone();
+                            if let Some(pem) = &r.ca_pem {
+                                ca.get_or_insert_with(Vec::new).extend_from_slice(pem);
+                            }
+                            (r.credentials.clone(), ca, None)
+                        }
+                        None => (ChartCredentials::None, req.ca_pem.clone(), None),
+                    }
                 }
             }
             Access::Repositories(repositories) => match repositories
@@ -175,7 +192,7 @@ pub(super) async fn fetch_missing(
             super::index::resolve(use_http, &dep_req).await
         }
         .map_err(wrap)?;
-        let (archive, digest) = super::fetch_archive(use_http, &dep_req, &resolved)
+        let (archive, digest) = super::fetch_archive_cached(use_http, &dep_req, &resolved, cache)
             .await
             .map_err(wrap)?;
         let label = format!(

@@ -14,7 +14,9 @@
 //! to a token service on another host. Every response body is size-capped while it is read,
 //! every request has a timeout.
 
+mod cache;
 mod client;
+mod copy;
 mod deps;
 mod index;
 mod oci;
@@ -25,6 +27,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+pub use cache::ArchiveCache;
+pub use copy::{ChartCopy, missing_dependencies_at};
 pub use index::{ChartIndex, IndexEntry, pick_version};
 pub use oci::{Challenge, OciReference, parse_challenge};
 
@@ -298,6 +302,15 @@ pub enum Error {
     /// Writing the chart failed its checks or the disk.
     #[error(transparent)]
     Export(#[from] crate::export::Error),
+    /// A local file or directory could not be made or copied.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result with [`enum@Error`] as default error.
@@ -311,6 +324,7 @@ impl Error {
             Error::Status { status, .. } => *status >= 500 || *status == 429,
             Error::Dependency { source, .. } => source.is_retryable(),
             Error::Export(e) => e.is_retryable(),
+            Error::Io { .. } => true,
             _ => false,
         }
     }
@@ -331,7 +345,18 @@ impl Error {
             Error::Dependency { .. } => "dependency",
             Error::Range(e) => e.metric_label(),
             Error::Export(e) => e.metric_label(),
+            Error::Io { .. } => "io",
         }
+    }
+}
+
+/// Whether the `https://` or `oci://` URLs `a` and `b` have the same origin (scheme, host
+/// and port; `oci://` is `https://`), as credentials are matched to repositories. False when
+/// either does not parse.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    match (client::base_url(a), client::base_url(b)) {
+        (Ok(a), Ok(b)) => client::Origin::of(&a) == client::Origin::of(&b),
+        _ => false,
     }
 }
 
@@ -382,6 +407,18 @@ pub async fn download(
     resolved: &Resolved,
     dest: &Path,
 ) -> Result<FetchedChart> {
+    download_with(req, resolved, dest, &[]).await
+}
+
+/// [`download`], where a dependency on another origin than the chart's repository gets the
+/// credentials and CA of the entry of `others` on its origin (else none, as in
+/// [`download`]).
+pub async fn download_with(
+    req: &ChartRequest,
+    resolved: &Resolved,
+    dest: &Path,
+    others: &[DependencyRepository],
+) -> Result<FetchedChart> {
     let http = client::Http::new(req)?;
     let (archive, digest) = fetch_archive(&http, req, resolved).await?;
     let label = format!(
@@ -401,11 +438,16 @@ pub async fn download(
     unpack::check_chart_name(&tree, &resolved.chart, &label)?;
     let mut tree = tree;
     let dependencies = deps::fetch_missing(
-        deps::Access::Request { http: &http, req },
+        deps::Access::Request {
+            http: &http,
+            req,
+            others,
+        },
         &req.url,
         req.limits,
         &resolved.chart,
         &mut tree,
+        None,
     )
     .await?;
     let dest = dest.to_owned();
@@ -445,6 +487,7 @@ pub struct MissingDependencies {
     tree: unpack::Dir,
     label: String,
     limits: ChartLimits,
+    cache: Option<ArchiveCache>,
 }
 
 /// Reads the chart directory `chart_dir` (from a Git artifact, which is never modified)
@@ -469,10 +512,19 @@ pub async fn missing_dependencies(
         tree,
         label: label.to_owned(),
         limits,
+        cache: None,
     }))
 }
 
 impl MissingDependencies {
+    /// Takes archives from `cache` instead of downloading them again, and keeps downloaded
+    /// ones there (see [`ArchiveCache`]: the index or manifest is still resolved with the
+    /// repository's credentials every time).
+    pub fn with_cache(mut self, cache: ArchiveCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// Fetches the missing dependencies into `charts/` (as [`download`] does for a chart from
     /// a repository: the version `Chart.lock` pins, else the range; credentials and CA from
     /// the entry of `repositories` on the dependency's origin, else anonymous with the
@@ -487,6 +539,7 @@ impl MissingDependencies {
             mut tree,
             label,
             limits,
+            cache,
         } = self;
         let name = tree
             .file("Chart.yaml")
@@ -499,6 +552,7 @@ impl MissingDependencies {
             limits,
             &name,
             &mut tree,
+            cache.as_ref(),
         )
         .await?;
         let dest = dest.to_owned();
@@ -511,6 +565,58 @@ impl MissingDependencies {
             })??;
         Ok(fetched)
     }
+}
+
+/// [`fetch_archive`], through `cache` when given: an archive cached under the key of
+/// (`req.url`, chart, version, the archive's digest that `resolved` promises) is used
+/// instead of a download, a downloaded one is kept there.
+async fn fetch_archive_cached(
+    http: &client::Http,
+    req: &ChartRequest,
+    resolved: &Resolved,
+    cache: Option<&ArchiveCache>,
+) -> Result<(Vec<u8>, String)> {
+    let archive_digest = match &resolved.kind {
+        ResolvedKind::Repository => resolved.digest.as_deref(),
+        ResolvedKind::Oci { layer, .. } => Some(layer.0.as_str()),
+    };
+    let cached = cache.zip(
+        archive_digest
+            .and_then(|d| cache::Key::new(&req.url, &resolved.chart, &resolved.version, d)),
+    );
+    let Some((cache, key)) = cached else {
+        return fetch_archive(http, req, resolved).await;
+    };
+    let hit = tokio::task::spawn_blocking({
+        let (cache, key, max) = (cache.clone(), key.clone(), req.limits.max_archive_size);
+        move || cache.get(&key, max)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(bytes) = hit {
+        let digest = match &resolved.kind {
+            ResolvedKind::Repository => client::sha256_digest(&bytes),
+            ResolvedKind::Oci { .. } => resolved
+                .digest
+                .clone()
+                .expect("an OCI resolution has the manifest digest"),
+        };
+        tracing::debug!(chart = %resolved.chart, version = %resolved.version, "chart archive from the cache");
+        return Ok((bytes, digest));
+    }
+    let (bytes, digest) = fetch_archive(http, req, resolved).await?;
+    let cache = cache.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        cache.put(&key, &bytes);
+        bytes
+    })
+    .await
+    .map_err(|e| Error::Transport {
+        url: resolved.url.clone(),
+        detail: format!("caching stopped: {e}"),
+    })?;
+    Ok((bytes, digest))
 }
 
 /// The archive bytes of `resolved` and the digest to record, checked against what the index

@@ -20,6 +20,7 @@ mod writer;
 use std::path::Path;
 
 pub use gix::ObjectId;
+pub use gix::hash::Kind as HashKind;
 use sha2::{Digest as _, Sha256};
 
 pub use digest::{digest_dir, verify_dir};
@@ -71,6 +72,45 @@ pub struct ExportedTree {
     pub files: usize,
     /// Paths left out by `.plumbignore` or extra patterns (a skipped directory counts once).
     pub ignored: usize,
+    /// What was written, sorted by path: each file's or symlink's Git object id, which
+    /// identifies its content as the (verified) commit records it.
+    pub entries: Vec<ExportedFile>,
+}
+
+/// One exported file or symlink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportedFile {
+    /// Path relative to the export's root, `/`-separated.
+    pub path: String,
+    /// Git's mode: `100644`, `100755` (executable) or `120000` (symlink).
+    pub mode: &'static str,
+    /// The blob's object id.
+    pub id: ObjectId,
+}
+
+impl ExportedFile {
+    /// Whether this is a symlink.
+    pub fn is_link(&self) -> bool {
+        self.mode == Kind::Link.mode()
+    }
+
+    /// The last component of the path.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// The entries of `entries` (sorted by path, as [`ExportedTree::entries`]) inside directory
+/// `dir` (`/`-separated, relative; empty for the root), and below it.
+pub fn entries_under<'e>(entries: &'e [ExportedFile], dir: &str) -> &'e [ExportedFile] {
+    if dir.is_empty() {
+        return entries;
+    }
+    let prefix = format!("{dir}/");
+    // Paths sharing a prefix are contiguous in sorted order.
+    let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+    let len = entries[start..].partition_point(|e| e.path.starts_with(&prefix));
+    &entries[start..start + len]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,12 +226,53 @@ pub fn export_from(
         tree_digest: finish(hasher),
         files: entries.len(),
         ignored: walk.ignored,
+        entries: entries
+            .into_iter()
+            .map(|e| ExportedFile {
+                path: e.path,
+                mode: e.kind.mode(),
+                id: e.id,
+            })
+            .collect(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_under_a_directory_are_its_whole_subtree_and_nothing_else() {
+        let file = |path: &str| ExportedFile {
+            path: path.to_owned(),
+            mode: "100644",
+            id: ObjectId::null(HashKind::Sha1),
+        };
+        let mut entries: Vec<_> = [
+            "a.yaml",
+            "apps/a/x.yaml",
+            "apps/a/y/z.yaml",
+            "apps/a-b/c.yaml",
+            "apps/ab.yaml",
+            "apps/b/x.yaml",
+        ]
+        .into_iter()
+        .map(file)
+        .collect();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let paths = |dir| {
+            entries_under(&entries, dir)
+                .iter()
+                .map(|e| e.path.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths("apps/a"), ["apps/a/x.yaml", "apps/a/y/z.yaml"]);
+        assert_eq!(paths("apps/b"), ["apps/b/x.yaml"]);
+        assert!(paths("apps/c").is_empty());
+        assert!(paths("a.yaml").is_empty());
+        assert_eq!(paths("").len(), entries.len());
+        assert_eq!(entries_under(&entries, "apps/a")[1].name(), "z.yaml");
+    }
 
     #[test]
     fn the_escape_attack_is_refused_from_any_object_source() {

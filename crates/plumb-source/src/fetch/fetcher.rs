@@ -98,6 +98,7 @@ impl Fetcher {
         let (commit, resolved_ref, tag) = resolve(&git, &repo, &url, &request.git_ref).await?;
         tracing::info!(url, git_ref = %request.git_ref, commit, "fetched");
 
+        let started = std::time::Instant::now();
         let verification = match &request.verify {
             None => None,
             Some(policy) => {
@@ -116,6 +117,7 @@ impl Fetcher {
             }
         };
 
+        let verified_in = started.elapsed();
         let exported = {
             let (repo, commit, dest, ignore, limits) = (
                 repo.clone(),
@@ -129,6 +131,13 @@ impl Fetcher {
             })
             .await??
         };
+        tracing::debug!(
+            commit,
+            files = exported.files,
+            verify_ms = verified_in.as_millis() as u64,
+            export_ms = (started.elapsed() - verified_in).as_millis() as u64,
+            "verified and exported"
+        );
         Ok(Artifact {
             url,
             git_ref: request.git_ref.clone(),
@@ -137,6 +146,7 @@ impl Fetcher {
             tree_digest: exported.tree_digest,
             dir: dest.to_owned(),
             files: exported.files,
+            entries: exported.entries.into(),
             verification,
         })
     }

@@ -125,6 +125,9 @@ pub struct Artifact {
     pub dir: PathBuf,
     /// Files and symlinks exported.
     pub files: usize,
+    /// What was exported, sorted by path (see [`crate::export::ExportedTree::entries`]).
+    #[serde(skip)]
+    pub entries: std::sync::Arc<[crate::export::ExportedFile]>,
     /// The signature record, when verification was asked for.
     pub verification: Option<Verification>,
 }

@@ -442,3 +442,157 @@ async fn hostile_archives_are_refused_and_nothing_is_written() -> TestResult {
     assert!(!dest.exists());
     Ok(())
 }
+
+/// A chart directory (as in Git) whose dependency `base` lives in the repository `stable`
+/// (basic auth) and `lib` in the registry at `charts/lib` (htpasswd), neither vendored.
+fn chart_dir_with_remote_dependencies(servers: &ChartServers, dir: &Path) -> TestResult {
+    servers.publish(
+        "stable",
+        &servers.package("base", "0.3.1", &[("templates/cm.yaml", TEMPLATE)])?,
+    )?;
+    let lib = servers.package("lib", "1.0.0", &[("templates/cm.yaml", TEMPLATE)])?;
+    servers.push("charts", &lib)?;
+    // Kept for the test: the archive is the registry's chart layer.
+    std::fs::copy(&lib, dir.join("lib-layer.tgz"))?;
+    let chart = dir.join("charts/app");
+    std::fs::create_dir_all(chart.join("templates"))?;
+    std::fs::write(
+        chart.join("Chart.yaml"),
+        format!(
+            "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: base\n  version: \"~0.3\"\n  repository: {}\n- name: lib\n  version: 1.x\n  repository: {}\n",
+            servers.repo_url("stable"),
+            servers.oci_url("charts"),
+        ),
+    )?;
+    std::fs::write(chart.join("templates/cm.yaml"), TEMPLATE)?;
+    Ok(())
+}
+
+fn repositories(
+    servers: &ChartServers,
+    password: &str,
+) -> anyhow::Result<Vec<chart::DependencyRepository>> {
+    let login = || ChartCredentials::Basic {
+        username: servers.username().to_owned(),
+        password: password.to_owned().into(),
+    };
+    let ca = Some(servers.ca_pem()?.into_bytes());
+    Ok(vec![
+        chart::DependencyRepository {
+            url: servers.repo_url("stable"),
+            credentials: login(),
+            ca_pem: ca.clone(),
+        },
+        chart::DependencyRepository {
+            url: servers.oci_url("charts"),
+            credentials: login(),
+            ca_pem: ca,
+        },
+    ])
+}
+
+#[tokio::test]
+async fn dependency_archives_come_from_the_cache_only_after_resolving_with_the_login() -> TestResult
+{
+    let servers = ChartServers::start()?;
+    let source = tempfile::tempdir()?;
+    chart_dir_with_remote_dependencies(&servers, source.path())?;
+    let cache_dir = tempfile::tempdir()?;
+    let cache = chart::ArchiveCache::new(cache_dir.path().join("deps"), 64 * 1024 * 1024);
+    let rel = Path::new("charts/app");
+    let vendor = |password: String| {
+        let (servers, source, cache) = (&servers, source.path(), cache.clone());
+        async move {
+            let missing = chart::missing_dependencies_at(
+                source,
+                rel,
+                "chart charts/app",
+                chart::ChartLimits::default(),
+            )
+            .await?
+            .expect("dependencies to fetch");
+            let copy = missing
+                .with_cache(cache)
+                .vendor_copy(&repositories(servers, &password)?, source, rel, &[])
+                .await?;
+            anyhow::Ok(copy)
+        }
+    };
+    let first = vendor(servers.password().to_owned()).await?;
+    let second = vendor(servers.password().to_owned()).await?;
+    assert_eq!(first.fetched(), second.fetched());
+    for copy in [&first, &second] {
+        for dep in ["base", "lib"] {
+            assert!(
+                copy.root()
+                    .join("charts/app/charts")
+                    .join(dep)
+                    .join("Chart.yaml")
+                    .is_file()
+            );
+        }
+    }
+    // The index was read each time (with the login), the archive downloaded once.
+    assert_eq!(
+        servers.requests("/stable/index.yaml"),
+        [
+            "GET /stable/index.yaml 200 user=plumb",
+            "GET /stable/index.yaml 200 user=plumb"
+        ]
+    );
+    assert_eq!(
+        servers.requests("/stable/base-0.3.1.tgz"),
+        ["GET /stable/base-0.3.1.tgz 200 user=plumb"]
+    );
+
+    // Without the login nothing is served from the cache: resolving fails first.
+    let err = vendor("not-the-password".to_owned())
+        .await
+        .expect_err("a wrong login resolves nothing");
+    assert!(
+        format!("{err:#}").contains("authentication failed"),
+        "{err:#}"
+    );
+    assert_eq!(servers.requests("/stable/base-0.3.1.tgz").len(), 1);
+
+    // A cached archive changed on disk is refused and downloaded again.
+    for entry in std::fs::read_dir(cache_dir.path().join("deps"))? {
+        std::fs::write(entry?.path(), b"not the archive")?;
+    }
+    let third = vendor(servers.password().to_owned()).await?;
+    assert_eq!(third.fetched(), first.fetched());
+    assert_eq!(servers.requests("/stable/base-0.3.1.tgz").len(), 2);
+
+    // The registry loses the archive's blob: the manifest still resolves (with the login)
+    // and the archive comes from the cache.
+    servers.remove_registry_blob(&sha256_of(&source.path().join("lib-layer.tgz"))?)?;
+    // Without the cache the blob is gone indeed.
+    let empty = tempfile::tempdir()?;
+    let err = chart::missing_dependencies_at(
+        source.path(),
+        rel,
+        "chart charts/app",
+        chart::ChartLimits::default(),
+    )
+    .await?
+    .expect("dependencies to fetch")
+    .with_cache(chart::ArchiveCache::new(empty.path(), 1 << 20))
+    .vendor_copy(
+        &repositories(&servers, servers.password())?,
+        source.path(),
+        rel,
+        &[],
+    )
+    .await
+    .expect_err("the registry lost the blob");
+    assert!(format!("{err}").contains("dependency \"lib\""), "{err}");
+    let fourth = vendor(servers.password().to_owned()).await?;
+    assert_eq!(fourth.fetched(), first.fetched());
+    assert!(
+        fourth
+            .root()
+            .join("charts/app/charts/lib/Chart.yaml")
+            .is_file()
+    );
+    Ok(())
+}

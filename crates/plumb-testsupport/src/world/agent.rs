@@ -301,6 +301,11 @@ impl AgentProcess {
         self.quiet = true;
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The file its output goes to.
     pub fn log_path(&self) -> &Path {
         &self.log

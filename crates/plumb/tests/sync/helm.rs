@@ -26,7 +26,7 @@ spec:
 {{- end }}
 ";
 
-fn crd(group: &str) -> String {
+pub(super) fn crd(group: &str) -> String {
     format!(
         "apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -298,6 +298,34 @@ async fn render_and_sync_a_chart_with_lookup() {
     let out = plumb(&["render", look, "-n", ns.name(), "--lookup"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(found(&out), "from the cluster");
+    // A chart that brings a CRD in crds/ and renders an object of it renders with lookup
+    // before the cluster serves the kind (the proxy's discovery lists it).
+    let group = format!("{}.lookup.example.com", ns.name());
+    write(
+        d,
+        "kinds/Chart.yaml",
+        "apiVersion: v2\nname: kinds\nversion: 0.1.0\n",
+    );
+    write(d, "kinds/crds/widgets.yaml", &crd(&group));
+    write(
+        d,
+        "kinds/templates/widget.yaml",
+        &format!("apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: w\n"),
+    );
+    let kinds = d.join("kinds");
+    let out = plumb(&[
+        "render",
+        kinds.to_str().unwrap(),
+        "-n",
+        ns.name(),
+        "--lookup",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kind: Widget"),
+        "{}",
+        text(&out)
+    );
     let out = plumb(&["render", look, "--lookup", "--kube-version", "v1.30.0"]);
     assert!(!out.status.success());
     assert!(

@@ -4,6 +4,7 @@
 //! One test binary: what is applied, and what is refused or kept safe.
 
 mod apply;
+mod charts;
 mod helm;
 mod phases;
 mod safety;

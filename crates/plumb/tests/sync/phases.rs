@@ -277,7 +277,12 @@ metadata:
             .and_then(|s| s.conditions)
             .unwrap_or_default()
             .iter()
-            .any(|c| c.type_ == "Complete" && c.status == "True"),
+            // The Job controller sets SuccessCriteriaMet as the Job succeeds and Complete once
+            // its Pods are gone; plumb counts either (so may have exited between the two).
+            .any(
+                |c| (c.type_ == "Complete" || c.type_ == "SuccessCriteriaMet")
+                    && c.status == "True"
+            ),
         "the SyncFail Job ran to completion"
     );
 }

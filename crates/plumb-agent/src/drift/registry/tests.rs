@@ -16,10 +16,11 @@ fn seen(generation: Option<i64>, rv: &str, managers: &[(&str, &str)]) -> Seen {
     Seen {
         generation,
         resource_version: Some(rv.to_owned()),
-        managers: managers
-            .iter()
-            .map(|(m, t)| ((*m).to_owned(), (*t).to_owned()))
-            .collect(),
+        managers: Seen::managers_digest(
+            managers
+                .iter()
+                .map(|(m, t)| ((*m).to_owned(), (*t).to_owned())),
+        ),
     }
 }
 
@@ -313,4 +314,20 @@ fn drift_keeps_a_sync_from_vouching_until_a_complete_registration() {
     assert!(!reg.is_clean(&s));
     apply(&mut reg, &s, "B", complete("dB"), &[(&a, "a"), (&b, "b")]);
     assert!(reg.is_clean(&s));
+}
+
+#[test]
+fn the_managers_digest_compares_sets_of_managers_and_times() {
+    let digest = |pairs: &[(&str, &str)]| {
+        Seen::managers_digest(
+            pairs
+                .iter()
+                .map(|(m, t)| ((*m).to_owned(), (*t).to_owned())),
+        )
+    };
+    let both = digest(&[("plumb", "t1"), ("kubectl-edit", "t2")]);
+    assert_eq!(both, digest(&[("kubectl-edit", "t2"), ("plumb", "t1")]));
+    assert_ne!(digest(&[("plumb", "t1")]), digest(&[("plumb", "t2")]));
+    assert_ne!(digest(&[("plumb", "t1")]), both);
+    assert_ne!(digest(&[]), digest(&[("plumb", "t1")]));
 }
