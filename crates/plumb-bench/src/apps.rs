@@ -54,7 +54,7 @@ spec:
       serviceAccountName: {name}
       containers:
         - name: app
-          image: registry.example/app:1.0.0
+          image: {IMAGE}:1.0.0
           ports:
             - containerPort: 8080
           envFrom:
@@ -108,6 +108,24 @@ pub fn set_revision(text: &str, revision: u64) -> String {
     }
 }
 
+/// The image every app's Deployment runs, without its tag.
+pub const IMAGE: &str = "registry.example/app";
+
+/// Sets the tag of the image of an app file's Deployment: a new Pod template, so the
+/// Deployment rolls out (a new ReplicaSet) when it is applied.
+pub fn set_image_tag(text: &str, tag: &str) -> String {
+    let prefix = format!("image: {IMAGE}:");
+    text.split_inclusive('\n')
+        .map(|l| match l.trim_start().strip_prefix(&prefix) {
+            Some(_) => {
+                let indent = &l[..l.len() - l.trim_start().len()];
+                format!("{indent}{prefix}{tag}\n")
+            }
+            None => l.to_owned(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +138,18 @@ mod tests {
         let second = set_revision(&first, 2);
         assert_eq!(second.matches("REVISION:").count(), 1);
         assert!(second.contains("  REVISION: \"2\"\n"));
+    }
+
+    #[test]
+    fn a_new_image_tag_changes_only_the_image_line() {
+        let text = set_revision(&app_yaml("app-0001", 0), 3);
+        let rolled = set_image_tag(&text, "1.0.7");
+        assert!(
+            rolled.contains("          image: registry.example/app:1.0.7\n"),
+            "{rolled}"
+        );
+        assert!(!rolled.contains(":1.0.0"), "{rolled}");
+        assert_eq!(rolled.lines().count(), text.lines().count());
+        assert_eq!(set_image_tag(&rolled, "1.0.0"), text);
     }
 }

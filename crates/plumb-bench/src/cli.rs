@@ -111,6 +111,10 @@ pub struct AgentArgs {
     /// Commits per commit-to-applied measurement.
     #[arg(long, default_value_t = 5)]
     pub commits: u32,
+    /// Manual changes to heal while every Deployment rolls out (one commit gives all of them a
+    /// new image); 0 skips the rollout.
+    #[arg(long, default_value_t = 12)]
+    pub rollout_edits: u32,
     /// GitSource polling and Sync intervals.
     #[arg(long, default_value = "30s")]
     pub interval: String,

@@ -26,6 +26,17 @@ pub type RequestRates = Vec<((String, String, String), f64)>;
 /// Drift-heal latencies in seconds by kind of change, in [`DRIFT_KINDS`] order.
 pub type DriftLatencies = Vec<(&'static str, Vec<f64>)>;
 
+/// Drift healed while every Deployment rolled out.
+#[derive(Debug, Default)]
+pub struct RolloutDrift {
+    /// Seconds from each change to its healing, for the changes healed during the rollout.
+    pub during: Vec<f64>,
+    /// Changes healed only after the rollout ended (not in `during`).
+    pub after: u32,
+    /// Seconds from the push to every Sync Ready at the rollout's commit.
+    pub rollout: f64,
+}
+
 impl AgentBench<'_> {
     /// Applies the GitSource (interval 1h) and the Syncs; seconds until every Sync is Ready at
     /// the repository's head.
@@ -76,83 +87,137 @@ impl AgentBench<'_> {
 
     /// `count` manual changes, rotating kinds; seconds from each change to its healing.
     pub async fn drift_edits(&self, count: u32) -> anyhow::Result<DriftLatencies> {
+        let mut latencies: DriftLatencies = DRIFT_KINDS.iter().map(|k| (*k, Vec::new())).collect();
+        for n in 0..count {
+            let (slot, seconds) = self.drift_edit(n).await?;
+            latencies[slot].1.push(seconds);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Ok(latencies)
+    }
+
+    /// Manual changes while every Deployment rolls out: one commit gives all of them a new
+    /// image (`tag`), announced by the webhook; once a Sync has started applying it, `count`
+    /// changes as in [`Self::drift_edits`] (numbered from `first`, so other objects than
+    /// theirs), each timed to its healing. Only the changes healed
+    /// before every Sync was Ready at the new commit count (the others happened after the
+    /// rollout, at rest).
+    pub async fn drift_during_rollout(
+        &mut self,
+        count: u32,
+        first: u32,
+        tag: &str,
+    ) -> anyhow::Result<RolloutDrift> {
+        let commit = self.commit_rollout(tag)?;
+        let start = Instant::now();
+        self.send_webhook().await?;
+        let deadline = start + Duration::from_secs(120);
+        while !self.syncs_attempting(&commit).await? {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no Sync started applying {commit} within 120 s"
+            );
+            self.check_agent()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut out = RolloutDrift::default();
+        let syncs = self.args.syncs as usize;
+        for n in 0..count {
+            let (_, seconds) = self.drift_edit(first + n).await?;
+            if self.syncs_applied(&commit).await? == syncs {
+                out.after += 1;
+                log!("    (healed after the rollout ended: not counted)");
+                break;
+            }
+            out.during.push(seconds);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let deadline = start + Duration::from_secs(900);
+        while self.syncs_applied(&commit).await? < syncs {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the Syncs did not become Ready at {commit} within 900 s"
+            );
+            self.check_agent()?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        out.rollout = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// Manual change number `n` (its kind rotates through [`DRIFT_KINDS`]); its kind's index
+    /// and the seconds from the change to the watch event that shows it undone.
+    async fn drift_edit(&self, n: u32) -> anyhow::Result<(usize, f64)> {
         let client = self.client().clone();
         let ns = self.ns.as_str();
         let dynamic =
             |ar: ApiResource| Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-        let mut latencies: DriftLatencies = DRIFT_KINDS.iter().map(|k| (*k, Vec::new())).collect();
         let replicas = i64::from(self.args.replicas);
-        for n in 0..count {
-            let slot = n as usize % DRIFT_KINDS.len();
-            let kind = DRIFT_KINDS[slot];
-            // Spread over the Syncs.
-            let name = app_name((n * 37) % self.args.apps);
-            let (mut watch, mut probe, start) = match slot {
-                0 => {
-                    let watch =
-                        ObjectWatch::open(dynamic(ApiResource::erase::<ConfigMap>(&())), &name)
-                            .await?;
-                    let start = Instant::now();
-                    let patch = Patch::Merge(json!({ "data": { "LOG_LEVEL": "debug" } }));
-                    Api::<ConfigMap>::namespaced(client.clone(), ns)
-                        .patch(
-                            &name,
-                            &PatchParams {
-                                field_manager: Some("kubectl-edit".into()),
-                                ..Default::default()
-                            },
-                            &patch,
-                        )
-                        .await
-                        .with_context(|| format!("editing ConfigMap {name}"))?;
-                    (watch, Probe::LogLevel { edited: false }, start)
-                }
-                1 => {
-                    let watch =
-                        ObjectWatch::open(dynamic(ApiResource::erase::<Deployment>(&())), &name)
-                            .await?;
-                    let start = Instant::now();
-                    let patch = Patch::Merge(json!({ "spec": { "replicas": replicas + 2 } }));
-                    Api::<Deployment>::namespaced(client.clone(), ns)
-                        .patch_scale(
-                            &name,
-                            &PatchParams {
-                                field_manager: Some("kubectl-scale".into()),
-                                ..Default::default()
-                            },
-                            &patch,
-                        )
-                        .await
-                        .with_context(|| format!("scaling Deployment {name}"))?;
-                    let probe = Probe::Replicas {
-                        manual: replicas + 2,
-                        desired: replicas,
-                        scaled: false,
-                    };
-                    (watch, probe, start)
-                }
-                _ => {
-                    let watch =
-                        ObjectWatch::open(dynamic(ApiResource::erase::<Service>(&())), &name)
-                            .await?;
-                    let start = Instant::now();
-                    Api::<Service>::namespaced(client.clone(), ns)
-                        .delete(&name, &DeleteParams::default())
-                        .await
-                        .with_context(|| format!("deleting Service {name}"))?;
-                    (watch, Probe::Recreated { deleted: false }, start)
-                }
-            };
-            let what = format!("{kind} {name} to be healed");
-            let healed = watch
-                .wait(&mut probe, &what, Duration::from_secs(120))
-                .await?;
-            let seconds = healed.duration_since(start).as_secs_f64();
-            latencies[slot].1.push(seconds);
-            log!("  {kind} {name}: healed in {seconds:.2}s");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        Ok(latencies)
+        let slot = n as usize % DRIFT_KINDS.len();
+        let kind = DRIFT_KINDS[slot];
+        // Spread over the Syncs.
+        let name = app_name((n * 37) % self.args.apps);
+        let (mut watch, mut probe, start) = match slot {
+            0 => {
+                let watch =
+                    ObjectWatch::open(dynamic(ApiResource::erase::<ConfigMap>(&())), &name).await?;
+                let start = Instant::now();
+                let patch = Patch::Merge(json!({ "data": { "LOG_LEVEL": "debug" } }));
+                Api::<ConfigMap>::namespaced(client.clone(), ns)
+                    .patch(
+                        &name,
+                        &PatchParams {
+                            field_manager: Some("kubectl-edit".into()),
+                            ..Default::default()
+                        },
+                        &patch,
+                    )
+                    .await
+                    .with_context(|| format!("editing ConfigMap {name}"))?;
+                (watch, Probe::LogLevel { edited: false }, start)
+            }
+            1 => {
+                let watch =
+                    ObjectWatch::open(dynamic(ApiResource::erase::<Deployment>(&())), &name)
+                        .await?;
+                let start = Instant::now();
+                let patch = Patch::Merge(json!({ "spec": { "replicas": replicas + 2 } }));
+                Api::<Deployment>::namespaced(client.clone(), ns)
+                    .patch_scale(
+                        &name,
+                        &PatchParams {
+                            field_manager: Some("kubectl-scale".into()),
+                            ..Default::default()
+                        },
+                        &patch,
+                    )
+                    .await
+                    .with_context(|| format!("scaling Deployment {name}"))?;
+                let probe = Probe::Replicas {
+                    manual: replicas + 2,
+                    desired: replicas,
+                    scaled: false,
+                };
+                (watch, probe, start)
+            }
+            _ => {
+                let watch =
+                    ObjectWatch::open(dynamic(ApiResource::erase::<Service>(&())), &name).await?;
+                let start = Instant::now();
+                Api::<Service>::namespaced(client.clone(), ns)
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .with_context(|| format!("deleting Service {name}"))?;
+                (watch, Probe::Recreated { deleted: false }, start)
+            }
+        };
+        let what = format!("{kind} {name} to be healed");
+        let healed = watch
+            .wait(&mut probe, &what, Duration::from_secs(120))
+            .await?;
+        let seconds = healed.duration_since(start).as_secs_f64();
+        log!("  {kind} {name}: healed in {seconds:.2}s");
+        Ok((slot, seconds))
     }
 
     /// Seconds from a push to the changed ConfigMap in the cluster, over `count` commits.

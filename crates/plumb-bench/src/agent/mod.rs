@@ -6,7 +6,8 @@
 //! interval); drift-heal latency over E manual changes (ConfigMap edits, `scale`s, Service
 //! deletions), each timed from the change to the watch event that shows it undone;
 //! commit-to-applied latency from `git push` to the changed object in the cluster, with a
-//! webhook and with polling; the agent's RSS (current and peak).
+//! webhook and with polling; drift-heal latency while one commit rolls out every Deployment
+//! (the Syncs applying it and waiting for its health); the agent's RSS (current and peak).
 
 pub(crate) mod http;
 mod measure;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use self::measure::{DriftLatencies, RequestRates};
+use self::measure::{DriftLatencies, RequestRates, RolloutDrift};
 use self::setup::AgentBench;
 use crate::cli::AgentArgs;
 use crate::cluster::{delete_namespaces, settle_for};
@@ -37,6 +38,8 @@ struct Results {
     drift: DriftLatencies,
     polling: Vec<f64>,
     webhook: Vec<f64>,
+    /// Drift healed while every Deployment rolled out (`--rollout-edits` 0: none).
+    rollout: Option<RolloutDrift>,
     rss_now: f64,
     rss_peak: f64,
 }
@@ -139,6 +142,25 @@ async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Resu
     bench.set_source_interval("1h").await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let webhook = bench.commit_to_applied(args.commits, true).await?;
+
+    let rollout = if args.rollout_edits > 0 {
+        log!(
+            "drift during a rollout: one commit gives all {} Deployments a new image (webhook); \
+             {} manual changes while the Syncs apply it",
+            args.apps,
+            args.rollout_edits
+        );
+        let rollout = bench
+            .drift_during_rollout(args.rollout_edits, args.edits, "1.1.0")
+            .await?;
+        log!(
+            "  every Sync Ready at the rollout's commit {:.1}s after the push",
+            rollout.rollout
+        );
+        Some(rollout)
+    } else {
+        None
+    };
     let (rss_now, rss_peak) = rss_sum(&bench.agent_pids()?)?;
     Ok(Results {
         initial,
@@ -148,6 +170,7 @@ async fn phases(bench: &mut AgentBench<'_>, objects: u32) -> anyhow::Result<Resu
         drift,
         polling,
         webhook,
+        rollout,
         rss_now,
         rss_peak,
     })
@@ -231,6 +254,28 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
             );
         }
     }
+    if let Some(rollout) = &r.rollout {
+        let _ = writeln!(
+            out,
+            "| drift healed during a rollout of every Deployment, p50 / p99 / max ({} manual \
+             changes{}) | {:.2} / {:.2} / {:.2} s |",
+            rollout.during.len(),
+            if rollout.after > 0 {
+                "; one more healed after the rollout, not counted"
+            } else {
+                ""
+            },
+            percentile(&rollout.during, 50.0),
+            percentile(&rollout.during, 99.0),
+            max(&rollout.during)
+        );
+        let _ = writeln!(
+            out,
+            "| the rollout: push (webhook) to every Sync Ready, {} Deployments with a new image | \
+             {:.1} s |",
+            args.apps, rollout.rollout
+        );
+    }
     let _ = writeln!(
         out,
         "| commit to applied, webhook, p50 / max ({} commits) | {:.2} / {:.2} s |",
@@ -274,10 +319,21 @@ fn report(args: &AgentArgs, objects: u32, r: &Results) -> String {
         let dry_note = if dry == "true" { " (dry-run)" } else { "" };
         let _ = writeln!(out, "  {verb} {resource}{dry_note}: {value:.1}");
     }
+    let during = r
+        .rollout
+        .as_ref()
+        .filter(|r| !r.during.is_empty())
+        .map(|r| {
+            format!(
+                ", during a rollout p99: {:.2}s",
+                percentile(&r.during, 99.0)
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "drift heal p95: {:.2}s; steady-state per-object requests/min: {per_object:.0}; agent \
-         peak RSS: {:.0} MiB",
+        "drift heal p95: {:.2}s{during}; steady-state per-object requests/min: {per_object:.0}; \
+         agent peak RSS: {:.0} MiB",
         percentile(&all_drift, 95.0),
         r.rss_peak
     );
@@ -296,6 +352,7 @@ mod tests {
             replicas: 0,
             edits: 3,
             commits: 1,
+            rollout_edits: 2,
             interval: "30s".into(),
             steady: 60,
             namespace: "bench-agent".into(),
@@ -315,6 +372,7 @@ mod tests {
             ],
             polling: vec![29.5],
             webhook: vec![1.5],
+            rollout: None,
             rss_now: 29.0,
             rss_peak: 30.4,
         };
@@ -329,6 +387,33 @@ mod tests {
             Some(
                 "drift heal p95: 0.06s; steady-state per-object requests/min: 0; agent peak RSS: 30 MiB"
             )
+        );
+
+        let results = Results {
+            rollout: Some(RolloutDrift {
+                during: vec![0.05, 0.4],
+                after: 1,
+                rollout: 31.26,
+            }),
+            ..results
+        };
+        let out = report(&args, 200, &results);
+        assert!(
+            out.contains(
+                "| drift healed during a rollout of every Deployment, p50 / p99 / max (2 manual \
+                 changes; one more healed after the rollout, not counted) | 0.05 / 0.40 / 0.40 s |"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("50 Deployments with a new image | 31.3 s |"),
+            "{out}"
+        );
+        assert!(
+            out.lines().last().is_some_and(
+                |l| l.starts_with("drift heal p95: 0.06s, during a rollout p99: 0.40s;")
+            ),
+            "{out}"
         );
     }
 }

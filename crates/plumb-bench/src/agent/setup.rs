@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::process::Child;
 
 use super::http::Loopback;
-use crate::apps::{app_name, generate, set_revision};
+use crate::apps::{app_name, generate, set_image_tag, set_revision};
 use crate::cli::AgentArgs;
 use crate::cluster::fresh_namespace;
 use crate::process::run;
@@ -162,6 +162,39 @@ impl<'a> AgentBench<'a> {
         )?;
         work.push()?;
         Ok(revision.to_string())
+    }
+
+    /// Gives every app's Deployment the image tag `tag` in one signed commit (a rollout of
+    /// every Deployment), pushes it and returns the commit.
+    pub fn commit_rollout(&mut self, tag: &str) -> anyhow::Result<String> {
+        let work = self.work()?;
+        for app in 0..self.args.apps {
+            let relative = format!(
+                "apps/sync-{:02}/{}.yaml",
+                app / self.per_sync,
+                app_name(app)
+            );
+            let path = work.path().join(&relative);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            work.write(&relative, set_image_tag(&text, tag))?;
+        }
+        work.commit(&format!("Roll out app:{tag}"), &self.signing)?;
+        work.push()?;
+        self.head()
+    }
+
+    /// Whether some Sync has started applying `commit` (its `lastAttemptedRevision`).
+    pub async fn syncs_attempting(&self, commit: &str) -> anyhow::Result<bool> {
+        let syncs = plumb_api(self.client(), &self.ns, "Sync")
+            .list(&Default::default())
+            .await
+            .context("listing the Syncs")?;
+        Ok(syncs.items.iter().any(|sync| {
+            sync.data["status"]["lastAttemptedRevision"]
+                .as_str()
+                .is_some_and(|r| r.ends_with(commit))
+        }))
     }
 
     // -- cluster objects --
