@@ -522,13 +522,16 @@ async fn uninstall_keeps_or_deletes_what_the_syncs_applied() -> Result<()> {
     let uid = cms.get("settings").await?.uid();
 
     // Without a running agent nothing handles the deletions: it says so and removes nothing
-    // else (the CRDs stay).
+    // else (the CRDs stay). The deletion stays pending, as asked (keeping the objects): the
+    // next agent finishes it, and the ConfigMap is left as it is.
     agent.stop().await?;
-    let out = uninstall(&["--timeout", "3s"]);
+    let out = uninstall(&["--keep-objects", "--keep-crds", "--timeout", "3s"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(&format!("{}/app", w.ns())) && err.contains("is it running?"),
+        err.contains(&format!("{}/app", w.ns()))
+            && err.contains("is it running?")
+            && err.contains("an agent that starts later finishes it"),
         "{err}"
     );
     let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(w.client().clone());

@@ -188,9 +188,11 @@ where
             bail!(
                 "{kind}s still being deleted after {}s: {}; the agent removes their finalizer \
                  plumb.dev/finalizer once it has handled the deletion: is it running? Nothing \
-                 else was removed (without an agent: kubectl patch {} NAME --type=merge -p \
+                 else was removed. Their deletion stays pending: an agent that starts later \
+                 finishes it as this command asked (pruning or keeping what they applied). \
+                 Without an agent: kubectl patch {} NAME --type=merge -p \
                  '{{\"metadata\":{{\"finalizers\":null}}}}', which leaves their objects as they \
-                 are)",
+                 are",
                 timeout.as_secs(),
                 left.join(", "),
                 kind.to_lowercase()
