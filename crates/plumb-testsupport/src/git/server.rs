@@ -457,6 +457,12 @@ impl GitServers {
         tails.join("\n")
     }
 
+    /// The pids of the server processes (fcgiwrap, nginx, sshd; each one process, no
+    /// workers), while they run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|p| p.child.id()).collect()
+    }
+
     /// The temporary directory holding everything; logs are in `logs/`.
     pub fn dir(&self) -> &Path {
         self.dir.path()
