@@ -10,9 +10,11 @@ pub(super) enum Applied {
     Cancelled(Why),
 }
 
-/// Renders and applies; fills the status on success. `phase` marks the writes for the drift
-/// watch: it ends (after the written objects are registered) before any health wait.
-#[allow(clippy::too_many_arguments)]
+/// Renders and applies; fills the status on success. The writes are an apply phase of the
+/// drift watch ([`crate::drift::ApplyPhase`]: changes to the Sync's objects are checked once it
+/// ends), from just before the first write until the written objects are registered, before
+/// any health wait. Waiting for a render slot and rendering are not part of it: meanwhile a
+/// change is healed at once, towards the revision registered, as at rest.
 pub(super) async fn apply(
     sync: &Sync,
     ctx: &Context,
@@ -21,7 +23,6 @@ pub(super) async fn apply(
     record: Arc<crate::artifacts::Artifact>,
     artifact: &SourceArtifact,
     st: &mut SyncStatus,
-    phase: ApplyPhase,
 ) -> Result<Applied> {
     let started = Instant::now();
     st.last_attempted_revision = Some(artifact.revision.clone());
@@ -82,6 +83,9 @@ pub(super) async fn apply(
     );
     ctx.write_status::<Sync>(ns, name, st).await?;
 
+    // The writes begin: from here the drift watch defers changes to the Sync's objects (and
+    // first waits for corrections under way, which must not land after these writes).
+    let phase = ctx.drift.begin_apply(&skey).await;
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     // Waves wait for health, hooks for completion, within the Sync's timeout; Helm's upgrade
     // hooks run once the Sync applied a revision.

@@ -13,7 +13,7 @@ use plumb_kube::{Engine, NoProgress, SyncOptions};
 
 use crate::api::{DriftMode, GitSource, HistoryEntry, SourceArtifact, Sync, SyncStatus};
 use crate::context::Context;
-use crate::drift::{AppliedObject, ApplyPhase, Desired, Scope, Ticket};
+use crate::drift::{AppliedObject, Desired, Scope, Ticket};
 use crate::error::{Error, Result};
 use crate::gitsource::{own_artifact, requested_at};
 use crate::metrics::{Outcome, ReconcileKind};
@@ -154,8 +154,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         None => return Ok(Action::await_change()),
     }
     let started = Instant::now();
-    let phase = ctx.drift.begin_apply(&skey).await;
-    let applied = apply(&sync, &ctx, &ns, &name, record, &artifact, &mut st, phase).await;
+    let applied = apply(&sync, &ctx, &ns, &name, record, &artifact, &mut st).await;
     match applied {
         Ok(Applied::Cancelled(why)) => cancelled(&sync, &ctx, st, &artifact, why, started).await,
         Ok(Applied::Done) => {

@@ -2,6 +2,7 @@
 //! a ConfigMap and a Secret (read as the Sync's identity), inline values, the cluster's
 //! capabilities; a values change in Git is configured; a broken chart applies nothing.
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
@@ -408,6 +409,98 @@ async fn lookup_renders_a_charts_own_custom_resources_on_the_first_install() -> 
     let g = api.get("g").await?;
     // The lookup read the cluster during the render that made it.
     assert_eq!(g.data["spec"]["found"], w.ns());
+    w.stop().await;
+    Ok(())
+}
+
+/// A chart whose render takes seconds when `loops` is large (empty loops of Go templates).
+const SLOW_TEMPLATE: &str =
+    "{{- range until (int .Values.loops) }}{{- range until 5000 }}{{- end }}{{- end }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+data:
+  value: {{ .Values.value | quote }}
+";
+
+/// The Sync's renderings held now (`plumb_sync_renderings_held`).
+async fn renderings_held(w: &World) -> Result<f64> {
+    let metrics = w
+        .agent
+        .as_ref()
+        .expect("the world's agent")
+        .metrics()
+        .await?;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("plumb_sync_renderings_held ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no plumb_sync_renderings_held in\n{metrics}"))
+}
+
+/// Waiting for a render slot and rendering are not part of an apply's writes: a change made
+/// while a new revision renders is healed at once (towards the revision registered), not
+/// after the new revision's writes, which may be many seconds later (drift during a
+/// rollout).
+#[tokio::test]
+async fn a_change_while_a_new_revision_renders_is_healed_before_the_render_ends() -> Result<()> {
+    let w = World::new("slowrender").await?;
+    let first = w.commit(
+        &[
+            (
+                "charts/slow/Chart.yaml",
+                "apiVersion: v2\nname: slow\nversion: 0.1.0\n",
+            ),
+            ("charts/slow/templates/settings.yaml", SLOW_TEMPLATE),
+            ("charts/slow/values.yaml", "value: \"1\"\nloops: 1\n"),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "slow",
+        json!({
+            "sourceRef": { "name": "repo" }, "path": "charts/slow", "prune": true,
+            "interval": "1h", "drift": "correct"
+        }),
+    )
+    .await?;
+    w.wait_applied("slow", &first).await?;
+
+    // The next revision renders the same ConfigMap, in several seconds (about 5 on an idle
+    // core: 150 million empty template loops).
+    let second = w.commit(
+        &[("charts/slow/values.yaml", "value: \"1\"\nloops: 30000\n")],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    eventually("the new revision to be rendering", WAIT, || async {
+        Ok((renderings_held(&w).await? == 1.0).then_some(()))
+    })
+    .await?;
+    w.edit_by_hand("settings", "by hand").await?;
+    w.wait_value("settings", "1").await?;
+    // Healed while the render still runs: the Sync still holds its rendering (it is let go
+    // right after the writes, and a change during the writes is only checked after them).
+    assert_eq!(
+        renderings_held(&w).await?,
+        1.0,
+        "the change was healed only after the new revision's render"
+    );
+    let sync = w.wait_applied("slow", &second).await?;
+    assert_eq!(
+        sync.status
+            .unwrap_or_default()
+            .last_applied_revision
+            .as_deref()
+            .map(|r| r.ends_with(&second)),
+        Some(true)
+    );
     w.stop().await;
     Ok(())
 }
