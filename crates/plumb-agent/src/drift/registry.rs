@@ -271,6 +271,14 @@ impl<O: Clone, S: Clone> Registry<O, S> {
         for key in objects.keys() {
             self.owners.insert(key.clone(), sync.clone());
         }
+        // A change deferred during these writes to an object whose state after them is known
+        // (`seen`) is decided here, by comparing that state with the watch's latest: most are
+        // the events of the apply's own writes, and checking each again at the end of the
+        // writes would send a dry-run per written object (a rollout of many Deployments
+        // queued such checks in front of real drift). The others stay deferred.
+        if let Some(deferred) = self.deferred.get_mut(&sync) {
+            deferred.retain(|key| !(seen.contains_key(key) && objects.contains_key(key)));
+        }
         let mut check = Vec::new();
         for (key, applied) in seen {
             match self.seen.get(&key) {

@@ -1,6 +1,8 @@
 //! The watches behind the drift tracker: one metadata watch per kind, and the check of one
 //! object that a watch event (or a failed check) starts.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
+
 use super::*;
 
 impl DriftTracker {
@@ -257,7 +259,42 @@ pub(super) fn key_of(resolved: &Resolved, obj: &PartialObjectMeta<DynamicObject>
     )
 }
 
-/// Managers that changed the object's spec or metadata (not its status), with their times.
+/// Annotations that Kubernetes' own controllers keep on the objects Plumb applies, and that
+/// manifests do not set: the Deployment controller's revision (rewritten by every rollout),
+/// the volume controllers' and the scheduler's on a PersistentVolumeClaim.
+const CONTROLLER_ANNOTATIONS: [&str; 6] = [
+    "deployment.kubernetes.io/revision",
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+];
+
+/// Whether a manager's fields are only [`CONTROLLER_ANNOTATIONS`]: its changes (a rollout's new
+/// revision number) touch nothing a manifest sets, and are no reason for a drift check. A
+/// manager that owns anything else (a hand edit of a label, say) counts as ever.
+fn only_controller_annotations(fields: Option<&FieldsV1>) -> bool {
+    let Some(serde_json::Value::Object(top)) = fields.map(|f| &f.0) else {
+        return false;
+    };
+    let Some(serde_json::Value::Object(metadata)) = top.get("f:metadata") else {
+        return false;
+    };
+    let Some(serde_json::Value::Object(annotations)) = metadata.get("f:annotations") else {
+        return false;
+    };
+    top.len() == 1
+        && metadata.len() == 1
+        && annotations.keys().all(|k| {
+            k == "."
+                || k.strip_prefix("f:")
+                    .is_some_and(|name| CONTROLLER_ANNOTATIONS.contains(&name))
+        })
+}
+
+/// Managers that changed the object's spec or metadata (not its status, nor only
+/// [`CONTROLLER_ANNOTATIONS`]), with their times.
 pub(super) fn signature_of(meta: &ObjectMeta) -> Seen {
     let managers = Seen::managers_digest(
         meta.managed_fields
@@ -268,6 +305,7 @@ pub(super) fn signature_of(meta: &ObjectMeta) -> Seen {
                     .as_deref()
                     .is_none_or(|s| s.is_empty() || s == "scale")
             })
+            .filter(|m| !only_controller_annotations(m.fields_v1.as_ref()))
             .map(|m| {
                 (
                     m.manager.clone().unwrap_or_default(),
@@ -279,5 +317,76 @@ pub(super) fn signature_of(meta: &ObjectMeta) -> Seen {
         generation: meta.generation,
         resource_version: meta.resource_version.clone(),
         managers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, Time};
+
+    use super::*;
+
+    fn entry(manager: &str, second: i64, fields: serde_json::Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.to_owned()),
+            operation: Some("Update".to_owned()),
+            time: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + second).unwrap(),
+            )),
+            fields_v1: Some(FieldsV1(fields)),
+            ..Default::default()
+        }
+    }
+
+    fn meta(entries: Vec<ManagedFieldsEntry>) -> ObjectMeta {
+        ObjectMeta {
+            generation: Some(1),
+            resource_version: Some("7".into()),
+            managed_fields: Some(entries),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_rollouts_revision_annotation_is_no_change_but_a_hand_edit_of_an_annotation_is() {
+        let plumb = entry(
+            "plumb",
+            0,
+            json!({ "f:metadata": { "f:labels": { "f:app": {} } }, "f:spec": { "f:replicas": {} } }),
+        );
+        let revision = |second| {
+            entry(
+                "kube-controller-manager",
+                second,
+                json!({ "f:metadata": { "f:annotations": {
+                    ".": {}, "f:deployment.kubernetes.io/revision": {}
+                } } }),
+            )
+        };
+        let applied = signature_of(&meta(vec![plumb.clone(), revision(1)]));
+        // The next rollout: the controller writes its annotation again, at a later time.
+        assert_eq!(
+            signature_of(&meta(vec![plumb.clone(), revision(2)])),
+            applied
+        );
+        // Someone annotates by hand (another manager, or the controller's own entry owning
+        // more than its annotation): a change, checked.
+        let by_hand = entry(
+            "kubectl-annotate",
+            3,
+            json!({ "f:metadata": { "f:annotations": { "f:team": {} } } }),
+        );
+        assert_ne!(
+            signature_of(&meta(vec![plumb.clone(), revision(1), by_hand])),
+            applied
+        );
+        let more = entry(
+            "kube-controller-manager",
+            3,
+            json!({ "f:metadata": { "f:annotations": {
+                "f:deployment.kubernetes.io/revision": {}, "f:team": {}
+            } } }),
+        );
+        assert_ne!(signature_of(&meta(vec![plumb, more])), applied);
     }
 }

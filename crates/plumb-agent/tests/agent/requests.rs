@@ -327,3 +327,102 @@ async fn no_more_syncs_than_the_render_slots_hold_a_rendering_at_once() -> Resul
     w.stop().await;
     Ok(())
 }
+
+/// A rollout sends no drift check of its own: neither for the events of the apply's own writes
+/// (seen during the writes, decided by their registration) nor for the Deployment
+/// controller's bookkeeping (its revision annotation, rewritten by every rollout). Either used
+/// to cost a dry-run per written Deployment, queued in front of real drift.
+#[tokio::test]
+async fn a_rollout_sends_no_drift_check_for_its_own_writes_or_the_revision_annotation() -> Result<()>
+{
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorder = requests.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        recorder
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", req.method(), req.uri()));
+        req
+    });
+    let config = kube::Config::infer().await?;
+    let counting = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build();
+    let w = World::with_agent_client("revision", Some(counting)).await?;
+    let first = w.commit(
+        &[
+            ("app/web.yaml", &deployment("web", 0)),
+            ("app/control.yaml", &deployment("control", 0)),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = w.api();
+    let revision = |d: &k8s_openapi::api::apps::v1::Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("deployment.kubernetes.io/revision").cloned())
+    };
+
+    // A rollout: a new image, applied; the controller writes revision 2.
+    let second = w.commit(
+        &[(
+            "app/web.yaml",
+            &deployment("web", 0).replace("nginx:1.27", "nginx:1.28"),
+        )],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    w.wait_applied("app", &second).await?;
+    eventually("the controller to write revision 2", WAIT, || {
+        let deployments = deployments.clone();
+        async move {
+            let web = deployments.get("web").await?;
+            Ok((revision(&web).as_deref() == Some("2")).then_some(()))
+        }
+    })
+    .await?;
+
+    // Proof that the watch of Deployments handled the controller's writes: a later hand
+    // change of another Deployment is healed (events of a kind come in order), twice.
+    for replicas in [3, 4] {
+        deployments
+            .patch(
+                "control",
+                &PatchParams {
+                    field_manager: Some("kubectl-scale".into()),
+                    ..Default::default()
+                },
+                &Patch::Merge(json!({ "spec": { "replicas": replicas } })),
+            )
+            .await?;
+        eventually("the scaled Deployment to be healed", WAIT, || {
+            let deployments = deployments.clone();
+            async move {
+                let control = deployments.get("control").await?;
+                Ok((control.spec.and_then(|s| s.replicas) == Some(0)).then_some(()))
+            }
+        })
+        .await?;
+    }
+    // The apply of each revision dry-runs web once; nothing else does.
+    let seen = requests.lock().unwrap().clone();
+    let dry_runs: Vec<&String> = seen
+        .iter()
+        .filter(|r| {
+            r.starts_with("PATCH") && r.contains("/deployments/web?") && r.contains("dryRun")
+        })
+        .collect();
+    let around: Vec<&String> = seen
+        .iter()
+        .filter(|r| {
+            (r.contains("/deployments") || r.contains("/syncs/app")) && !r.contains("watch=true")
+        })
+        .collect();
+    assert_eq!(dry_runs.len(), 2, "{around:#?}");
+    w.stop().await;
+    Ok(())
+}

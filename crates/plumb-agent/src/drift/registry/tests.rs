@@ -205,6 +205,60 @@ fn changes_during_the_writes_are_deferred_until_they_end_not_until_the_wait_ends
 }
 
 #[test]
+fn the_writes_own_events_are_not_checked_again_when_the_writes_end() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let (cfg, other, kept) = (cm("cfg"), cm("other"), cm("kept"));
+    let plumb = |rv: &str, t: &str| seen(None, rv, &[("plumb", t)]);
+    assert!(!reg.observe(&cfg, plumb("1", "t1")));
+    assert!(!reg.observe(&other, plumb("2", "t1")));
+    assert!(!reg.observe(&kept, plumb("3", "t1")));
+    apply(
+        &mut reg,
+        &s,
+        "A",
+        complete("dA"),
+        &[(&cfg, "A"), (&other, "A"), (&kept, "A")],
+    );
+
+    let ticket = reg.begin_apply(&s);
+    // The apply writes cfg and other; the watch sees both writes, then a hand edit of other,
+    // and a hand edit of kept, which this apply does not write (unchanged, vouched for).
+    assert!(reg.observe(&cfg, plumb("4", "t2")));
+    assert_eq!(reg.target(&cfg), Target::Deferred);
+    assert!(reg.observe(&other, plumb("5", "t2")));
+    assert_eq!(reg.target(&other), Target::Deferred);
+    let edited = seen(None, "6", &[("plumb", "t2"), ("kubectl", "t3")]);
+    assert!(reg.observe(&other, edited));
+    assert!(reg.observe(
+        &kept,
+        seen(None, "7", &[("plumb", "t1"), ("kubectl", "t3")])
+    ));
+    assert_eq!(reg.target(&kept), Target::Deferred);
+    let written = BTreeMap::from([
+        (cfg.clone(), plumb("4", "t2")),
+        (other.clone(), plumb("5", "t2")),
+    ]);
+    let r = reg.register(
+        registration(
+            &s,
+            ticket,
+            "B",
+            complete("dB"),
+            &[(&cfg, "B"), (&other, "B"), (&kept, "B")],
+        ),
+        written,
+    );
+    // The registration checks other (edited after its write); the end of the writes checks
+    // kept (changed, not written); cfg, as written, is checked by neither.
+    assert!(
+        matches!(&r, Registered::Accepted { check } if check == &vec![other.clone()]),
+        "{r:?}"
+    );
+    assert_eq!(reg.end_apply(&s), vec![kept.clone()]);
+}
+
+#[test]
 fn an_unregistered_sync_is_never_healed() {
     let mut reg = Reg::default();
     let s = sync("app");
