@@ -356,37 +356,42 @@ async fn source_controller<K, F>(
         .await;
 }
 
-/// The objects of `api` that `config` selects as they change (see [`watched`]): kube's
-/// `Controller::watches` would retry a failed watch without backoff, and log nothing.
-fn retried<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
-where
+/// A kind of the agent's own watches (its CRDs and the core kinds it reads).
+trait Watchable:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
-        + 'static,
+        + 'static
 {
+}
+
+/// The objects of `api` that `config` selects as they change (see [`watched`]): kube's
+/// `Controller::watches` would retry a failed watch without backoff, and log nothing.
+fn retried<K: Watchable>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
     watched(api, config).touched_objects()
 }
 
 /// A watch of `api` restarted with kube's default backoff after an error, each error logged
 /// as a warning naming the kind (e.g. its CRD is missing after an upgrade of the agent alone).
-fn watched<K>(
+fn watched<K: Watchable>(
     api: Api<K>,
     config: watcher::Config,
-) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-{
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
     watcher(api, config).default_backoff().inspect_err(|e| {
         tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff");
     })

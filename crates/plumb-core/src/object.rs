@@ -374,6 +374,24 @@ pub(crate) fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
+/// A kind a CustomResourceDefinition defines (one per served version): what a render with
+/// Helm's `lookup` lists as served before the cluster does, for a chart that brings its CRDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrdKind {
+    /// The API group (never empty: the core group is the cluster's own).
+    pub group: String,
+    /// A served version.
+    pub version: String,
+    /// The kind, e.g. `Widget`.
+    pub kind: String,
+    /// The plural resource name, e.g. `widgets`.
+    pub plural: String,
+    /// The singular resource name (default: the kind in lower case).
+    pub singular: String,
+    /// `spec.scope: Namespaced` (else cluster-scoped).
+    pub namespaced: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

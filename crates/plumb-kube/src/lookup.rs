@@ -106,22 +106,8 @@ struct Shared {
 }
 
 /// A kind that discovery through the proxy lists even when the cluster does not serve it
-/// (yet): a CRD the chart brings itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtraKind {
-    /// The API group (never empty: the core group is the cluster's own).
-    pub group: String,
-    /// The version.
-    pub version: String,
-    /// The kind, e.g. `Widget`.
-    pub kind: String,
-    /// The resource, e.g. `widgets`.
-    pub plural: String,
-    /// The singular resource name, e.g. `widget`.
-    pub singular: String,
-    /// Namespaced (else cluster-scoped).
-    pub namespaced: bool,
-}
+/// (yet): a CRD the chart brings itself (`plumb_render::chart_crd_kinds` finds them).
+pub use plumb_core::object::CrdKind as ExtraKind;
 
 impl Shared {
     fn stats(&self) -> std::sync::MutexGuard<'_, LookupStats> {

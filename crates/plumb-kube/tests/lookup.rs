@@ -545,17 +545,7 @@ async fn with_lookup_a_kind_the_cluster_does_not_serve_yet_is_a_clear_error() ->
         dir.join("crds/gadgets.yaml"),
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: gadgets.nowhere.plumb.dev\nspec:\n  group: nowhere.plumb.dev\n  names: {kind: Gadget, plural: gadgets, singular: gadget, listKind: GadgetList}\n  scope: Namespaced\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}\n",
     )?;
-    let kinds: Vec<ExtraKind> = plumb_render::chart_crd_kinds(dir)
-        .into_iter()
-        .map(|k| ExtraKind {
-            group: k.group,
-            version: k.version,
-            kind: k.kind,
-            plural: k.plural,
-            singular: k.singular,
-            namespaced: k.namespaced,
-        })
-        .collect();
+    let kinds: Vec<ExtraKind> = plumb_render::chart_crd_kinds(dir);
     assert_eq!(kinds.len(), 1, "{kinds:?}");
     let proxy =
         LookupProxy::start_with_kinds(admin.clone(), LookupLimits::default(), kinds).await?;

@@ -208,23 +208,7 @@ pub struct PostRenderer {
     pub images: Vec<Value>,
 }
 
-/// Whether `dir` holds a chart (a `Chart.yaml`, which may be a symlink: refused later).
-/// A kind a chart's own CRD defines (in its `crds/` or a vendored subchart's).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CrdKind {
-    /// The API group.
-    pub group: String,
-    /// A served version.
-    pub version: String,
-    /// The kind.
-    pub kind: String,
-    /// The plural resource name.
-    pub plural: String,
-    /// The singular resource name (default: the kind in lower case).
-    pub singular: String,
-    /// `spec.scope: Namespaced`.
-    pub namespaced: bool,
-}
+pub use plumb_core::object::CrdKind;
 
 /// The kinds (one per served version) the CRDs in `crds/` of the chart `chart_dir` and of its
 /// subchart directories in `charts/` define, so that a render with `lookup` (Helm's
@@ -334,6 +318,7 @@ fn crd_kinds(doc: &Value) -> Vec<CrdKind> {
         .collect()
 }
 
+/// Whether `dir` holds a chart (a `Chart.yaml`, which may be a symlink: refused later).
 pub(crate) fn is_chart(dir: &Path) -> bool {
     fs::symlink_metadata(dir.join(CHART_FILE)).is_ok()
 }

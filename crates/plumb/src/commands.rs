@@ -278,17 +278,7 @@ async fn lookup_proxy(
     let kinds = dir
         .filter(|d| is_chart(d))
         .map(plumb_render::chart_crd_kinds)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|k| plumb_kube::ExtraKind {
-            group: k.group,
-            version: k.version,
-            kind: k.kind,
-            plural: k.plural,
-            singular: k.singular,
-            namespaced: k.namespaced,
-        })
-        .collect();
+        .unwrap_or_default();
     let proxy = plumb_kube::LookupProxy::start_with_kinds(
         client.clone(),
         plumb_kube::LookupLimits::default(),
@@ -816,5 +806,9 @@ impl Progress for Bar {
             bar.set_message(format!("{key} {action}"));
             bar.inc(1);
         }
+    }
+
+    fn reports_waiting(&self) -> bool {
+        false
     }
 }

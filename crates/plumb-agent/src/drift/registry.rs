@@ -64,6 +64,19 @@ pub fn is_candidate(prev: &Seen, now: &Seen) -> bool {
     }
 }
 
+/// Whether the watch's `watched` state is older than `applied` (the state an apply's write
+/// left): a higher generation, else a higher resourceVersion where both are numbers, as the API
+/// server's are. Unknown order counts as not older.
+fn is_behind(watched: &Seen, applied: &Seen) -> bool {
+    match (watched.generation, applied.generation) {
+        (Some(w), Some(a)) if w != a => w < a,
+        _ => {
+            let number = |s: &Seen| s.resource_version.as_deref()?.parse::<u64>().ok();
+            matches!((number(watched), number(applied)), (Some(w), Some(a)) if w < a)
+        }
+    }
+}
+
 /// Which of a Sync's objects a registration covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -285,6 +298,11 @@ impl<O: Clone, S: Clone> Registry<O, S> {
                 // A watch that starts later compares its first sight with the apply's result,
                 // so an edit right after the apply is not taken for the applied state.
                 None => {
+                    self.seen.insert(key, applied);
+                }
+                // The watch has not seen this write yet (a loaded API server delivers its event
+                // later): the write is the newest state known, and its event will match it.
+                Some(watched) if is_behind(watched, &applied) => {
                     self.seen.insert(key, applied);
                 }
                 Some(watched) if objects.contains_key(&key) && is_candidate(&applied, watched) => {

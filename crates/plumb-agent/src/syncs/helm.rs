@@ -52,17 +52,6 @@ pub(super) async fn render(
                 }
                 (None, true) => plumb_render::chart_crd_kinds(&record.dir.join(rel)),
             };
-            let kinds = kinds
-                .into_iter()
-                .map(|k| plumb_kube::ExtraKind {
-                    group: k.group,
-                    version: k.version,
-                    kind: k.kind,
-                    plural: k.plural,
-                    singular: k.singular,
-                    namespaced: k.namespaced,
-                })
-                .collect();
             let proxy = LookupProxy::start_with_kinds(client, LookupLimits::default(), kinds)
                 .await
                 .map_err(|e| Error::Io {
@@ -128,13 +117,7 @@ async fn with_dependencies(
     };
     // Nothing is read before the artifact's digest is checked: only a chart that names a
     // remote repository gets that far.
-    let chart_file = record.dir.join(rel).join(plumb_render::CHART_FILE);
-    let mentions_remote = std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
-        && std::fs::read(&chart_file).is_ok_and(|text| {
-            let text = String::from_utf8_lossy(&text);
-            text.contains("https://") || text.contains("oci://")
-        });
-    if !mentions_remote {
+    if !plumb_source::chart::mentions_remote_repository(&record.dir.join(rel)) {
         return Ok(None);
     }
     {

@@ -424,23 +424,11 @@ data:
   value: {{ .Values.value | quote }}
 ";
 
-/// The Sync's renderings held now (`plumb_sync_renderings_held`).
+/// The renderings held now (`plumb_sync_renderings_held`).
 async fn renderings_held(w: &World) -> Result<f64> {
-    let metrics = w
-        .agent
-        .as_ref()
-        .expect("the world's agent")
-        .metrics()
-        .await?;
-    metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("plumb_sync_renderings_held ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no plumb_sync_renderings_held in\n{metrics}"))
+    w.gauge("plumb_sync_renderings_held")
+        .await?
+        .context("no plumb_sync_renderings_held")
 }
 
 /// Waiting for a render slot and rendering are not part of an apply's writes: a change made

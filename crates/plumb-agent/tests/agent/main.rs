@@ -319,6 +319,23 @@ impl World {
         self.inner.wait_applied(sync, commit, WAIT).await
     }
 
+    /// The value of the world's agent's metric `name` (one without labels), if it has it.
+    async fn gauge(&self, name: &str) -> Result<Option<f64>> {
+        let metrics = self
+            .agent
+            .as_ref()
+            .expect("the world's agent")
+            .metrics()
+            .await?;
+        Ok(metrics.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        }))
+    }
+
     async fn stop(mut self) {
         if let Some(agent) = self.agent.take() {
             let stopped = agent.stop().await;

@@ -6,19 +6,7 @@ use super::*;
 #[tokio::test]
 async fn steady_state_makes_no_per_object_requests() -> Result<()> {
     // The agent's client records every request it sends.
-    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let recorder = requests.clone();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        recorder
-            .lock()
-            .unwrap()
-            .push(format!("{} {}", req.method(), req.uri()));
-        req
-    });
-    let config = kube::Config::infer().await?;
-    let counting = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&layer)
-        .build();
+    let (counting, requests) = recording_client(kube::Config::infer().await?)?;
     let w = World::with_agent_client("steady", Some(counting)).await?;
     let first = w.commit(
         &[
@@ -303,27 +291,11 @@ async fn no_more_syncs_than_the_render_slots_hold_a_rendering_at_once() -> Resul
     for s in syncs {
         w.wait_applied(s, &first).await?;
     }
-    let metrics = w
-        .agent
-        .as_ref()
-        .expect("the world's agent")
-        .metrics()
-        .await?;
-    let gauge = |name: &str| {
-        metrics.lines().find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-    };
     assert_eq!(
-        gauge("plumb_sync_renderings_held_max"),
-        Some(plumb_agent::syncs::RENDER_SLOTS as f64),
-        "{metrics}"
+        w.gauge("plumb_sync_renderings_held_max").await?,
+        Some(plumb_agent::syncs::RENDER_SLOTS as f64)
     );
-    assert_eq!(gauge("plumb_sync_renderings_held"), Some(0.0), "{metrics}");
+    assert_eq!(w.gauge("plumb_sync_renderings_held").await?, Some(0.0));
     w.stop().await;
     Ok(())
 }
@@ -335,19 +307,7 @@ async fn no_more_syncs_than_the_render_slots_hold_a_rendering_at_once() -> Resul
 #[tokio::test]
 async fn a_rollout_sends_no_drift_check_for_its_own_writes_or_the_revision_annotation() -> Result<()>
 {
-    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let recorder = requests.clone();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        recorder
-            .lock()
-            .unwrap()
-            .push(format!("{} {}", req.method(), req.uri()));
-        req
-    });
-    let config = kube::Config::infer().await?;
-    let counting = kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&layer)
-        .build();
+    let (counting, requests) = recording_client(kube::Config::infer().await?)?;
     let w = World::with_agent_client("revision", Some(counting)).await?;
     let first = w.commit(
         &[

@@ -175,11 +175,20 @@ pub trait Progress: Sync {
     /// A health wait ([`Engine::wait_healthy_with`]) looked at every object again: `pending`
     /// are the verdicts of those not healthy yet (in the order given), of `total`.
     fn waiting(&self, _pending: &[(ObjectKey, HealthVerdict)], _total: usize) {}
+    /// Whether [`Progress::waiting`] does anything: a health wait builds its list of pending
+    /// objects on every event only for a reporter that shows it.
+    fn reports_waiting(&self) -> bool {
+        true
+    }
 }
 
 /// No progress reporting.
 pub struct NoProgress;
-impl Progress for NoProgress {}
+impl Progress for NoProgress {
+    fn reports_waiting(&self) -> bool {
+        false
+    }
+}
 
 /// One discovery, shared by every engine that holds a clone: a sync, its health wait and
 /// its drift registration resolve kinds with one discovery, and so do the agent's

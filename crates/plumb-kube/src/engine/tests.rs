@@ -698,6 +698,53 @@ async fn a_wait_on_the_awaited_objects_names_the_same_unhealthy_ones_and_holds_n
     assert_eq!(unhealthy(awaited).await, whole);
 }
 
+/// Counts what a health wait reports.
+struct Counting {
+    reports: bool,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl super::Progress for Counting {
+    fn waiting(
+        &self,
+        _pending: &[(plumb_core::ObjectKey, plumb_core::HealthVerdict)],
+        _total: usize,
+    ) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn reports_waiting(&self) -> bool {
+        self.reports
+    }
+}
+
+#[tokio::test]
+async fn a_wait_builds_the_list_of_pending_objects_only_for_a_reporter_that_shows_it() {
+    let engine = engine();
+    engine.cluster().put("deployments", deployment(0).object);
+    let objects = vec![deployment(0)];
+    for reports in [true, false] {
+        let counting = Counting {
+            reports,
+            calls: Default::default(),
+        };
+        match engine
+            .wait_healthy_with(&objects, std::time::Duration::from_secs(1), &counting)
+            .await
+        {
+            // Still named when it times out, reported or not.
+            Err(Error::Unhealthy { unhealthy, .. }) => {
+                assert_eq!(unhealthy.len(), 1, "{unhealthy:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let calls = counting.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(calls > 0, reports, "{calls} reports");
+    }
+    // The agent's waits report nothing.
+    assert!(!super::Progress::reports_waiting(&NoProgress));
+}
+
 #[tokio::test]
 async fn a_deleted_object_is_missing_again_until_it_is_back() {
     let engine = engine();

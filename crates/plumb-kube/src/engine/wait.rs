@@ -118,19 +118,26 @@ impl<C: Cluster> Engine<C> {
                 .map(|(m, v)| (m.key(), v.clone()))
                 .collect()
         };
-        loop {
-            let pending: Vec<(ObjectKey, HealthVerdict)> = objects
+        // The keys and verdicts of the objects not healthy yet: built only to report them
+        // (each event would otherwise cost a key per awaited object, quadratic in a Sync's
+        // size).
+        let pending_of = |verdicts: &[HealthVerdict]| -> Vec<(ObjectKey, HealthVerdict)> {
+            objects
                 .iter()
-                .zip(&verdicts)
+                .zip(verdicts)
                 .filter(|(_, v)| !ready(v))
                 .map(|(m, v)| (m.key(), v.clone()))
-                .collect();
+                .collect()
+        };
+        let reports = progress.reports_waiting();
+        loop {
+            let done = verdicts.iter().all(ready);
             // Until every watch has listed once, an object not seen yet is unknown, not
             // missing: report nothing rather than blame objects that exist.
-            if pending.is_empty() || groups.iter().all(|g| g.listed) {
-                progress.waiting(&pending, objects.len());
+            if reports && (done || groups.iter().all(|g| g.listed)) {
+                progress.waiting(&pending_of(&verdicts), objects.len());
             }
-            if pending.is_empty() {
+            if done {
                 return Ok(result(&verdicts));
             }
             let next = match tokio::time::timeout_at(deadline, events.next()).await {
@@ -144,7 +151,7 @@ impl<C: Cluster> Engine<C> {
                 Err(_) => None,
             };
             let Some(first) = next else {
-                let unhealthy = pending
+                let unhealthy = pending_of(&verdicts)
                     .iter()
                     .map(|(k, v)| format!("  {k}: {} ({})", v.status, v.reason))
                     .collect();

@@ -49,17 +49,22 @@ pub async fn missing_dependencies_at(
         return Ok(None);
     }
     let chart_dir = source_root.join(chart_rel);
-    let chart_file = chart_dir.join("Chart.yaml");
     // A quick look first: most charts list no remote dependency and are not read at all.
-    let mentions_remote = std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
-        && std::fs::read(&chart_file).is_ok_and(|text| {
-            let text = String::from_utf8_lossy(&text);
-            text.contains("https://") || text.contains("oci://")
-        });
-    if !mentions_remote {
+    if !mentions_remote_repository(&chart_dir) {
         return Ok(None);
     }
     super::missing_dependencies(&chart_dir, label, limits).await
+}
+
+/// Whether `chart_dir` has a regular `Chart.yaml` that mentions an `https://` or `oci://`
+/// repository: a quick look before parsing it (most charts have no remote dependency).
+pub fn mentions_remote_repository(chart_dir: &Path) -> bool {
+    let chart_file = chart_dir.join("Chart.yaml");
+    std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
+        && std::fs::read(&chart_file).is_ok_and(|text| {
+            let text = String::from_utf8_lossy(&text);
+            text.contains("https://") || text.contains("oci://")
+        })
 }
 
 impl MissingDependencies {

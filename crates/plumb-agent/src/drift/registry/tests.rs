@@ -259,6 +259,60 @@ fn the_writes_own_events_are_not_checked_again_when_the_writes_end() {
 }
 
 #[test]
+fn a_watch_behind_the_apply_takes_its_write_as_seen_and_checks_only_later_changes() {
+    let mut reg = Reg::default();
+    let s = sync("app");
+    let (web, cfg) = (cm("web"), cm("cfg"));
+    assert!(!reg.observe(&web, seen(Some(1), "10", &[("plumb", "t1")])));
+    assert!(!reg.observe(&cfg, seen(None, "11", &[("plumb", "t1")])));
+    apply(
+        &mut reg,
+        &s,
+        "A",
+        complete("dA"),
+        &[(&web, "A"), (&cfg, "A")],
+    );
+
+    // The next apply writes both; the watch has seen neither write when they are registered.
+    let ticket = reg.begin_apply(&s);
+    let written = BTreeMap::from([
+        (web.clone(), seen(Some(2), "20", &[("plumb", "t2")])),
+        (cfg.clone(), seen(None, "21", &[("plumb", "t2")])),
+    ]);
+    let r = reg.register(
+        registration(&s, ticket, "B", complete("dB"), &[(&web, "B"), (&cfg, "B")]),
+        written,
+    );
+    assert!(
+        matches!(&r, Registered::Accepted { check } if check.is_empty()),
+        "{r:?}"
+    );
+    assert!(reg.end_apply(&s).is_empty());
+    // Their events come: no change. A hand edit after them: a change.
+    assert!(!reg.observe(&web, seen(Some(2), "20", &[("plumb", "t2")])));
+    assert!(!reg.observe(&cfg, seen(None, "21", &[("plumb", "t2")])));
+    assert!(reg.observe(
+        &cfg,
+        seen(None, "22", &[("plumb", "t2"), ("kubectl", "t3")])
+    ));
+    // A watch ahead of the write (an edit right after it) is still checked at registration.
+    let ticket = reg.begin_apply(&s);
+    assert!(reg.observe(
+        &web,
+        seen(Some(4), "40", &[("plumb", "t2"), ("kubectl", "t4")])
+    ));
+    let written = BTreeMap::from([(web.clone(), seen(Some(3), "30", &[("plumb", "t3")]))]);
+    let r = reg.register(
+        registration(&s, ticket, "C", complete("dC"), &[(&web, "C"), (&cfg, "C")]),
+        written,
+    );
+    assert!(
+        matches!(&r, Registered::Accepted { check } if check == &vec![web.clone()]),
+        "{r:?}"
+    );
+}
+
+#[test]
 fn an_unregistered_sync_is_never_healed() {
     let mut reg = Reg::default();
     let s = sync("app");
