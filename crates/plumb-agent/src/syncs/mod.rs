@@ -121,7 +121,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     // applied objects: nothing to do and no requests (the watch reports any change). With
     // drift: detect, outstanding drift is reported, never applied over.
     let request = requested_at(sync.as_ref());
-    let seen = Seen {
+    let seen_with = |st: &SyncStatus| Seen {
         same_target: st.last_applied_revision.as_deref() == Some(artifact.revision.as_str())
             && st.observed_generation == sync.metadata.generation
             && request == st.last_handled_reconcile_at
@@ -130,7 +130,7 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
         registered: ctx.drift.is_registered(&skey),
         clean: ctx.drift.is_clean(&skey),
     };
-    let step = next_step(&seen);
+    let step = next_step(&seen_with(&st));
     if step == Step::Nothing {
         return Ok(Action::requeue(interval));
     }
@@ -152,6 +152,13 @@ pub async fn reconcile(sync: Arc<Sync>, ctx: Arc<Context>) -> Result<Action> {
     match fresh_status(&ctx, &ns, &name).await? {
         Some(fresh) => st = fresh,
         None => return Ok(Action::await_change()),
+    }
+    // A reconcile queued during the previous apply may run on a Sync from the cache that
+    // predates that apply's last status write: the status as it is now may say the revision
+    // is applied and Ready. Then there is nothing to do (applying again would add a second
+    // history entry for the same revision).
+    if next_step(&seen_with(&st)) == Step::Nothing {
+        return Ok(Action::requeue(interval));
     }
     let started = Instant::now();
     let applied = apply(&sync, &ctx, &ns, &name, record, &artifact, &mut st).await;
