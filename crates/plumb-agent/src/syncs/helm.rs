@@ -39,13 +39,7 @@ pub(super) async fn render(
             // The chart's own CRDs: listed by the proxy's discovery until the cluster serves
             // them, so that its custom resources render on the first install.
             let rel = Path::new(sync.spec.path.as_deref().unwrap_or(""));
-            let plain = rel.components().all(|c| {
-                matches!(
-                    c,
-                    std::path::Component::Normal(_) | std::path::Component::CurDir
-                )
-            });
-            let kinds = match (&copy, plain) {
+            let kinds = match (&copy, plumb_source::chart::plain(rel)) {
                 (_, false) => Vec::new(),
                 (Some(copy), true) => {
                     plumb_render::chart_crd_kinds(&copy.path().join("root").join(rel))
@@ -117,7 +111,7 @@ async fn with_dependencies(
     };
     // Nothing is read before the artifact's digest is checked: only a chart that names a
     // remote repository gets that far.
-    if !plumb_source::chart::mentions_remote_repository(&record.dir.join(rel)) {
+    if !plumb_source::chart::mentions_remote_repository(&record.dir, rel) {
         return Ok(None);
     }
     {

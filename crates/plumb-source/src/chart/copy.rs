@@ -45,21 +45,22 @@ pub async fn missing_dependencies_at(
     label: &str,
     limits: ChartLimits,
 ) -> Result<Option<MissingDependencies>> {
-    if !plain(chart_rel) {
-        return Ok(None);
-    }
-    let chart_dir = source_root.join(chart_rel);
     // A quick look first: most charts list no remote dependency and are not read at all.
-    if !mentions_remote_repository(&chart_dir) {
+    if !mentions_remote_repository(source_root, chart_rel) {
         return Ok(None);
     }
-    super::missing_dependencies(&chart_dir, label, limits).await
+    super::missing_dependencies(&source_root.join(chart_rel), label, limits).await
 }
 
-/// Whether `chart_dir` has a regular `Chart.yaml` that mentions an `https://` or `oci://`
-/// repository: a quick look before parsing it (most charts have no remote dependency).
-pub fn mentions_remote_repository(chart_dir: &Path) -> bool {
-    let chart_file = chart_dir.join("Chart.yaml");
+/// Whether the chart at `chart_rel` below `source_root` has a regular `Chart.yaml` that
+/// mentions an `https://` or `oci://` repository: a quick look before parsing it (most charts
+/// have no remote dependency). False for a path that is not plain (absolute, or with `..`):
+/// nothing outside `source_root` is read.
+pub fn mentions_remote_repository(source_root: &Path, chart_rel: &Path) -> bool {
+    if !plain(chart_rel) {
+        return false;
+    }
+    let chart_file = source_root.join(chart_rel).join("Chart.yaml");
     std::fs::symlink_metadata(&chart_file).is_ok_and(|m| m.is_file())
         && std::fs::read(&chart_file).is_ok_and(|text| {
             let text = String::from_utf8_lossy(&text);
@@ -122,7 +123,31 @@ impl MissingDependencies {
 }
 
 /// Only normal parts (and `.`): nothing absolute, no `..`.
-fn plain(path: &Path) -> bool {
+pub fn plain(path: &Path) -> bool {
     path.components()
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_chart_below_the_source_root_is_looked_at() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("root");
+        let chart = "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: base\n  version: 1.0.0\n  repository: https://charts.example.com\n";
+        for dir in [root.join("app"), tmp.path().join("outside")] {
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join("Chart.yaml"), chart).expect("write");
+        }
+        assert!(mentions_remote_repository(&root, Path::new("app")));
+        assert!(mentions_remote_repository(&root, Path::new("./app")));
+        // A Sync's path is tenant input: `..` and absolute paths read nothing outside.
+        assert!(!mentions_remote_repository(&root, Path::new("../outside")));
+        assert!(!mentions_remote_repository(
+            &root,
+            &tmp.path().join("outside")
+        ));
+    }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use cache::ArchiveCache;
-pub use copy::{ChartCopy, mentions_remote_repository, missing_dependencies_at};
+pub use copy::{ChartCopy, mentions_remote_repository, missing_dependencies_at, plain};
 pub use index::{ChartIndex, IndexEntry, pick_version};
 pub use oci::{Challenge, OciReference, parse_challenge};
 
