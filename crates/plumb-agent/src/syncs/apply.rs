@@ -43,18 +43,7 @@ pub(super) async fn apply(
     // a request per object.
     let skey = (ns.to_owned(), name.to_owned());
     let unrequested = requested_at(sync) == st.last_handled_reconcile_at;
-    if st.observed_generation == sync.metadata.generation
-        && unrequested
-        && status::is_true(&st.conditions, types::READY)
-        && ctx
-            .drift
-            .clean_rendering(&skey)
-            .is_some_and(|(revision, digest)| {
-                // The status must be that of the registered apply: a reconcile of a Sync read
-                // from the cache before that apply's own status write must not overwrite it.
-                st.last_applied_revision.as_deref() == Some(revision.as_str()) && digest == rendered
-            })
-    {
+    if vouched_rendering(sync, ctx, st, &skey).is_some_and(|(_, digest)| digest == rendered) {
         let counts = plumb_core::ChangeCounts {
             unchanged: st.inventory.len(),
             ..Default::default()
@@ -207,22 +196,13 @@ fn unchanged_files(
     started: Instant,
 ) -> bool {
     let src = &sync.spec.source_ref;
-    if sync.spec.helm.is_some()
-        || src.kind.as_deref().unwrap_or("GitSource") != "GitSource"
-        || st.observed_generation != sync.metadata.generation
-        || requested_at(sync) != st.last_handled_reconcile_at
-        || !status::is_true(&st.conditions, types::READY)
-    {
+    if sync.spec.helm.is_some() || src.kind.as_deref().unwrap_or("GitSource") != "GitSource" {
         return false;
     }
     let skey = (ns.to_owned(), sync.name_any());
-    let Some((from, rendered)) = ctx.drift.clean_rendering(&skey) else {
+    let Some((from, rendered)) = vouched_rendering(sync, ctx, st, &skey) else {
         return false;
     };
-    // The status must be that of the registered apply (as for a render that matches it).
-    if st.last_applied_revision.as_deref() != Some(from.as_str()) {
-        return false;
-    }
     let Some((_, applied_commit)) = from.rsplit_once(':') else {
         return false;
     };
@@ -249,6 +229,28 @@ fn unchanged_files(
     let note = " (none of its files changed: not rendered)";
     record_applied(st, sync, artifact, counts, note, started.elapsed());
     true
+}
+
+/// The revision and rendering digest the drift watch vouches for (registered completely, no
+/// drift since), when `st` is the status of that very apply, for this generation, with no
+/// newer reconcile request, and Ready: what a new revision may be recorded on without writes.
+/// (A reconcile of a Sync read from the cache before that apply's own status write must not
+/// overwrite it.)
+fn vouched_rendering(
+    sync: &Sync,
+    ctx: &Context,
+    st: &SyncStatus,
+    skey: &crate::drift::SyncKey,
+) -> Option<(String, String)> {
+    if st.observed_generation != sync.metadata.generation
+        || requested_at(sync) != st.last_handled_reconcile_at
+        || !status::is_true(&st.conditions, types::READY)
+    {
+        return None;
+    }
+    ctx.drift
+        .clean_rendering(skey)
+        .filter(|(revision, _)| st.last_applied_revision.as_deref() == Some(revision.as_str()))
 }
 
 /// A health wait was cancelled (see [`Applied::Cancelled`]). When the agent stops, nothing is
