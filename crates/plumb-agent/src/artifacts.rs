@@ -7,6 +7,10 @@
 //!   artifact's directory is removed only when the last handle is dropped (reference-counted
 //!   collection), so nothing disappears under a render and a half-removed directory never
 //!   renders as fewer objects (which a prune would then delete).
+//! - A new export links the files its commit did not change from the current artifact
+//!   (`plumb_source::export::Reuse`: same path, mode and blob, and the same bytes on disk)
+//!   instead of creating them again; artifacts are never written after they are stored, so
+//!   the shared files never change.
 //! - The recorded tree digest is checked on disk right before each render.
 //! - Directories left by an earlier process are collected when the source is next stored.
 //! - The list of exported files (path, mode, Git object id) of a source's last few commits is
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use plumb_core::Manifest;
-use plumb_source::export::ExportedFile;
+use plumb_source::export::{ExportedFile, Reuse};
 
 use crate::error::{Error, Result};
 
@@ -230,6 +234,19 @@ impl ArtifactStore {
             .iter()
             .find(|(c, _)| c == commit)
             .map(|(_, f)| f.clone())
+    }
+
+    /// The current artifact of `ns/name` with its file list, for the next export to link its
+    /// unchanged files from ([`plumb_source::export::Reuse`]); the handle keeps the directory
+    /// in place for as long as the caller holds it.
+    pub fn reuse(&self, ns: &str, name: &str) -> Option<(Arc<Artifact>, Reuse)> {
+        let current = self.get(ns, name)?;
+        let entries = self.files_of(ns, name, &current.commit)?;
+        let reuse = Reuse {
+            dir: current.dir.clone(),
+            entries,
+        };
+        Some((current, reuse))
     }
 
     /// Retires the artifact of `ns/name` (its GitSource was deleted).

@@ -544,3 +544,66 @@ async fn a_retry_of_the_same_revision_keeps_the_signer_in_history() -> Result<()
     w.stop().await;
     Ok(())
 }
+
+/// A new revision's artifact links the files the commit did not change from the artifact it
+/// replaces (the same inode, never written again), and writes the changed ones; what the
+/// Sync applies is the new revision's.
+#[tokio::test]
+async fn a_new_revision_writes_only_the_files_its_commit_changed() -> Result<()> {
+    let w = World::new("reuse").await?;
+    let first = w.commit(
+        &[
+            ("app/cm.yaml", &configmap("settings", "v1")),
+            ("app/other.yaml", &configmap("other", "same")),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync("app", "correct").await?;
+    w.wait_applied("app", &first).await?;
+    let artifacts = w
+        .cache_dir("test-reuse")
+        .join("artifacts")
+        .join(w.ns())
+        .join("repo");
+    let artifact_of = |commit: &str| -> Result<std::path::PathBuf> {
+        std::fs::read_dir(&artifacts)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{commit}.")))
+            })
+            .ok_or_else(|| anyhow::anyhow!("no artifact of {commit} in {}", artifacts.display()))
+    };
+    let ino = |path: &std::path::Path| -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(std::fs::symlink_metadata(path)?.ino())
+    };
+    let old = artifact_of(&first)?;
+    let (old_other, old_cm) = (
+        ino(&old.join("app/other.yaml"))?,
+        ino(&old.join("app/cm.yaml"))?,
+    );
+
+    let second = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v2"))],
+        w.signing(),
+    )?;
+    w.poke_source().await?;
+    w.wait_applied("app", &second).await?;
+    w.wait_value("settings", "v2").await?;
+    let new = artifact_of(&second)?;
+    assert_eq!(
+        ino(&new.join("app/other.yaml"))?,
+        old_other,
+        "unchanged: linked"
+    );
+    assert_ne!(ino(&new.join("app/cm.yaml"))?, old_cm, "changed: written");
+    assert!(
+        std::fs::read_to_string(new.join("app/cm.yaml"))?.contains("v2"),
+        "the changed file holds the new content"
+    );
+    Ok(())
+}

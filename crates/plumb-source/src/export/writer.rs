@@ -8,6 +8,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 
+use super::reuse::Prior;
 use super::{Entry, Error, Kind, Result};
 
 /// Writes entries (sorted by path) below a destination directory through directory handles:
@@ -22,6 +23,10 @@ pub(super) struct Writer {
     open: Vec<(String, OwnedFd)>,
     /// Directories created so far, so that coming back to one is detected.
     created: HashSet<String>,
+    /// An earlier export whose unchanged files are linked instead of written.
+    prior: Option<Prior>,
+    /// Files linked from it.
+    pub(super) linked: usize,
 }
 
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY
@@ -30,7 +35,7 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::CLOEXEC);
 
 impl Writer {
-    pub(super) fn open(dest: &Path) -> Result<Self> {
+    pub(super) fn open(dest: &Path, prior: Option<Prior>) -> Result<Self> {
         let shown = dest.display().to_string();
         let io = |source: std::io::Error| Error::Io {
             path: shown.clone(),
@@ -48,6 +53,8 @@ impl Writer {
             root,
             open: Vec::new(),
             created: HashSet::new(),
+            prior,
+            linked: 0,
         })
     }
 
@@ -93,6 +100,12 @@ impl Writer {
         let name = parts.pop().unwrap_or_default();
         self.dir(&parts)?;
         let parent = self.open.last().map_or(&self.root, |(_, fd)| fd);
+        if let Some(prior) = &mut self.prior
+            && prior.link(entry, &parts, name, content, parent)
+        {
+            self.linked += 1;
+            return Ok(());
+        }
         let io = self.io(&entry.path);
         match entry.kind {
             Kind::Link => {
@@ -133,7 +146,7 @@ mod tests {
     fn the_writer_never_writes_through_what_it_did_not_create() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dest = tmp.path().join("dest");
-        let mut writer = Writer::open(&dest).expect("writer");
+        let mut writer = Writer::open(&dest, None).expect("writer");
         let entry = |path: &str, kind| Entry {
             path: path.to_owned(),
             kind,

@@ -119,21 +119,30 @@ impl Fetcher {
 
         let verified_in = started.elapsed();
         let exported = {
-            let (repo, commit, dest, ignore, limits) = (
+            let (repo, commit, dest, ignore, limits, reuse) = (
                 repo.clone(),
                 commit.clone(),
                 dest.to_owned(),
                 request.ignore.clone(),
                 request.limits,
+                request.reuse.clone(),
             );
             blocking(move || {
-                crate::export::export_tree_with(&repo, &commit, &dest, &ignore, &limits)
+                crate::export::export_tree_reusing(
+                    &repo,
+                    &commit,
+                    &dest,
+                    &ignore,
+                    &limits,
+                    reuse.as_ref(),
+                )
             })
             .await??
         };
         tracing::debug!(
             commit,
             files = exported.files,
+            linked = exported.linked,
             verify_ms = verified_in.as_millis() as u64,
             export_ms = (started.elapsed() - verified_in).as_millis() as u64,
             "verified and exported"

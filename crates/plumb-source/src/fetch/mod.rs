@@ -11,7 +11,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Serialize;
 
-use crate::export::ExportLimits;
+use crate::export::{ExportLimits, Reuse};
 use crate::refs::GitRef;
 use crate::verify::{Verification, VerifyPolicy};
 
@@ -90,6 +90,10 @@ pub struct SourceRequest {
     pub last_verified: Option<String>,
     /// Limits of the exported tree.
     pub limits: ExportLimits,
+    /// An earlier export of this source whose unchanged files the export links instead of
+    /// writing (see [`crate::export::export_tree_reusing`]); its directory must stay as it is
+    /// until the fetch returns.
+    pub reuse: Option<Reuse>,
 }
 
 impl SourceRequest {
@@ -103,6 +107,7 @@ impl SourceRequest {
             verify: None,
             last_verified: None,
             limits: ExportLimits::default(),
+            reuse: None,
         }
     }
 }
