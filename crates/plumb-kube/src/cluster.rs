@@ -89,11 +89,13 @@ pub trait Cluster: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<Value>, kube::Error>> + Send;
 
-    /// One page of at most `limit` objects of `kind` in `namespace` (all namespaces: `None`).
+    /// One page of at most `limit` objects of `kind` in `namespace` (all namespaces: `None`),
+    /// only those matching the equality-based label selector `labels` when given.
     fn list(
         &self,
         kind: &Resolved,
         namespace: Option<&str>,
+        labels: Option<&str>,
         limit: u32,
         continue_token: Option<&str>,
     ) -> impl Future<Output = Result<Page, kube::Error>> + Send;
@@ -188,12 +190,16 @@ impl Cluster for KubeCluster {
         &self,
         kind: &Resolved,
         namespace: Option<&str>,
+        labels: Option<&str>,
         limit: u32,
         continue_token: Option<&str>,
     ) -> Result<Page, kube::Error> {
         let mut params = ListParams::default().limit(limit);
         if let Some(token) = continue_token {
             params = params.continue_token(token);
+        }
+        if let Some(labels) = labels {
+            params = params.labels(labels);
         }
         let page = self.api(kind, namespace).list(&params).await?;
         let items = page

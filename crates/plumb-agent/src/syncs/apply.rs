@@ -33,7 +33,9 @@ pub(super) async fn apply(
     // number at once across all Syncs. A revision that waits inside the apply (waves, hooks)
     // could keep a slot for as long as its timeout, and gives it back now.
     let slot = ctx.renders.acquire().await;
+    let render_started = Instant::now();
     let desired = super::helm::render(sync, ctx, ns, record).await?;
+    let render_took = render_started.elapsed();
     let slot = (!super::waits_inside(&desired)).then_some(slot);
     let rendered = digest(&desired);
 
@@ -91,6 +93,7 @@ pub(super) async fn apply(
     let applying = Applying::of(sync, source_key, &artifact.commit);
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     opts.cancel = Some(cancelled);
+    let writes_started = Instant::now();
     let run = engine.sync(desired, &inventory, &opts, &NoProgress);
     tokio::pin!(run);
     let mut superseded = None;
@@ -128,6 +131,7 @@ pub(super) async fn apply(
         return Err(e);
     }
     phase.end();
+    let writes_took = writes_started.elapsed();
     // What a health wait needs of the objects (most of them, and every spec, are not needed),
     // not the rendered manifests: the rendering, and its slot, end here.
     let awaited = if sync.spec.wait {
@@ -172,6 +176,13 @@ pub(super) async fn apply(
         }
     }
 
+    tracing::debug!(
+        revision = %artifact.revision,
+        render_ms = render_took.as_millis() as u64,
+        writes_ms = writes_took.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "apply timings"
+    );
     let message = record_applied(st, sync, artifact, counts, "", started.elapsed());
     if report.changes.has_changes() {
         ctx.event(sync, false, "ReconciliationSucceeded", message)

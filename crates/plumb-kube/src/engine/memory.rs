@@ -25,7 +25,8 @@ use crate::error::Result;
 pub enum Request {
     Discover,
     Get(String),
-    List(String),
+    /// A LIST of a kind (its plural), with the label selector it asked for.
+    List(String, Option<String>),
     Apply {
         name: String,
         dry_run: bool,
@@ -272,18 +273,32 @@ impl Cluster for Memory {
         &self,
         kind: &Resolved,
         namespace: Option<&str>,
+        labels: Option<&str>,
         limit: u32,
         continue_token: Option<&str>,
     ) -> Result<Page, kube::Error> {
         let mut st = self.lock();
-        st.log.push(Request::List(kind.resource.plural.clone()));
+        st.log.push(Request::List(
+            kind.resource.plural.clone(),
+            labels.map(str::to_owned),
+        ));
         let skip: usize = continue_token.map_or(0, |t| t.parse().unwrap_or(0));
+        // `key=value,key=value`: every pair must match.
+        let matches = |obj: &Value| {
+            labels.is_none_or(|selector| {
+                selector.split(',').all(|pair| {
+                    pair.split_once('=')
+                        .is_some_and(|(k, v)| obj["metadata"]["labels"][k].as_str() == Some(v))
+                })
+            })
+        };
         let all: Vec<Value> = st
             .objects
             .iter()
-            .filter(|((plural, ns, _), _)| {
+            .filter(|((plural, ns, _), obj)| {
                 *plural == kind.resource.plural
                     && (namespace.is_none() || ns.as_deref() == namespace)
+                    && matches(obj)
             })
             .map(|(_, v)| v.clone())
             .collect();

@@ -202,7 +202,7 @@ impl<C: Cluster> Engine<C> {
             }
         }
         let (live, mut live_full) = self
-            .snapshot(wanted, opts.concurrency, |key| {
+            .snapshot(wanted, &opts.sync, opts.concurrency, |key| {
                 keep_values || compared.contains(key)
             })
             .await?;

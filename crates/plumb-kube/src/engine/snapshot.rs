@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::{StreamExt, TryStreamExt, stream};
-use plumb_core::ObjectKey;
+use plumb_core::{ObjectKey, SyncId};
 use serde_json::Value;
 
 use super::Engine;
@@ -25,9 +25,16 @@ impl<C: Cluster> Engine<C> {
     /// object): the [`summary`] of each (as compact JSON), and the whole object as compact JSON of those
     /// `keep_full` names. Each page is reduced as it arrives: no tree of every live object
     /// is held at once.
+    ///
+    /// Where a LIST pays, it first lists only what carries `owner`'s ownership labels: a Sync
+    /// that shares its namespace with others (or with anything else) reads its own objects,
+    /// not the whole namespace. What that does not find (new objects, objects to adopt or owned
+    /// by another Sync, objects whose labels were edited away) is read after it: by GETs when
+    /// few, else by a LIST of the whole namespace as before.
     pub(super) async fn snapshot(
         &self,
         wanted: Vec<(ObjectKey, Resolved)>,
+        owner: &SyncId,
         concurrency: usize,
         keep_full: impl Fn(&ObjectKey) -> bool + Sync,
     ) -> Result<(BTreeMap<ObjectKey, String>, BTreeMap<ObjectKey, String>)> {
@@ -55,15 +62,34 @@ impl<C: Cluster> Engine<C> {
             groups.entry(g).or_default().push((key, r));
         }
         let mut singles = Vec::new();
-        let mut lists = Vec::new();
+        let mut live: BTreeMap<ObjectKey, String> = BTreeMap::new();
+        let selector = owner.label_selector();
+        let mut whole = Vec::new();
         for (_, members) in groups {
-            if members.len() >= LIST_FROM {
-                lists.push(members);
-            } else {
+            if members.len() < LIST_FROM {
                 singles.extend(members);
+                continue;
+            }
+            // A selector the server refuses (a Sync name too long for a label value) leaves
+            // everything to the reads below.
+            let _ = self
+                .list_members(&members, Some(&selector), &mut live, &mut keep)
+                .await;
+            let missing: Vec<_> = members
+                .into_iter()
+                .filter(|(key, _)| !live.contains_key(key))
+                .collect();
+            if missing.len() >= LIST_FROM {
+                whole.push(missing);
+            } else {
+                singles.extend(missing);
             }
         }
-        let mut live: BTreeMap<ObjectKey, String> = stream::iter(singles)
+        for members in whole {
+            self.list_members(&members, None, &mut live, &mut keep)
+                .await?;
+        }
+        let got: Vec<(ObjectKey, Value)> = stream::iter(singles)
             .map(|(key, r)| async move {
                 let obj = self
                     .cluster
@@ -77,44 +103,52 @@ impl<C: Cluster> Engine<C> {
             })
             .buffer_unordered(concurrency.max(1) * 2)
             .try_filter_map(|x| async move { Ok(x) })
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .map(|(key, obj)| {
-                let summary = keep(&key, obj);
-                (key, summary)
-            })
-            .collect();
-        for members in lists {
-            let (first_key, r) = &members[0];
-            let namespace = first_key.namespace.as_deref().filter(|_| r.namespaced);
-            let by_name: BTreeMap<&str, &ObjectKey> =
-                members.iter().map(|(k, _)| (k.name.as_str(), k)).collect();
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .cluster
-                    .list(r, namespace, PAGE, token.as_deref())
-                    .await
-                    .map_err(|source| Error::Api {
-                        context: format!("listing {} in {:?}", r.resource.plural, namespace),
-                        source,
-                    })?;
-                for obj in page.items {
-                    if let Some(key) = obj["metadata"]["name"]
-                        .as_str()
-                        .and_then(|n| by_name.get(n))
-                    {
-                        let summary = keep(key, obj);
-                        live.insert((*key).clone(), summary);
-                    }
-                }
-                match page.continue_token {
-                    Some(t) => token = Some(t),
-                    None => break,
-                }
-            }
+            .try_collect()
+            .await?;
+        for (key, obj) in got {
+            let summary = keep(&key, obj);
+            live.insert(key, summary);
         }
         Ok((live, full))
+    }
+
+    /// Lists the kind and namespace of `members` (all of one group), only what matches the
+    /// label selector `labels` when given, and adds those of `members` it finds to `live`
+    /// (reduced by `keep`).
+    async fn list_members(
+        &self,
+        members: &[(ObjectKey, Resolved)],
+        labels: Option<&str>,
+        live: &mut BTreeMap<ObjectKey, String>,
+        keep: &mut impl FnMut(&ObjectKey, Value) -> String,
+    ) -> Result<()> {
+        let (first_key, r) = &members[0];
+        let namespace = first_key.namespace.as_deref().filter(|_| r.namespaced);
+        let by_name: BTreeMap<&str, &ObjectKey> =
+            members.iter().map(|(k, _)| (k.name.as_str(), k)).collect();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .cluster
+                .list(r, namespace, labels, PAGE, token.as_deref())
+                .await
+                .map_err(|source| Error::Api {
+                    context: format!("listing {} in {:?}", r.resource.plural, namespace),
+                    source,
+                })?;
+            for obj in page.items {
+                if let Some(key) = obj["metadata"]["name"]
+                    .as_str()
+                    .and_then(|n| by_name.get(n))
+                {
+                    let summary = keep(key, obj);
+                    live.insert((*key).clone(), summary);
+                }
+            }
+            match page.continue_token {
+                Some(t) => token = Some(t),
+                None => return Ok(()),
+            }
+        }
     }
 }

@@ -608,7 +608,7 @@ async fn a_health_wait_reads_no_object_and_sees_health_from_the_watch() {
     let log = engine.cluster().log();
     assert!(
         !log.iter()
-            .any(|r| matches!(r, Request::Get(_) | Request::List(_))),
+            .any(|r| matches!(r, Request::Get(_) | Request::List(..))),
         "no object is read on its own: {log:?}"
     );
     assert_eq!(
@@ -855,4 +855,77 @@ async fn a_shared_budget_bounds_the_objects_in_flight_across_syncs() {
         "at most 3 objects at once across both syncs: {peak}"
     );
     assert!(peak > 1, "the budget still lets objects overlap: {peak}");
+}
+
+/// ConfigMaps `<prefix>-0..n` in `ns`, owned by the Sync `ns/<owner>`.
+fn put_owned(engine: &Engine<Memory>, owner: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let mut m = cm(&format!("{prefix}-{i}"), "old");
+        mark_owned(&mut m, &SyncId::new("ns", owner));
+        engine.cluster().put("configmaps", m.object);
+    }
+}
+
+fn reads(log: &[Request]) -> Vec<String> {
+    log.iter()
+        .filter_map(|r| match r {
+            Request::List(plural, labels) => Some(format!("list {plural} {labels:?}")),
+            Request::Get(name) => Some(format!("get {name}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_sync_reads_its_own_objects_by_their_labels_and_its_namespace_only_when_it_must() {
+    let engine = engine();
+    // Another Sync's objects share the namespace.
+    put_owned(&engine, "other", "theirs", 30);
+    put_owned(&engine, "s", "mine", 6);
+    let inventory = Inventory::from_manifests(
+        &(0..6)
+            .map(|i| cm(&format!("mine-{i}"), "old"))
+            .collect::<Vec<_>>(),
+    );
+    let mut desired: Vec<Manifest> = (0..6).map(|i| cm(&format!("mine-{i}"), "new")).collect();
+    desired.push(cm("added", "new"));
+    let before = engine.cluster().log().len();
+    let report = sync(&engine, desired, &inventory, &opts())
+        .await
+        .expect("synced");
+    assert_eq!(
+        reads(&engine.cluster().log()[before..]),
+        [
+            format!(
+                "list configmaps {:?}",
+                Some(SyncId::new("ns", "s").label_selector())
+            ),
+            "get added".to_owned(),
+        ],
+        "its own objects by one selected LIST, the new one by a GET, never the namespace"
+    );
+    let counts = report.changes.counts();
+    assert_eq!((counts.created, counts.configured), (1, 6), "{counts:?}");
+
+    // Many objects it does not own yet: the namespace is listed after its own, and one owned
+    // by the other Sync among them is still seen (a conflict, nothing written).
+    let mut desired: Vec<Manifest> = (0..6).map(|i| cm(&format!("fresh-{i}"), "v")).collect();
+    desired.push(cm("theirs-3", "mine now"));
+    let before = engine.cluster().log().len();
+    let err = sync(&engine, desired, &Inventory::default(), &opts())
+        .await
+        .expect_err("a conflict");
+    assert!(err.to_string().contains("theirs-3"), "{err}");
+    let log = engine.cluster().log()[before..].to_vec();
+    assert_eq!(
+        reads(&log),
+        [
+            format!(
+                "list configmaps {:?}",
+                Some(SyncId::new("ns", "s").label_selector())
+            ),
+            "list configmaps None".to_owned(),
+        ]
+    );
+    assert!(writes(&log).is_empty(), "{log:?}");
 }
