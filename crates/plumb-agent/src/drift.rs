@@ -18,7 +18,7 @@ mod watches;
 
 use watches::signature_of;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +140,13 @@ impl ApplyPhase {
         self.ticket
     }
 
+    /// The engine's progress reporter for these writes: it tells the drift watch which objects
+    /// the writes leave alone ([`Registry::exempt`]), so that a change to one of them is healed
+    /// at once rather than after the writes.
+    pub fn progress(&self) -> PhaseProgress<'_> {
+        PhaseProgress { phase: self }
+    }
+
     /// The writes are over: changes seen meanwhile are checked now.
     pub fn end(mut self) {
         self.finish();
@@ -153,6 +160,29 @@ impl ApplyPhase {
         for key in deferred {
             self.tracker.clone().check(key);
         }
+    }
+}
+
+/// See [`ApplyPhase::progress`].
+pub struct PhaseProgress<'a> {
+    phase: &'a ApplyPhase,
+}
+
+impl plumb_kube::Progress for PhaseProgress<'_> {
+    fn planned(&self, vouched: &BTreeSet<ObjectKey>) {
+        let phase = self.phase;
+        let now = phase
+            .tracker
+            .lock()
+            .registry
+            .exempt(&phase.sync, vouched.clone());
+        for key in now {
+            phase.tracker.clone().check(key);
+        }
+    }
+
+    fn reports_waiting(&self) -> bool {
+        false
     }
 }
 

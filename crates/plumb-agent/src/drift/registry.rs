@@ -7,7 +7,9 @@
 //!   failed apply moves only the objects it wrote.
 //! - While a Sync is writing ([`Registry::begin_apply`] .. [`Registry::end_apply`]) a change
 //!   to one of its objects is not checked (the writes may have read the object before the
-//!   change) but deferred, and checked when the writes end; health waits come after.
+//!   change) but deferred, and checked when the writes end; health waits come after. The
+//!   exception: objects the writes leave alone because their registered manifest is what the
+//!   new revision wants ([`Registry::exempt`]) are checked at once, as at rest.
 //! - A change to an object no Sync has registered (any more) means nothing: an unregistered
 //!   (deleted, suspended) Sync's objects are never healed.
 //! - At most one check per object runs at a time; a change during a check runs it again.
@@ -177,6 +179,8 @@ pub struct Registry<O, S> {
     writing: HashMap<SyncKey, usize>,
     /// Objects that changed while their Sync was writing.
     deferred: HashMap<SyncKey, BTreeSet<ObjectKey>>,
+    /// Per writing Sync, the objects its writes leave alone ([`Registry::exempt`]).
+    exempt: HashMap<SyncKey, BTreeSet<ObjectKey>>,
     next_ticket: u64,
 }
 
@@ -191,6 +195,7 @@ impl<O, S> Default for Registry<O, S> {
             running: HashMap::new(),
             writing: HashMap::new(),
             deferred: HashMap::new(),
+            exempt: HashMap::new(),
             next_ticket: 0,
         }
     }
@@ -207,7 +212,41 @@ impl<O: Clone, S: Clone> Registry<O, S> {
     /// deferred. Returns the apply's ticket.
     pub fn begin_apply(&mut self, sync: &SyncKey) -> Ticket {
         *self.writing.entry(sync.clone()).or_insert(0) += 1;
+        // Another apply's exemptions say nothing of what this one writes.
+        self.exempt.remove(sync);
         self.ticket()
+    }
+
+    /// The writes of `sync` leave `keys` alone: each is registered with the manifest the
+    /// revision being written wants, and the live object was that when the writes planned.
+    /// Until the writes end a change to one of them is checked at once (towards its
+    /// registered manifest, which is also the new revision's) instead of waiting for the
+    /// writes. Only for a Sync with exactly one apply writing; objects registered differently
+    /// are not exempt. Returns the exempt objects whose changes were deferred so far: check
+    /// them now.
+    pub fn exempt(&mut self, sync: &SyncKey, keys: BTreeSet<ObjectKey>) -> Vec<ObjectKey> {
+        if self.writing.get(sync) != Some(&1) {
+            return Vec::new();
+        }
+        let Some(entry) = self.syncs.get(sync) else {
+            return Vec::new();
+        };
+        let keys: BTreeSet<ObjectKey> = keys
+            .into_iter()
+            .filter(|k| entry.objects.contains_key(k) && self.owners.get(k) == Some(sync))
+            .collect();
+        let mut now = Vec::new();
+        if let Some(deferred) = self.deferred.get_mut(sync) {
+            deferred.retain(|key| {
+                let exempt = keys.contains(key);
+                if exempt {
+                    now.push(key.clone());
+                }
+                !exempt
+            });
+        }
+        self.exempt.insert(sync.clone(), keys);
+        now
     }
 
     /// `sync`'s writes are over. Returns the objects that changed meanwhile: check them now,
@@ -221,6 +260,7 @@ impl<O: Clone, S: Clone> Registry<O, S> {
             return Vec::new();
         }
         self.writing.remove(sync);
+        self.exempt.remove(sync);
         self.deferred
             .remove(sync)
             .unwrap_or_default()
@@ -330,6 +370,7 @@ impl<O: Clone, S: Clone> Registry<O, S> {
         self.owners.retain(|_, owner| owner != sync);
         self.drifted.remove(sync);
         self.deferred.remove(sync);
+        self.exempt.remove(sync);
         self.syncs.remove(sync).is_some()
     }
 
@@ -378,7 +419,12 @@ impl<O: Clone, S: Clone> Registry<O, S> {
         let Some(sync) = self.owners.get(key).cloned() else {
             return Target::Unowned;
         };
-        if self.writing.contains_key(&sync) {
+        if self.writing.contains_key(&sync)
+            && !self
+                .exempt
+                .get(&sync)
+                .is_some_and(|keys| keys.contains(key))
+        {
             self.deferred.entry(sync).or_default().insert(key.clone());
             return Target::Deferred;
         }

@@ -75,7 +75,8 @@ pub(super) async fn apply(
     ctx.write_status::<Sync>(ns, name, st).await?;
 
     // The writes begin: from here the drift watch defers changes to the Sync's objects (and
-    // first waits for corrections under way, which must not land after these writes).
+    // first waits for corrections under way, which must not land after these writes), but
+    // for those the plan leaves alone (see `ApplyPhase::progress`).
     let phase = ctx.drift.begin_apply(&skey).await;
     let (engine, inventory, mut opts) = engine_for(sync, ctx, ns, name, st)?;
     // Waves wait for health, hooks for completion, within the Sync's timeout; Helm's upgrade
@@ -94,18 +95,22 @@ pub(super) async fn apply(
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     opts.cancel = Some(cancelled);
     let writes_started = Instant::now();
-    let run = engine.sync(desired, &inventory, &opts, &NoProgress);
-    tokio::pin!(run);
-    let mut superseded = None;
-    let mut report = tokio::select! {
-        biased;
-        report = &mut run => report,
-        why = ctx.supersede.superseded(&applying) => {
-            superseded = Some(why);
-            let _ = cancel.send(true);
-            run.await
+    // The engine tells the drift watch which objects these writes leave alone: a change to
+    // one of those is healed at once, as at rest.
+    let (superseded, report) = {
+        let progress = phase.progress();
+        let run = engine.sync(desired, &inventory, &opts, &progress);
+        tokio::pin!(run);
+        tokio::select! {
+            biased;
+            report = &mut run => (None, report),
+            why = ctx.supersede.superseded(&applying) => {
+                let _ = cancel.send(true);
+                (Some(why), run.await)
+            }
         }
-    }?;
+    };
+    let mut report = report?;
     st.inventory = status::inventory_items(&report.inventory);
     st.pending_hooks = report.hooks.iter().map(hook_line).collect();
     let counts = report.changes.counts();

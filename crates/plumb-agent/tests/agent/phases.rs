@@ -270,3 +270,62 @@ spec:
     w.stop().await;
     Ok(())
 }
+
+/// While a revision's writes wait inside the apply (a PreSync hook that never completes), a
+/// hand edit of an object the revision leaves as it is (its manifest unchanged) is healed at
+/// once, not when the writes end.
+#[tokio::test]
+async fn during_a_long_apply_an_object_it_leaves_alone_is_healed_at_once() -> Result<()> {
+    let w = World::new("exempt").await?;
+    let first = w.commit(
+        &[("app/cm.yaml", &configmap("settings", "v1"))],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    w.create_sync_spec(
+        "app",
+        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
+                "timeout": "10m" }),
+    )
+    .await?;
+    w.wait_applied("app", &first).await?;
+
+    // The next revision adds a PreSync Job no node takes: its writes wait for it.
+    let stuck = "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: stuck
+  annotations:
+    argocd.argoproj.io/hook: PreSync
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {plumb.dev/no-such-node: \"true\"}
+      containers: [{name: c, image: busybox:1.36}]
+";
+    w.commit(&[("app/stuck.yaml", stuck)], w.signing())?;
+    w.poke_source().await?;
+    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
+    eventually("the stuck hook to be created", PHASED, || {
+        let jobs = jobs.clone();
+        async move { Ok(jobs.get_opt("stuck").await?) }
+    })
+    .await?;
+
+    w.edit_by_hand("settings", "edited by hand").await?;
+    w.wait_value("settings", "v1").await?;
+    // Still inside that apply: the revision is not applied, the hook still waits.
+    let sync = w.syncs().get("app").await?;
+    let st = sync.status.expect("a status");
+    assert!(
+        st.last_applied_revision
+            .as_deref()
+            .is_some_and(|r| r.ends_with(&first)),
+        "{st:#?}"
+    );
+    assert!(jobs.get_opt("stuck").await?.is_some());
+    w.stop().await;
+    Ok(())
+}

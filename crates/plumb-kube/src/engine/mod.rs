@@ -21,7 +21,7 @@ mod phases_tests;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -180,6 +180,10 @@ pub trait Progress: Sync {
     fn reports_waiting(&self) -> bool {
         true
     }
+    /// The plan is made: `vouched` are the planned objects the sync will neither validate nor
+    /// write, known to be live exactly as planned ([`SyncOptions::vouched`]). Called once per
+    /// sync (not a dry run), before any validation or write.
+    fn planned(&self, _vouched: &BTreeSet<ObjectKey>) {}
 }
 
 /// No progress reporting.
@@ -365,7 +369,9 @@ impl<C: Cluster> Engine<C> {
         } else {
             desired
         };
-        let mut prep = self.prepare(desired, inventory, opts, false).await?;
+        let mut prep = self
+            .prepare(desired, inventory, opts, false, progress)
+            .await?;
         let hook_count: usize = prep.plan.sync_steps().map(|s| s.hooks.len()).sum();
         progress.start(prep.plan.apply_len() + prep.plan.prune.len() + hook_count);
         let mut changes = ChangeSet::new();
@@ -454,7 +460,9 @@ impl<C: Cluster> Engine<C> {
         inventory: &Inventory,
         opts: &SyncOptions,
     ) -> Result<Vec<ObjectDiff>> {
-        let prep = self.prepare(desired, inventory, opts, true).await?;
+        let prep = self
+            .prepare(desired, inventory, opts, true, &NoProgress)
+            .await?;
         let mut diffs = Vec::new();
         for m in prep.plan.manifests() {
             let key = m.key();

@@ -7,7 +7,7 @@ use futures::{StreamExt, stream};
 use plumb_core::{Action, Inventory, Manifest, ObjectKey, PlanOptions};
 use serde_json::Value;
 
-use super::{Engine, SyncOptions};
+use super::{Engine, Progress, SyncOptions};
 use crate::cluster::{Cluster, FIELD_MANAGER};
 use crate::discovery::{Resolved, Resolver};
 use crate::error::{Error, ObjectError, Result};
@@ -144,6 +144,7 @@ impl<C: Cluster> Engine<C> {
         inventory: &Inventory,
         opts: &SyncOptions,
         keep_values: bool,
+        progress: &dyn Progress,
     ) -> Result<Prepared> {
         let resolver = self.resolver_for(&desired).await?;
 
@@ -256,6 +257,9 @@ impl<C: Cluster> Engine<C> {
             .collect();
         if !keep_values {
             live_full.retain(|key, _| !vouched.contains(key));
+        }
+        if !opts.dry_run {
+            progress.planned(&vouched);
         }
 
         // Validate everything the server can validate now. Objects in a Namespace this sync

@@ -439,3 +439,73 @@ fn the_managers_digest_compares_sets_of_managers_and_times() {
     assert_ne!(digest(&[("plumb", "t1")]), both);
     assert_ne!(digest(&[]), digest(&[("plumb", "t1")]));
 }
+
+#[test]
+fn during_the_writes_a_change_to_an_object_they_leave_alone_is_checked_at_once() {
+    let mut reg = Reg::default();
+    let s = sync("s");
+    let (same, rolled, other) = (cm("same"), cm("rolled"), cm("other"));
+    apply(
+        &mut reg,
+        &s,
+        "r1",
+        complete("d1"),
+        &[(&same, "same@r1"), (&rolled, "rolled@r1")],
+    );
+    apply(
+        &mut reg,
+        &sync("t"),
+        "r1",
+        complete("t1"),
+        &[(&other, "other@r1")],
+    );
+    let ticket = reg.begin_apply(&s);
+    // Before the plan, every change waits for the writes.
+    assert_eq!(reg.target(&same), Target::Deferred);
+    // The plan leaves `same` alone (and names an object of another Sync, which stays its).
+    let now = reg.exempt(&s, [same.clone(), other.clone()].into_iter().collect());
+    assert_eq!(
+        now,
+        [same.clone()],
+        "the change deferred before the plan, checked now"
+    );
+    assert_eq!(check_of(&mut reg, &same), Some(("r1".into(), "same@r1")));
+    assert_eq!(
+        reg.target(&rolled),
+        Target::Deferred,
+        "being written: deferred"
+    );
+    reg.register(
+        registration(
+            &s,
+            ticket,
+            "r2",
+            complete("d2"),
+            &[(&same, "same@r2"), (&rolled, "rolled@r2")],
+        ),
+        BTreeMap::new(),
+    );
+    assert_eq!(check_of(&mut reg, &same), Some(("r2".into(), "same@r2")));
+    assert_eq!(reg.end_apply(&s), [rolled.clone()]);
+    // The next apply starts with no exemption.
+    reg.begin_apply(&s);
+    assert_eq!(reg.target(&same), Target::Deferred);
+    reg.end_apply(&s);
+}
+
+#[test]
+fn no_exemption_while_two_applies_of_a_sync_write() {
+    let mut reg = Reg::default();
+    let s = sync("s");
+    let same = cm("same");
+    apply(&mut reg, &s, "r1", complete("d1"), &[(&same, "same@r1")]);
+    reg.begin_apply(&s);
+    reg.begin_apply(&s);
+    assert!(
+        reg.exempt(&s, [same.clone()].into_iter().collect())
+            .is_empty()
+    );
+    assert_eq!(reg.target(&same), Target::Deferred);
+    reg.end_apply(&s);
+    assert_eq!(reg.end_apply(&s), [same]);
+}
