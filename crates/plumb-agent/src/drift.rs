@@ -142,9 +142,17 @@ impl ApplyPhase {
 
     /// The engine's progress reporter for these writes: it tells the drift watch which objects
     /// the writes leave alone ([`Registry::exempt`]), so that a change to one of them is healed
-    /// at once rather than after the writes.
-    pub fn progress(&self) -> PhaseProgress<'_> {
-        PhaseProgress { phase: self }
+    /// at once rather than after the writes, in `mode`, taking over fields with `force`, as
+    /// `client`: what the writes use.
+    pub fn progress(&self, mode: DriftMode, force: bool, client: Client) -> PhaseProgress<'_> {
+        PhaseProgress {
+            phase: self,
+            checker: Checker {
+                mode,
+                force,
+                client,
+            },
+        }
     }
 
     /// The writes are over: changes seen meanwhile are checked now.
@@ -166,16 +174,17 @@ impl ApplyPhase {
 /// See [`ApplyPhase::progress`].
 pub struct PhaseProgress<'a> {
     phase: &'a ApplyPhase,
+    checker: Checker,
 }
 
 impl plumb_kube::Progress for PhaseProgress<'_> {
     fn planned(&self, vouched: &BTreeSet<ObjectKey>) {
         let phase = self.phase;
-        let now = phase
-            .tracker
-            .lock()
-            .registry
-            .exempt(&phase.sync, vouched.clone());
+        let now = phase.tracker.lock().registry.exempt(
+            &phase.sync,
+            vouched.clone(),
+            self.checker.clone(),
+        );
         for key in now {
             phase.tracker.clone().check(key);
         }

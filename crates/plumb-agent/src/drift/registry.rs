@@ -221,16 +221,23 @@ impl<O: Clone, S: Clone> Registry<O, S> {
     /// revision being written wants, and the live object was that when the writes planned.
     /// Until the writes end a change to one of them is checked at once (towards its
     /// registered manifest, which is also the new revision's) instead of waiting for the
-    /// writes. Only for a Sync with exactly one apply writing; objects registered differently
-    /// are not exempt. Returns the exempt objects whose changes were deferred so far: check
-    /// them now.
-    pub fn exempt(&mut self, sync: &SyncKey, keys: BTreeSet<ObjectKey>) -> Vec<ObjectKey> {
+    /// writes, with `shared`, what the writes themselves use (the Sync's spec may have changed
+    /// since it was registered: its mode, its identity). Only for a Sync with exactly one apply
+    /// writing; objects registered differently are not exempt. Returns the exempt objects whose
+    /// changes were deferred so far: check them now.
+    pub fn exempt(
+        &mut self,
+        sync: &SyncKey,
+        keys: BTreeSet<ObjectKey>,
+        shared: S,
+    ) -> Vec<ObjectKey> {
         if self.writing.get(sync) != Some(&1) {
             return Vec::new();
         }
-        let Some(entry) = self.syncs.get(sync) else {
+        let Some(entry) = self.syncs.get_mut(sync) else {
             return Vec::new();
         };
+        entry.shared = shared;
         let keys: BTreeSet<ObjectKey> = keys
             .into_iter()
             .filter(|k| entry.objects.contains_key(k) && self.owners.get(k) == Some(sync))

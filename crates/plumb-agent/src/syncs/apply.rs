@@ -98,7 +98,7 @@ pub(super) async fn apply(
     // The engine tells the drift watch which objects these writes leave alone: a change to
     // one of those is healed at once, as at rest.
     let (superseded, report) = {
-        let progress = phase.progress();
+        let progress = phase.progress(sync.spec.drift, sync.spec.force, engine.client().clone());
         let run = engine.sync(desired, &inventory, &opts, &progress);
         tokio::pin!(run);
         tokio::select! {
