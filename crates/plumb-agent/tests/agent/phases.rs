@@ -11,6 +11,22 @@ use super::*;
 /// control plane that takes longer than a plain apply (a bound, not a measurement).
 const PHASED: Duration = Duration::from_secs(240);
 
+/// A PreSync hook Job no node takes: it runs until the Sync's timeout.
+const STUCK_PRESYNC_JOB: &str = "apiVersion: batch/v1
+kind: Job
+metadata:
+  name: stuck
+  annotations:
+    argocd.argoproj.io/hook: PreSync
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      nodeSelector: {plumb.dev/no-such-node: \"true\"}
+      containers: [{name: c, image: busybox:1.36}]
+";
+
 fn example(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/hooks")
@@ -219,20 +235,7 @@ spec:
 async fn a_new_revision_cancels_a_running_hook_wait() -> Result<()> {
     let w = World::new("hookcancel").await?;
     // A PreSync Job no node takes: it runs until the Sync's ten-minute timeout.
-    let stuck = "apiVersion: batch/v1
-kind: Job
-metadata:
-  name: stuck
-  annotations:
-    argocd.argoproj.io/hook: PreSync
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
-      nodeSelector: {plumb.dev/no-such-node: \"true\"}
-      containers: [{name: c, image: busybox:1.36}]
-";
+    let stuck = STUCK_PRESYNC_JOB;
     w.commit(
         &[
             ("app/stuck.yaml", stuck),
@@ -291,20 +294,7 @@ async fn during_a_long_apply_an_object_it_leaves_alone_is_healed_at_once() -> Re
     w.wait_applied("app", &first).await?;
 
     // The next revision adds a PreSync Job no node takes: its writes wait for it.
-    let stuck = "apiVersion: batch/v1
-kind: Job
-metadata:
-  name: stuck
-  annotations:
-    argocd.argoproj.io/hook: PreSync
-spec:
-  backoffLimit: 0
-  template:
-    spec:
-      restartPolicy: Never
-      nodeSelector: {plumb.dev/no-such-node: \"true\"}
-      containers: [{name: c, image: busybox:1.36}]
-";
+    let stuck = STUCK_PRESYNC_JOB;
     w.commit(&[("app/stuck.yaml", stuck)], w.signing())?;
     w.poke_source().await?;
     let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
