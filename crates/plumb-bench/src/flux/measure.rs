@@ -30,7 +30,7 @@ pub struct Measured {
     pub cold_own_requests: f64,
     pub peak_rss: f64,
     pub reconcile: f64,
-    pub rest_per_minute: f64,
+    pub rest_per_minute: Option<f64>,
     pub edits: Vec<f64>,
     pub commits: Vec<f64>,
 }

@@ -133,7 +133,7 @@ pub fn report(args: &FluxArgs, sizes: &[Size]) -> String {
             &mut out,
             "API requests per minute at rest (the system's own)",
             size,
-            |m| Some(m.rest_per_minute),
+            |m| m.rest_per_minute,
             count,
         );
         row(
@@ -267,7 +267,7 @@ mod tests {
             cold_own_requests: 1000.0,
             peak_rss: rss,
             reconcile: 1.0,
-            rest_per_minute: 20.0,
+            rest_per_minute: Some(20.0),
             edits: vec![0.2, 0.1, 0.3],
             commits: vec![1.0],
         }
@@ -295,6 +295,10 @@ mod tests {
         );
         assert!(out.contains("| 192,793 | 192,793 | 1.0x |"), "{out}");
         assert!(out.contains("Plumb writes at 50% of it"), "{out}");
+        assert!(
+            out.contains("| API requests per minute at rest (the system's own) | 20 | 20 | 1.0x |"),
+            "{out}"
+        );
         assert!(
             out.contains("| manual edit undone (median of 5) | 0.20 s | 0.20 s |"),
             "{out}"
@@ -357,5 +361,27 @@ mod tests {
         );
         assert_eq!(thousands(1_234_567), "1,234,567");
         assert_eq!(thousands(12), "12");
+    }
+
+    #[test]
+    fn an_at_rest_row_not_measured_shows_as_such() {
+        let unmeasured = |ready| Measured {
+            rest_per_minute: None,
+            ..measured(ready, 1.0, 1.0)
+        };
+        let size = Size {
+            apps: 1000,
+            objects: 4000,
+            results: vec![
+                (System::Flux, unmeasured(2.0)),
+                (System::Plumb, unmeasured(1.0)),
+            ],
+            ceiling: None,
+        };
+        let out = report(&args(), &[size]);
+        assert!(
+            out.contains("| API requests per minute at rest (the system's own) | – | – | – |"),
+            "{out}"
+        );
     }
 }
