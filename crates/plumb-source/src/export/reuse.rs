@@ -63,13 +63,7 @@ impl Prior {
 
     /// The handle of the earlier export's directory `dirs`, if it has one.
     fn dir(&mut self, dirs: &[&str]) -> Option<&OwnedFd> {
-        let common = self
-            .open
-            .iter()
-            .zip(dirs)
-            .take_while(|((open, _), want)| open == *want)
-            .count();
-        self.open.truncate(common);
+        let common = super::writer::keep_common(&mut self.open, dirs);
         for dir in &dirs[common..] {
             let parent = match self.open.last() {
                 Some((_, fd)) => fd.as_ref(),

@@ -34,6 +34,18 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
     .union(OFlags::CLOEXEC);
 
+/// Closes the handles of `open` (the directories of the previous path, outermost first) that
+/// are not on the path `dirs`; returns how many are.
+pub(super) fn keep_common<T>(open: &mut Vec<(String, T)>, dirs: &[&str]) -> usize {
+    let common = open
+        .iter()
+        .zip(dirs)
+        .take_while(|((open, _), want)| open == *want)
+        .count();
+    open.truncate(common);
+    common
+}
+
 impl Writer {
     pub(super) fn open(dest: &Path, prior: Option<Prior>) -> Result<Self> {
         let shown = dest.display().to_string();
@@ -68,13 +80,7 @@ impl Writer {
 
     /// The handle of directory `dirs` (components below the root), creating what is missing.
     fn dir(&mut self, dirs: &[&str]) -> Result<()> {
-        let common = self
-            .open
-            .iter()
-            .zip(dirs)
-            .take_while(|((open, _), want)| open == *want)
-            .count();
-        self.open.truncate(common);
+        let common = keep_common(&mut self.open, dirs);
         for i in common..dirs.len() {
             let rel = dirs[..=i].join("/");
             if !self.created.insert(rel.clone()) {
