@@ -180,11 +180,11 @@ pub struct PhaseProgress<'a> {
 impl plumb_kube::Progress for PhaseProgress<'_> {
     fn planned(&self, vouched: &BTreeSet<ObjectKey>) {
         let phase = self.phase;
-        let now = phase.tracker.lock().registry.exempt(
-            &phase.sync,
-            vouched.clone(),
-            self.checker.clone(),
-        );
+        let now = phase
+            .tracker
+            .lock()
+            .registry
+            .exempt(&phase.sync, vouched, self.checker.clone());
         for key in now {
             phase.tracker.clone().check(key);
         }

@@ -147,10 +147,8 @@ async fn fetch(gs: &GitSource, ctx: &Context, ns: &str, name: &str) -> Result<So
     let git_ref = request.git_ref.clone();
     // The current artifact's unchanged files are linked into the new export, not written
     // again; its handle keeps its directory in place until the export is done.
-    let reused = ctx.artifacts.reuse(ns, name).map(|(held, reuse)| {
-        request.reuse = Some(reuse);
-        held
-    });
+    let (reused, reuse) = ctx.artifacts.reuse(ns, name).unzip();
+    request.reuse = reuse;
     // A staging directory of this operation's own; stored atomically, or removed on drop.
     let staging = ctx.artifacts.staging(ns, name)?;
     let artifact = ctx.fetcher.fetch(&request, &staging.path()).await?;

@@ -228,7 +228,7 @@ impl<O: Clone, S: Clone> Registry<O, S> {
     pub fn exempt(
         &mut self,
         sync: &SyncKey,
-        keys: BTreeSet<ObjectKey>,
+        keys: &BTreeSet<ObjectKey>,
         shared: S,
     ) -> Vec<ObjectKey> {
         if self.writing.get(sync) != Some(&1) {
@@ -239,8 +239,9 @@ impl<O: Clone, S: Clone> Registry<O, S> {
         };
         entry.shared = shared;
         let keys: BTreeSet<ObjectKey> = keys
-            .into_iter()
-            .filter(|k| entry.objects.contains_key(k) && self.owners.get(k) == Some(sync))
+            .iter()
+            .filter(|k| entry.objects.contains_key(*k) && self.owners.get(*k) == Some(sync))
+            .cloned()
             .collect();
         let mut now = Vec::new();
         if let Some(deferred) = self.deferred.get_mut(sync) {

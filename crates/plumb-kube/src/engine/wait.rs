@@ -111,34 +111,28 @@ impl<C: Cluster> Engine<C> {
         let mut groups = groups;
         let ready =
             |v: &HealthVerdict| matches!(v.status, HealthStatus::Healthy | HealthStatus::Suspended);
-        let result = |verdicts: &[HealthVerdict]| -> Vec<(ObjectKey, HealthVerdict)> {
-            objects
-                .iter()
-                .zip(verdicts)
-                .map(|(m, v)| (m.key(), v.clone()))
-                .collect()
-        };
-        // The keys and verdicts of the objects not healthy yet: built only to report them
-        // (each event would otherwise cost a key per awaited object, quadratic in a Sync's
-        // size).
-        let pending_of = |verdicts: &[HealthVerdict]| -> Vec<(ObjectKey, HealthVerdict)> {
-            objects
-                .iter()
-                .zip(verdicts)
-                .filter(|(_, v)| !ready(v))
-                .map(|(m, v)| (m.key(), v.clone()))
-                .collect()
-        };
+        // The keys and verdicts of every object, or of those not healthy yet (`pending`): the
+        // latter built only to report them (each event would otherwise cost a key per awaited
+        // object, quadratic in a Sync's size).
+        let keyed =
+            |verdicts: &[HealthVerdict], pending: bool| -> Vec<(ObjectKey, HealthVerdict)> {
+                objects
+                    .iter()
+                    .zip(verdicts)
+                    .filter(|(_, v)| !pending || !ready(v))
+                    .map(|(m, v)| (m.key(), v.clone()))
+                    .collect()
+            };
         let reports = progress.reports_waiting();
         loop {
             let done = verdicts.iter().all(ready);
             // Until every watch has listed once, an object not seen yet is unknown, not
             // missing: report nothing rather than blame objects that exist.
             if reports && (done || groups.iter().all(|g| g.listed)) {
-                progress.waiting(&pending_of(&verdicts), objects.len());
+                progress.waiting(&keyed(&verdicts, true), objects.len());
             }
             if done {
-                return Ok(result(&verdicts));
+                return Ok(keyed(&verdicts, false));
             }
             let next = match tokio::time::timeout_at(deadline, events.next()).await {
                 Ok(Some(event)) => Some(event),
@@ -151,14 +145,14 @@ impl<C: Cluster> Engine<C> {
                 Err(_) => None,
             };
             let Some(first) = next else {
-                let unhealthy = pending_of(&verdicts)
+                let unhealthy = keyed(&verdicts, true)
                     .iter()
                     .map(|(k, v)| format!("  {k}: {} ({})", v.status, v.reason))
                     .collect();
                 return Err(Error::Unhealthy {
                     seconds: timeout.as_secs(),
                     unhealthy,
-                    verdicts: result(&verdicts),
+                    verdicts: keyed(&verdicts, false),
                 });
             };
             // Everything that has arrived, then one report.

@@ -61,22 +61,24 @@ impl Prior {
             .is_ok_and(|i| entries[i].mode == kind.mode() && entries[i].id == *id)
     }
 
-    /// The handle of the earlier export's directory `dirs`, if it has one.
-    fn dir(&mut self, dirs: &[&str]) -> Option<&OwnedFd> {
-        let common = super::writer::keep_common(&mut self.open, dirs);
-        for dir in &dirs[common..] {
-            let parent = match self.open.last() {
-                Some((_, fd)) => fd.as_ref(),
-                None => self.root.as_ref(),
-            };
-            let fd =
-                parent.and_then(|p| rustix::fs::openat(p, *dir, DIR_FLAGS, Mode::empty()).ok());
-            self.open.push(((*dir).to_owned(), fd));
-        }
+    /// The handle of the innermost open directory (the root when none is), if it exists.
+    fn current(&self) -> Option<&OwnedFd> {
         match self.open.last() {
             Some((_, fd)) => fd.as_ref(),
             None => self.root.as_ref(),
         }
+    }
+
+    /// The handle of the earlier export's directory `dirs`, if it has one.
+    fn dir(&mut self, dirs: &[&str]) -> Option<&OwnedFd> {
+        let common = super::writer::keep_common(&mut self.open, dirs);
+        for dir in &dirs[common..] {
+            let fd = self
+                .current()
+                .and_then(|p| rustix::fs::openat(p, *dir, DIR_FLAGS, Mode::empty()).ok());
+            self.open.push(((*dir).to_owned(), fd));
+        }
+        self.current()
     }
 
     /// Links the earlier export's copy of `entry` (directories `dirs`, file `name`) into

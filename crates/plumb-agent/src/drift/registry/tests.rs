@@ -463,7 +463,7 @@ fn during_the_writes_a_change_to_an_object_they_leave_alone_is_checked_at_once()
     // Before the plan, every change waits for the writes.
     assert_eq!(reg.target(&same), Target::Deferred);
     // The plan leaves `same` alone (and names an object of another Sync, which stays its).
-    let now = reg.exempt(&s, [same.clone(), other.clone()].into_iter().collect(), ());
+    let now = reg.exempt(&s, &[same.clone(), other.clone()].into_iter().collect(), ());
     assert_eq!(
         now,
         std::slice::from_ref(&same),
@@ -502,7 +502,7 @@ fn no_exemption_while_two_applies_of_a_sync_write() {
     reg.begin_apply(&s);
     reg.begin_apply(&s);
     assert!(
-        reg.exempt(&s, [same.clone()].into_iter().collect(), ())
+        reg.exempt(&s, &[same.clone()].into_iter().collect(), ())
             .is_empty()
     );
     assert_eq!(reg.target(&same), Target::Deferred);
@@ -531,7 +531,7 @@ fn an_exempt_object_is_checked_with_what_the_writes_use_not_what_was_registered(
     reg.begin_apply(&s);
     reg.exempt(
         &s,
-        [same.clone()].into_iter().collect(),
+        &[same.clone()].into_iter().collect(),
         "detect, as the new one",
     );
     match reg.target(&same) {
