@@ -231,31 +231,41 @@ spec:
     Ok(())
 }
 
-#[tokio::test]
-async fn a_new_revision_cancels_a_running_hook_wait() -> Result<()> {
-    let w = World::new("hookcancel").await?;
-    // A PreSync Job no node takes: it runs until the Sync's ten-minute timeout.
-    let stuck = STUCK_PRESYNC_JOB;
-    w.commit(
-        &[
-            ("app/stuck.yaml", stuck),
-            ("app/cm.yaml", &configmap("settings", "1")),
-        ],
-        w.signing(),
-    )?;
-    w.create_source("range").await?;
+/// The Sync `app` of the repository's `app` directory, with a timeout of ten minutes.
+async fn create_sync_with_ten_minutes(w: &World) -> Result<()> {
     w.create_sync_spec(
         "app",
         json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
                 "timeout": "10m" }),
     )
-    .await?;
+    .await
+}
+
+/// Waits until the Job of [`STUCK_PRESYNC_JOB`] exists; returns the Jobs of the namespace.
+async fn stuck_hook_created(w: &World) -> Result<Api<Job>> {
     let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
     eventually("the stuck hook to be created", PHASED, || {
         let jobs = jobs.clone();
         async move { Ok(jobs.get_opt("stuck").await?) }
     })
     .await?;
+    Ok(jobs)
+}
+
+#[tokio::test]
+async fn a_new_revision_cancels_a_running_hook_wait() -> Result<()> {
+    let w = World::new("hookcancel").await?;
+    // A PreSync Job no node takes: it runs until the Sync's ten-minute timeout.
+    w.commit(
+        &[
+            ("app/stuck.yaml", STUCK_PRESYNC_JOB),
+            ("app/cm.yaml", &configmap("settings", "1")),
+        ],
+        w.signing(),
+    )?;
+    w.create_source("range").await?;
+    create_sync_with_ten_minutes(&w).await?;
+    stuck_hook_created(&w).await?;
 
     // The fix, pushed while the hook runs: applied long before the ten minutes.
     w.wt().remove("app/stuck.yaml")?;
@@ -285,24 +295,13 @@ async fn during_a_long_apply_an_object_it_leaves_alone_is_healed_at_once() -> Re
         w.signing(),
     )?;
     w.create_source("range").await?;
-    w.create_sync_spec(
-        "app",
-        json!({ "sourceRef": { "name": "repo" }, "path": "app", "interval": "1h",
-                "timeout": "10m" }),
-    )
-    .await?;
+    create_sync_with_ten_minutes(&w).await?;
     w.wait_applied("app", &first).await?;
 
     // The next revision adds a PreSync Job no node takes: its writes wait for it.
-    let stuck = STUCK_PRESYNC_JOB;
-    w.commit(&[("app/stuck.yaml", stuck)], w.signing())?;
+    w.commit(&[("app/stuck.yaml", STUCK_PRESYNC_JOB)], w.signing())?;
     w.poke_source().await?;
-    let jobs: Api<Job> = Api::namespaced(w.client().clone(), w.ns());
-    eventually("the stuck hook to be created", PHASED, || {
-        let jobs = jobs.clone();
-        async move { Ok(jobs.get_opt("stuck").await?) }
-    })
-    .await?;
+    let jobs = stuck_hook_created(&w).await?;
 
     w.edit_by_hand("settings", "edited by hand").await?;
     w.wait_value("settings", "v1").await?;
